@@ -1,0 +1,1 @@
+"""The ``rkt`` command line: one module per command (or command group)."""
