@@ -91,7 +91,7 @@ class RktArgumentParser(argparse.ArgumentParser):
         expanded = self._expand_bools(sys.argv[1:] if args is None else args)
         return super().parse_known_args(expanded, namespace)
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         from rkt.errors import UsageError
 
         where = "" if self.prog == "rkt" else f"{self.prog.removeprefix('rkt ')}: "

@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from rkt.cli.context import GlobalOptions, RktArgumentParser, add_global_flags
 
@@ -65,7 +65,7 @@ def resolve_command(name: str) -> str:
     raise UsageError(f"unknown command {name!r}; see 'rkt help'")
 
 
-def print_help(stream: object = None) -> None:
+def print_help(stream: TextIO | None = None) -> None:
     out = stream or sys.stdout
     width = max(len(c) for c in COMMANDS)
     lines = [
@@ -89,7 +89,7 @@ def print_help(stream: object = None) -> None:
         "",
         "Use 'rkt help COMMAND' or 'rkt COMMAND --help' for more about a command.",
     ]
-    print("\n".join(lines), file=out)  # type: ignore[call-overload]
+    print("\n".join(lines), file=out)
 
 
 def _fail(message: str, code: int, debug: bool) -> NoReturn:
@@ -142,7 +142,13 @@ def _dispatch(ns: argparse.Namespace, argv: list[str]) -> int:
     parser = RktArgumentParser(prog=f"rkt {command}", description=COMMANDS[command][1])
     add_global_flags(parser, top_level=False)
     module.add_arguments(command, parser)
+    # Commands that take images with per-image flags split those off first.
+    splitter = getattr(module, "split_arguments", None)
+    extra: object = None
+    if splitter is not None and "-h" not in after and "--help" not in after:
+        after, extra = splitter(command, parser, after)
     args = parser.parse_args(after)
+    args.split = extra
     options = GlobalOptions.from_namespaces(_root_parser().parse_args(before), args)
     result: int = module.run(command, options, args)
     return result

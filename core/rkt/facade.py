@@ -1,0 +1,129 @@
+"""A small typed facade over the plugin manager.
+
+The rest of the core asks this object for "the fetcher for https" or "the store",
+never calls ``pm.hook.*`` itself. Each registry hook runs once, on first use.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
+
+import pluggy
+
+from rkt.errors import PluginError, Stage1Error
+from rkt.plugins import STAGE1_GROUP, installed_stage1_backends, new_plugin_manager
+from rkt.registry import (
+    DiscoveryRegistry,
+    FetcherRegistry,
+    Registry,
+    Stage1Registry,
+    StoreRegistry,
+    VerifierRegistry,
+)
+
+if TYPE_CHECKING:
+    from rkt.fetching import Fetcher, Verifier
+    from rkt.stage1 import Stage1Backend
+    from rkt.store import ImageStore
+
+R = TypeVar("R", bound=Registry[Any])
+
+DEFAULT_STORE = "cas"
+
+
+class Plugins:
+    """The loaded plugins, and typed access to what they registered."""
+
+    _process_default: ClassVar[Plugins | None] = None
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+
+    @classmethod
+    def load(cls) -> Plugins:
+        """The process-wide instance: plugins are loaded once per process."""
+        if cls._process_default is None:
+            cls._process_default = cls(new_plugin_manager())
+        return cls._process_default
+
+    def _fill(self, registry: R, hook_name: str) -> R:
+        # Call each implementation ourselves, so the registry knows which plugin
+        # added what and can name both sides of a conflict.
+        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            registry.current_plugin = impl.plugin_name
+            impl.function(registry=registry)
+        registry.current_plugin = "<core>"
+        return registry
+
+    @cached_property
+    def fetchers(self) -> FetcherRegistry:
+        return self._fill(FetcherRegistry(), "rkt_register_fetchers")
+
+    @cached_property
+    def discovery(self) -> DiscoveryRegistry:
+        return self._fill(DiscoveryRegistry(), "rkt_register_discovery")
+
+    @cached_property
+    def verifiers(self) -> VerifierRegistry:
+        return self._fill(VerifierRegistry(), "rkt_register_verifiers")
+
+    @cached_property
+    def stores(self) -> StoreRegistry:
+        return self._fill(StoreRegistry(), "rkt_register_stores")
+
+    @cached_property
+    def stage1_backends(self) -> Stage1Registry:
+        return self._fill(Stage1Registry(), "rkt_register_stage1_backends")
+
+    # -- typed lookups -------------------------------------------------------------
+    def fetcher(self, kind: str) -> Fetcher | None:
+        return self.fetchers.get(kind)
+
+    def verifier(self, signature_format: str = "openpgp") -> Verifier:
+        verifier = self.verifiers.get(signature_format)
+        if verifier is None:
+            raise PluginError(f'no verifier for "{signature_format}" signatures is installed')
+        return cast("Verifier", verifier)
+
+    def open_store(self, data_dir: Path, name: str = DEFAULT_STORE) -> ImageStore:
+        factory = self.stores.get(name)
+        if factory is None:
+            raise PluginError(f'no image store named "{name}" is installed')
+        return factory(data_dir)
+
+    def stage1_backend(self, name: str) -> Stage1Backend:
+        """The backend named ``name``: a registered one, else the entry point of that name.
+
+        Only the chosen entry point is imported (stevedore's DriverManager loads one
+        named extension).
+        """
+        factory = self.stage1_backends.get(name)
+        if factory is not None:
+            return factory()
+        installed = installed_stage1_backends()
+        if name not in installed:
+            known = ", ".join(sorted(set(installed) | set(self.stage1_backends.names())))
+            raise Stage1Error(
+                f'stage1 backend "{name}" is not installed (installed: {known or "none"})'
+            )
+        from stevedore import driver  # imported here: it is slow and only run needs it
+
+        try:
+            manager: Any = driver.DriverManager(
+                namespace=STAGE1_GROUP, name=name, invoke_on_load=True,
+                on_load_failure_callback=_raise_load_failure,
+            )
+        except Stage1Error:
+            raise
+        except Exception as exc:
+            raise Stage1Error(f'stage1 backend "{name}" failed to load: {exc}') from exc
+        return cast("Stage1Backend", manager.driver)
+
+
+def _raise_load_failure(manager: object, entrypoint: Any, exc: BaseException) -> None:
+    raise Stage1Error(
+        f'stage1 backend "{entrypoint.name}" ({entrypoint.value}) failed to load: '
+        f"{type(exc).__name__}: {exc}"
+    ) from exc

@@ -1,0 +1,199 @@
+"""Getting an image into the store: the contracts fetch plugins implement, and the pipeline.
+
+The pipeline, for every source (file, https, discovery, plugin schemes):
+
+1. the fetcher puts the image's exact bytes in a local file and returns its
+   detached signature, if any (:class:`FetchedImage`);
+2. the verifier checks the signature over *those bytes* against every trusted
+   key and names the signer; nothing in the archive has been read yet;
+3. the store imports the file in one streaming pass (decompress, hash, write,
+   validate the layout) into a temporary blob and parses the manifest;
+4. the core checks that the signer is trusted for the manifest's *name* (and
+   that the name and labels are the ones asked for); only then does the store
+   commit the blob. Any failure leaves the store exactly as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from rkt.errors import ImageNotFoundError, UsageError, VerificationError
+from rkt.imageref import ImageRef, parse_image_ref
+
+if TYPE_CHECKING:
+    from rkt.cli.context import GlobalOptions
+    from rkt.keystore import TrustedKey
+    from rkt.schema.image import ImageManifest
+    from rkt.store import ImageInfo
+
+LOG = logging.getLogger(__name__)
+
+
+# -- contracts -----------------------------------------------------------------------
+@dataclass
+class FetchedImage:
+    """An image's bytes on local disk, ready to be verified and imported."""
+
+    #: a local file holding exactly the bytes that were fetched
+    path: Path
+    #: where it came from, for messages ("/root/hello.aci", "https://...")
+    origin: str
+    #: the armored detached signature, or None when there is none
+    signature: bytes | None = None
+    #: where the signature came from (or was looked for), for messages
+    signature_origin: str | None = None
+    #: False for sources that cannot be signed (Docker); they need --insecure-options=image
+    signable: bool = True
+    #: delete ``path`` once imported (temporary downloads)
+    temporary: bool = False
+    #: the appc name and labels the user asked for, checked against the manifest
+    expected_name: str | None = None
+    expected_labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Who made a valid signature: the primary key's fingerprint and its user IDs."""
+
+    fingerprint: str
+    user_ids: tuple[str, ...] = ()
+
+
+class Fetcher(Protocol):
+    """Retrieves the bytes (and signature) of one kind of image string."""
+
+    def fetch(self, ref: ImageRef, session: FetchSession) -> FetchedImage:
+        """Return the image's bytes on disk; raise FetchError naming the source."""
+        ...
+
+
+class Verifier(Protocol):
+    """Checks a detached signature over a file."""
+
+    def verify(self, data: Path, signature: bytes, keys: Sequence[TrustedKey]) -> Signer:
+        """Return the signer among ``keys``; raise VerificationError otherwise."""
+        ...
+
+
+class Discoverer(Protocol):
+    """Maps an appc name (and labels) to image, signature and key URLs."""
+
+    def discover(
+        self, name: str, labels: dict[str, str], session: FetchSession
+    ) -> DiscoveredEndpoints:
+        ...
+
+
+@dataclass
+class DiscoveredEndpoints:
+    aci: list[tuple[str, str]] = field(default_factory=list)  # (aci url, signature url)
+    keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FetchSession:
+    """What a fetcher may use: the user's options and a scratch directory in the store."""
+
+    options: GlobalOptions
+    tmp_dir: Path
+    #: per-image ``--signature`` file given on the command line
+    signature_file: Path | None = None
+
+
+# -- pipeline ------------------------------------------------------------------------
+def fetch_image(
+    options: GlobalOptions,
+    text: str,
+    *,
+    signature_file: Path | None = None,
+    pull_policy: str = "update",
+) -> ImageInfo:
+    """Resolve ``text`` to a stored image, fetching and verifying it if needed."""
+    plugins = options.plugins
+    store = options.store
+    ref = parse_image_ref(text, plugin_schemes=plugins.fetchers.names())
+    if ref.kind == "hash":
+        return store.resolve(text)
+    if ref.kind == "name" and pull_policy in ("new", "never"):
+        try:
+            return store.find_by_name(ref.name or "", ref.labels)
+        except ImageNotFoundError:
+            if pull_policy == "never":
+                raise
+    if pull_policy == "never" and ref.kind != "file":
+        raise ImageNotFoundError(f'image "{text}" is not in the store and --pull-policy=never')
+    fetcher = plugins.fetcher(ref.kind)
+    if fetcher is None:
+        raise UsageError(f'no fetcher is installed for "{ref.kind}" images ("{text}")')
+    session = FetchSession(options=options, tmp_dir=store.tmp_dir, signature_file=signature_file)
+    fetched = fetcher.fetch(ref, session)
+    try:
+        return import_fetched(options, fetched)
+    finally:
+        if fetched.temporary:
+            fetched.path.unlink(missing_ok=True)
+
+
+def import_fetched(options: GlobalOptions, fetched: FetchedImage) -> ImageInfo:
+    """Steps 2-4 of the pipeline for bytes already on disk."""
+    signer: Signer | None = None
+    if options.is_insecure("image"):
+        options.warn("image signature verification has been disabled")
+    elif not fetched.signable:
+        raise VerificationError(
+            f"signature verification for {fetched.origin} is not supported "
+            "(try --insecure-options=image)"
+        )
+    elif fetched.signature is None:
+        where = fetched.signature_origin or f"{fetched.path}.asc"
+        raise VerificationError(
+            f"no signature for {fetched.origin} (looked for {where}); "
+            "pass --signature FILE, or --insecure-options=image to skip verification"
+        )
+    else:
+        keys = options.keystore.all_keys()
+        signer = options.plugins.verifier().verify(fetched.path, fetched.signature, keys)
+
+    def accept(manifest: ImageManifest) -> None:
+        _check_expected(fetched, manifest)
+        if signer is not None:
+            _check_signer_trusted(options, signer, manifest.name)
+
+    info = options.store.import_file(fetched.path, accept=accept, origin=fetched.origin)
+    if signer is not None:
+        options.info("rkt: signature verified:")
+        for uid in signer.user_ids or (signer.fingerprint,):
+            options.info(f"  {uid}")
+    return info
+
+
+def _check_expected(fetched: FetchedImage, manifest: ImageManifest) -> None:
+    # A signature proves who signed, not that this is the image that was asked for
+    # (a signed downgrade is still signed); appc-spec/discovery.md "Validation".
+    if fetched.expected_name is not None and manifest.name != fetched.expected_name:
+        raise VerificationError(
+            f'image name mismatch: asked for "{fetched.expected_name}", '
+            f'{fetched.origin} contains "{manifest.name}"'
+        )
+    for label, wanted in fetched.expected_labels.items():
+        have = manifest.label(label)
+        if have is not None and have != wanted:
+            raise VerificationError(
+                f'image label mismatch: asked for {label}="{wanted}", '
+                f'{fetched.origin} has {label}="{have}"'
+            )
+
+
+def _check_signer_trusted(options: GlobalOptions, signer: Signer, name: str) -> None:
+    trusted = options.keystore.fingerprints_for(name)
+    if signer.fingerprint.lower() not in trusted:
+        raise VerificationError(
+            f'image "{name}" is signed by key {signer.fingerprint.upper()}, '
+            f"which is not trusted for this name; to trust it run: "
+            f'rkt trust --prefix "{name}" KEYFILE'
+        )
+

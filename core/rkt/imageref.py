@@ -1,0 +1,86 @@
+"""What an image string on the command line means.
+
+rkt 1.x's order (``rkt/image/common.go``), kept here so users get the same answer:
+a ``sha512-`` hash is a store lookup; ``http``/``https``/``file`` URLs are archives;
+``docker://`` and ``docker:`` are Docker references; any other ``scheme:`` string
+that a plugin registered a fetcher for goes to that plugin; without a scheme an
+absolute path, an existing file, a ``./`` path or an ``.aci`` name is a file, and
+everything else is an appc name ``name[:version][,label=value...]``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from rkt.errors import UsageError
+
+_HASH = re.compile(r"^sha512-[0-9a-f]{1,128}$")
+_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*):")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image as the user named it."""
+
+    text: str
+    #: "hash", "file", "https", "http", "docker", "name", or a plugin's scheme
+    kind: str
+    #: appc name for kind "name"
+    name: str | None = None
+    #: appc labels asked for (``version`` from ``name:version``)
+    labels: dict[str, str] = field(default_factory=dict)
+    #: local path for kind "file"
+    path: Path | None = None
+    #: the URL for URL kinds (https, http, docker, plugin schemes)
+    url: str | None = None
+
+    def describe(self) -> str:
+        return self.text
+
+
+def parse_appc_name(text: str) -> tuple[str, dict[str, str]]:
+    """Split ``name[:version][,label=value...]`` into the name and its labels."""
+    head, *label_parts = text.split(",")
+    labels: dict[str, str] = {}
+    for part in label_parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise UsageError(f'invalid image label "{part}" in "{text}": expected name=value')
+        labels[key] = value
+    name, sep, version = head.partition(":")
+    if sep:
+        if not version:
+            raise UsageError(f'invalid image name "{text}": empty version after ":"')
+        labels["version"] = version
+    if not name:
+        raise UsageError(f'invalid image name "{text}"')
+    return name, labels
+
+
+def parse_image_ref(text: str, *, plugin_schemes: Collection[str] = ()) -> ImageRef:
+    """Classify an image string; see the module docstring for the rules."""
+    if not text:
+        raise UsageError("empty image name")
+    if _HASH.match(text):
+        return ImageRef(text, "hash")
+    scheme_match = _SCHEME.match(text)
+    scheme = scheme_match.group(1) if scheme_match else None
+    if scheme in ("http", "https"):
+        return ImageRef(text, scheme, url=text)
+    if scheme == "file":
+        return ImageRef(text, "file", path=Path(unquote(urlsplit(text).path)))
+    if scheme == "docker":
+        return ImageRef(text, "docker", url=text)
+    if scheme is not None and scheme in plugin_schemes:
+        return ImageRef(text, scheme, url=text)
+    if text.startswith("/") or os.path.isfile(text) or "./" in text:
+        return ImageRef(text, "file", path=Path(os.path.abspath(text)))
+    if scheme is None and text.endswith(".aci"):
+        return ImageRef(text, "file", path=Path(os.path.abspath(text)))
+    name, labels = parse_appc_name(text)
+    return ImageRef(text, "name", name=name, labels=labels)

@@ -1,0 +1,67 @@
+"""flock(2)-based locks on files and directories, as rkt used them.
+
+Advisory locks tie a lock's lifetime to a file descriptor: a process that dies
+releases its locks, so a crashed ``rkt fetch`` never leaves the store locked.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+
+
+class LockBusy(Exception):
+    """A non-blocking lock attempt found the lock held by someone else."""
+
+
+class FileLock:
+    """An exclusive or shared flock on ``path`` (a file, created if missing, or a dir)."""
+
+    def __init__(self, path: Path, *, shared: bool = False, blocking: bool = True) -> None:
+        self.path = path
+        self.shared = shared
+        self.blocking = blocking
+        self.fd: int | None = None
+
+    def acquire(self) -> FileLock:
+        if self.path.is_dir():
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        operation = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
+        if not self.blocking:
+            operation |= fcntl.LOCK_NB
+        try:
+            fcntl.flock(fd, operation)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise LockBusy(str(self.path)) from exc
+            raise
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last fd releases the flock
+            self.fd = None
+
+    def __enter__(self) -> FileLock:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def key_lock(lock_dir: Path, key: str, *, shared: bool = False) -> FileLock:
+    """A lock named by a key (an image ID, a tree ID) in ``lock_dir``."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    return FileLock(lock_dir / key, shared=shared)

@@ -1,0 +1,124 @@
+"""The local image store: what a store plugin provides, and the image record.
+
+Image IDs are ``sha512-`` + the SHA-512 of the *uncompressed* ACI tar
+(``appc-spec/types.md``). Like rkt, the store keys images by the first half of
+the digest (``sha512-`` + 64 hex); users see 32 hex digits and may type any
+unambiguous prefix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+if TYPE_CHECKING:
+    from rkt.progress import ProgressBar
+    from rkt.schema.image import ImageManifest
+
+#: hex digits kept in a store key
+KEY_HEX_LENGTH = 64
+#: hex digits shown by default (``rkt fetch``, ``rkt image list``)
+SHORT_HEX_LENGTH = 32
+
+
+def key_from_digest(hexdigest: str) -> str:
+    return "sha512-" + hexdigest[:KEY_HEX_LENGTH]
+
+
+def short_id(key: str, hex_length: int = SHORT_HEX_LENGTH) -> str:
+    return key[: len("sha512-") + hex_length]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One image in the store, as the index records it."""
+
+    id: str
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    import_time: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.time)
+    #: size of the uncompressed ACI in bytes
+    size: int = 0
+    #: size of its rendered tree(s) in bytes, 0 when not rendered
+    tree_size: int = 0
+    latest: bool = False
+
+    @property
+    def short_id(self) -> str:
+        return short_id(self.id)
+
+    @property
+    def version(self) -> str | None:
+        return self.labels.get("version")
+
+    @property
+    def name_version(self) -> str:
+        return f"{self.name}:{self.version}" if self.version else self.name
+
+
+#: Called with the parsed manifest before an import is committed; raising aborts it.
+AcceptManifest = Callable[["ImageManifest"], None]
+
+
+class ImageStore(Protocol):
+    """What a store plugin implements (``rkt_register_stores``)."""
+
+    data_dir: Path
+    #: scratch space on the store's filesystem, for downloads (renames stay atomic)
+    tmp_dir: Path
+
+    def import_file(
+        self,
+        path: Path,
+        *,
+        accept: AcceptManifest,
+        origin: str,
+        progress: ProgressBar | None = None,
+    ) -> ImageInfo:
+        """Import an ACI file (any supported compression) in one streaming pass.
+
+        ``accept`` sees the parsed manifest before anything is committed; if it
+        raises, the store is left exactly as it was.
+        """
+        ...
+
+    def resolve(self, image_id: str) -> ImageInfo:
+        """Look up a full ID or an unambiguous ``sha512-`` prefix."""
+        ...
+
+    def find_by_name(self, name: str, labels: dict[str, str]) -> ImageInfo:
+        """The best image with this name and these labels (latest wins)."""
+        ...
+
+    def lookup(self, text: str) -> ImageInfo:
+        """An ID, ID prefix or ``name[:version]``, as ``rkt image`` commands accept."""
+        ...
+
+    def list_images(self) -> list[ImageInfo]:
+        ...
+
+    def manifest_bytes(self, image_id: str) -> bytes:
+        ...
+
+    def open_blob(self, image_id: str) -> BinaryIO:
+        """The uncompressed ACI tar."""
+        ...
+
+    def blob_path(self, image_id: str) -> Path:
+        ...
+
+    def render(self, image_id: str) -> Path:
+        """The image's rendered tree (``manifest`` + ``rootfs/``), rendering it once."""
+        ...
+
+    def remove(self, image_id: str) -> None:
+        """Remove the image, its manifest and its rendered trees."""
+        ...
+
+    def touch(self, image_id: str) -> None:
+        """Record that the image was just used."""
+        ...

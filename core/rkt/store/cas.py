@@ -1,0 +1,291 @@
+"""The content-addressed image store (the built-in ``cas`` store).
+
+Layout under the data directory (rkt's, so its documentation still applies)::
+
+    cas/blob/sha512/<2 hex>/sha512-<64 hex>          uncompressed ACI tars
+    cas/imageManifest/sha512/<2 hex>/sha512-<64 hex> their manifests
+    cas/tree/deps-sha512-<64 hex>/                   rendered trees (manifest, rootfs/)
+    cas/db/index.sqlite                              the index
+    cas/imagelocks/, cas/treestorelocks/             per-key flock files
+    cas/tmp/                                         downloads and imports in progress
+
+Every write goes to ``cas/tmp`` (same filesystem) and is renamed into place, so a
+crash or a full disk never leaves a half-written blob, manifest or tree where
+the store would find it. The index row is written last: an image exists for
+rkt only once its blob and manifest are complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO, BinaryIO
+
+from rkt.errors import ImageNotFoundError, StoreError, UsageError
+from rkt.locks import key_lock
+from rkt.progress import ProgressBar
+from rkt.store import AcceptManifest, ImageInfo, key_from_digest
+from rkt.store.index import ImageIndex
+from rkt.store.tree import TreeStore
+
+LOG = logging.getLogger(__name__)
+
+_ID_PREFIX = re.compile(r"^sha512-[0-9a-f]{2,128}$")
+#: decompressed bytes handed to the hash and the blob per read
+CHUNK = 1 << 20
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class _CountingReader:
+    """Counts the compressed bytes read, to drive the progress bar."""
+
+    def __init__(self, raw: BinaryIO, progress: ProgressBar | None) -> None:
+        self._raw = raw
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        if self._progress is not None:
+            self._progress.advance(len(data))
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        count = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        if self._progress is not None:
+            self._progress.advance(count or 0)
+        return int(count or 0)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._raw, name)
+
+
+class _HashingTee:
+    """Everything read through it is hashed and written to the blob being built.
+
+    The archive is validated by reading through this object, so the bytes that
+    are checked, hashed and stored are the same bytes, in one pass.
+    """
+
+    def __init__(self, source: BinaryIO, sink: IO[bytes]) -> None:
+        self._source = source
+        self._sink = sink
+        self.hash = hashlib.sha512()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size if size and size > 0 else CHUNK)
+        if data:
+            self.hash.update(data)
+            self._sink.write(data)
+            self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
+def _no_space(exc: OSError) -> bool:
+    return exc.errno in _NO_SPACE
+
+
+class CasStore:
+    """The built-in image store; see the module docstring for its layout."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.cas_dir = data_dir / "cas"
+        self.tmp_dir = self.cas_dir / "tmp"
+        try:
+            for sub in ("blob", "imageManifest", "tree", "tmp", "imagelocks", "treestorelocks"):
+                (self.cas_dir / sub).mkdir(parents=True, exist_ok=True)
+        except PermissionError as exc:
+            raise StoreError(f"cannot use store at {data_dir}: {exc.strerror}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot create store at {data_dir}: {exc.strerror}") from exc
+        self.index = ImageIndex(self.cas_dir / "db" / "index.sqlite")
+        self.trees = TreeStore(self)
+
+    # -- paths ---------------------------------------------------------------------
+    def blob_path(self, image_id: str) -> Path:
+        return self.cas_dir / "blob" / "sha512" / image_id[7:9] / image_id
+
+    def manifest_path(self, image_id: str) -> Path:
+        return self.cas_dir / "imageManifest" / "sha512" / image_id[7:9] / image_id
+
+    # -- import --------------------------------------------------------------------
+    def import_file(
+        self,
+        path: Path,
+        *,
+        accept: AcceptManifest,
+        origin: str,
+        progress: ProgressBar | None = None,
+    ) -> ImageInfo:
+        from rkt.aci.archive import scan_aci
+        from rkt.aci.compression import open_decompressed
+        from rkt.schema.image import ImageManifest
+
+        with self._temp_file("import-") as (tmp_path, sink):
+            try:
+                with open(path, "rb") as raw:
+                    if progress is not None and progress.total is None:
+                        progress.total = os.fstat(raw.fileno()).st_size
+                    counted = _CountingReader(raw, progress)
+                    tee = _HashingTee(open_decompressed(counted), sink)  # type: ignore[arg-type,unused-ignore]
+                    manifest_bytes = scan_aci(tee)  # type: ignore[arg-type,unused-ignore]
+                    tee.drain()
+                sink.flush()
+                os.fsync(sink.fileno())
+            except FileNotFoundError as exc:
+                raise UsageError(f"no such file: {path}") from exc
+            except IsADirectoryError as exc:
+                raise UsageError(f"{path} is a directory, not an ACI file") from exc
+            except OSError as exc:
+                if _no_space(exc):
+                    raise StoreError(f"no space left on device while importing {origin}") from exc
+                raise StoreError(f"cannot import {origin}: {exc.strerror or exc}") from exc
+            finally:
+                if progress is not None:
+                    progress.finish()
+            manifest = ImageManifest.parse(manifest_bytes, source=f"{origin}: manifest")
+            accept(manifest)
+            image_id = key_from_digest(tee.hash.hexdigest())
+            info = ImageInfo(
+                id=image_id,
+                name=manifest.name,
+                labels={label.name: label.value for label in manifest.labels or ()},
+                size=tee.size,
+                latest=manifest.label("version") in (None, "latest"),
+            )
+            return self._commit(info, tmp_path, manifest_bytes)
+
+    @contextmanager
+    def _temp_file(self, prefix: str) -> Iterator[tuple[Path, IO[bytes]]]:
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=self.tmp_dir)
+        tmp_path = Path(name)
+        try:
+            with os.fdopen(fd, "wb", buffering=CHUNK) as sink:
+                yield tmp_path, sink
+        finally:
+            tmp_path.unlink(missing_ok=True)
+
+    def _commit(self, info: ImageInfo, tmp_blob: Path, manifest_bytes: bytes) -> ImageInfo:
+        blob = self.blob_path(info.id)
+        manifest_file = self.manifest_path(info.id)
+        with key_lock(self.cas_dir / "imagelocks", info.id):
+            try:
+                if not blob.exists():
+                    blob.parent.mkdir(parents=True, exist_ok=True)
+                    os.chmod(tmp_blob, 0o644)
+                    os.rename(tmp_blob, blob)
+                self._write_atomically(manifest_file, manifest_bytes)
+            except OSError as exc:
+                if _no_space(exc):
+                    raise StoreError("no space left on device while storing image") from exc
+                raise StoreError(f"cannot store image: {exc.strerror or exc}") from exc
+            return self.index.upsert(info)
+
+    def _write_atomically(self, target: Path, data: bytes) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(name, 0o644)
+            os.rename(name, target)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(name)
+            raise
+
+    # -- lookup --------------------------------------------------------------------
+    def resolve(self, image_id: str) -> ImageInfo:
+        if not _ID_PREFIX.match(image_id):
+            raise ImageNotFoundError(
+                f'invalid image ID "{image_id}": expected sha512- and at least 2 hex digits'
+            )
+        prefix = image_id[: len("sha512-") + 64]
+        matches = self.index.with_prefix(prefix)
+        if not matches:
+            raise ImageNotFoundError(f'no image with ID "{image_id}" in the store')
+        if len(matches) > 1:
+            raise ImageNotFoundError(
+                f'image ID "{image_id}" is ambiguous: it matches {len(matches)} images'
+            )
+        return matches[0]
+
+    def find_by_name(self, name: str, labels: dict[str, str]) -> ImageInfo:
+        candidates = [
+            info for info in self.index.by_name(name)
+            if all(info.labels.get(key) == value for key, value in labels.items())
+        ]
+        if not candidates:
+            wanted = name + "".join(f",{k}={v}" for k, v in sorted(labels.items()))
+            raise ImageNotFoundError(f'no image named "{wanted}" in the store')
+        if "version" not in labels:
+            latest = [info for info in candidates if info.latest]
+            if latest:
+                return latest[-1]
+        return candidates[-1]
+
+    def lookup(self, text: str) -> ImageInfo:
+        if text.startswith("sha512-"):
+            return self.resolve(text)
+        from rkt.imageref import parse_appc_name
+
+        name, labels = parse_appc_name(text)
+        return self.find_by_name(name, labels)
+
+    def list_images(self) -> list[ImageInfo]:
+        return self.index.all()
+
+    def manifest_bytes(self, image_id: str) -> bytes:
+        try:
+            return self.manifest_path(image_id).read_bytes()
+        except FileNotFoundError as exc:
+            raise ImageNotFoundError(f'manifest of image "{image_id}" is missing') from exc
+
+    def open_blob(self, image_id: str) -> BinaryIO:
+        try:
+            return open(self.blob_path(image_id), "rb")
+        except FileNotFoundError as exc:
+            raise ImageNotFoundError(f'blob of image "{image_id}" is missing') from exc
+
+    # -- trees, use, removal -------------------------------------------------------
+    def render(self, image_id: str) -> Path:
+        return self.trees.render(image_id)
+
+    def touch(self, image_id: str) -> None:
+        self.index.set_last_used(image_id, time.time())
+
+    def remove(self, image_id: str) -> None:
+        with key_lock(self.cas_dir / "imagelocks", image_id):
+            # The index row goes first: from then on the image is invisible, and a
+            # crash part-way leaves only unreferenced files for gc to sweep.
+            self.index.delete(image_id)
+            self.trees.remove_for_image(image_id)
+            self.manifest_path(image_id).unlink(missing_ok=True)
+            self.blob_path(image_id).unlink(missing_ok=True)
+
+    def sweep_tmp(self, older_than: float = 24 * 3600) -> None:
+        """Remove leftovers of crashed imports (rkt#3794 let them fill disks)."""
+        cutoff = time.time() - older_than
+        for entry in self.tmp_dir.iterdir():
+            with suppress(FileNotFoundError):
+                if entry.lstat().st_mtime < cutoff:
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink()

@@ -1,0 +1,137 @@
+"""The store's index: one SQLite database of images and remotes.
+
+SQLite gives transactions and safe concurrent access from several ``rkt``
+processes (WAL mode, a generous busy timeout), which rkt's ql database needed
+an extra directory lock for.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rkt.errors import StoreError
+from rkt.store import ImageInfo
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    labels      TEXT NOT NULL,
+    import_time REAL NOT NULL,
+    last_used   REAL NOT NULL,
+    size        INTEGER NOT NULL,
+    tree_size   INTEGER NOT NULL DEFAULT 0,
+    latest      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS images_by_name ON images(name);
+CREATE TABLE IF NOT EXISTS remotes (
+    url           TEXT PRIMARY KEY,
+    signature_url TEXT,
+    etag          TEXT,
+    image_id      TEXT NOT NULL,
+    max_age       INTEGER NOT NULL DEFAULT 0,
+    download_time REAL NOT NULL
+);
+"""
+
+_COLUMNS = "id, name, labels, import_time, last_used, size, tree_size, latest"
+
+
+def _row_to_info(row: tuple[str, str, str, float, float, int, int, int]) -> ImageInfo:
+    return ImageInfo(
+        id=row[0], name=row[1], labels=json.loads(row[2]), import_time=row[3],
+        last_used=row[4], size=row[5], tree_size=row[6], latest=bool(row[7]),
+    )
+
+
+class ImageIndex:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                with self.transaction():
+                    self._db.executescript(_SCHEMA)
+                    self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store index {path} has schema version {version}, newer than this rkt"
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store index {path}: {exc}") from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store index error: {exc}") from exc
+
+    def get(self, image_id: str) -> ImageInfo | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE id = ?", (image_id,))
+        found = row.fetchone()
+        return _row_to_info(found) if found else None
+
+    def with_prefix(self, prefix: str) -> list[ImageInfo]:
+        # Keys are lowercase hex: escape nothing, but never let a "%" or "_" through.
+        if any(ch in prefix for ch in "%_"):
+            return []
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM images WHERE id LIKE ? ORDER BY id", (prefix + "%",)
+        )
+        return [_row_to_info(r) for r in rows.fetchall()]
+
+    def by_name(self, name: str) -> list[ImageInfo]:
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM images WHERE name = ? ORDER BY import_time", (name,)
+        )
+        return [_row_to_info(r) for r in rows.fetchall()]
+
+    def all(self) -> list[ImageInfo]:
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM images ORDER BY import_time, id")
+        return [_row_to_info(r) for r in rows.fetchall()]
+
+    def upsert(self, info: ImageInfo) -> ImageInfo:
+        """Insert the image, or refresh an existing row keeping its import time."""
+        with self.transaction() as db:
+            existing = self.get(info.id)
+            import_time = existing.import_time if existing else info.import_time
+            db.execute(
+                f"INSERT OR REPLACE INTO images ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    info.id, info.name, json.dumps(info.labels, sort_keys=True), import_time,
+                    info.last_used, info.size, existing.tree_size if existing else 0,
+                    int(info.latest or (existing.latest if existing else False)),
+                ),
+            )
+        stored = self.get(info.id)
+        assert stored is not None
+        return stored
+
+    def delete(self, image_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+            db.execute("DELETE FROM remotes WHERE image_id = ?", (image_id,))
+
+    def set_last_used(self, image_id: str, when: float) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE images SET last_used = ? WHERE id = ?", (when, image_id))
+
+    def set_tree_size(self, image_id: str, size: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE images SET tree_size = ? WHERE id = ?", (size, image_id))

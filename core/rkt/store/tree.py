@@ -1,0 +1,133 @@
+"""The tree store: images rendered once into directories that pods mount read-only.
+
+A tree is rendered into ``cas/tmp`` and renamed into ``cas/tree/<tree id>`` only
+when it is complete (contents written, ``syncfs`` done, ``rendered`` marker
+present), so a crash never leaves a half tree that looks whole. The tree ID is
+rkt's: ``deps-`` + a SHA-512 over the comma-joined keys of the image and its
+dependencies, so an image rendered with other dependencies gets another tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rkt.errors import StoreError
+from rkt.locks import key_lock
+from rkt.store import key_from_digest
+
+if TYPE_CHECKING:
+    from rkt.store import ImageStore
+    from rkt.store.cas import CasStore
+
+LOG = logging.getLogger(__name__)
+
+RENDERED_MARKER = "rendered"
+
+
+def tree_id_for(keys: list[str]) -> str:
+    return "deps-" + key_from_digest(hashlib.sha512(",".join(keys).encode()).hexdigest())
+
+
+def tree_size(path: Path) -> int:
+    total = 0
+    for root, dirs, files in os.walk(path):
+        for name in files + dirs:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+def render_image(
+    store: ImageStore, image_id: str, dest: Path, *, rootfs_only: bool = False
+) -> None:
+    """Render ``image_id`` (with its dependencies) into ``dest`` as stage2 sees it.
+
+    ``dest`` receives ``manifest`` and ``rootfs/`` (or the rootfs's contents with
+    ``rootfs_only``). The caller owns ``dest`` and removes it if this raises.
+    """
+    from rkt.aci.extract import extract_tar
+    from rkt.schema.image import ImageManifest
+
+    manifest_bytes = store.manifest_bytes(image_id)
+    manifest = ImageManifest.parse(manifest_bytes, source=f"image {image_id}: manifest")
+    rootfs = dest if rootfs_only else dest / "rootfs"
+    rootfs.mkdir(parents=True, exist_ok=True)
+    # appc-spec/ace.md: an empty pathWhitelist means the same as none.
+    whitelist = manifest.path_whitelist or None
+    extract_tar(store.blob_path(image_id), rootfs, strip_prefix="rootfs/",
+                path_whitelist=whitelist)
+    if not rootfs_only:
+        (dest / "manifest").write_bytes(manifest_bytes)
+
+
+class TreeStore:
+    def __init__(self, store: CasStore) -> None:
+        self.store = store
+        self.tree_dir = store.cas_dir / "tree"
+        self.lock_dir = store.cas_dir / "treestorelocks"
+
+    def tree_path(self, tree_id: str) -> Path:
+        return self.tree_dir / tree_id
+
+    def is_rendered(self, tree_id: str) -> bool:
+        return (self.tree_path(tree_id) / RENDERED_MARKER).exists()
+
+    def render(self, image_id: str) -> Path:
+        tree_id = tree_id_for([image_id])
+        final = self.tree_path(tree_id)
+        if self.is_rendered(tree_id):
+            return final
+        with key_lock(self.lock_dir, tree_id):
+            if self.is_rendered(tree_id):  # another process won the race
+                return final
+            work = Path(tempfile.mkdtemp(prefix=f"render-{tree_id[:20]}-", dir=self.store.tmp_dir))
+            try:
+                render_image(self.store, image_id, work)
+                (work / "image").write_text(image_id)
+                _syncfs(work)
+                (work / RENDERED_MARKER).touch()
+                if final.exists():  # a stale tree without its marker
+                    shutil.rmtree(final)
+                os.rename(work, final)
+            except BaseException as exc:
+                shutil.rmtree(work, ignore_errors=True)
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StoreError(f"no space left on device while rendering {image_id}") from exc
+                raise
+        self.store.index.set_tree_size(image_id, tree_size(final))
+        return final
+
+    def remove_for_image(self, image_id: str) -> None:
+        for entry in self.tree_dir.iterdir():
+            try:
+                owner = (entry / "image").read_text().strip()
+            except (FileNotFoundError, NotADirectoryError):
+                owner = None
+            if owner == image_id or (owner is None and entry.name == tree_id_for([image_id])):
+                self.remove_tree(entry.name)
+
+    def remove_tree(self, tree_id: str) -> None:
+        path = self.tree_path(tree_id)
+        with key_lock(self.lock_dir, tree_id):
+            # Drop the marker first: a crash mid-delete must not look rendered.
+            (path / RENDERED_MARKER).unlink(missing_ok=True)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the filesystem holding ``path`` once, rather than fsync per file."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)

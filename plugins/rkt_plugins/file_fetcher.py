@@ -1,0 +1,73 @@
+"""Images from local files: ``rkt fetch ./hello.aci`` and ``file://`` URLs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from rkt.errors import FetchError, UsageError
+from rkt.fetching import FetchedImage, FetchSession
+from rkt.hookspecs import hookimpl
+from rkt.imageref import ImageRef
+from rkt.registry import FetcherRegistry
+
+
+def default_signature_path(path: Path) -> Path:
+    """``hello.aci`` -> ``hello.aci.asc``, as rkt and the appc spec name signatures."""
+    return path.with_name(path.name + ".asc")
+
+
+def _private_copy(path: Path, tmp_dir: Path) -> Path:
+    # Verify and import a copy nobody else can write to, so the bytes that were
+    # verified are the bytes that get imported even if the user's file changes.
+    fd, name = tempfile.mkstemp(prefix="file-", dir=tmp_dir)
+    try:
+        with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+            remaining = os.fstat(src.fileno()).st_size
+            while remaining > 0:
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), remaining)
+                if copied == 0:
+                    break
+                remaining -= copied
+            dst.write(src.read())  # whatever grew after fstat, or all if copy failed
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
+
+
+class FileFetcher:
+    def fetch(self, ref: ImageRef, session: FetchSession) -> FetchedImage:
+        assert ref.path is not None
+        path = ref.path
+        if not path.exists():
+            raise UsageError(f"no such file: {path}")
+        if not path.is_file():
+            raise UsageError(f"{path} is not a regular file")
+        signature: bytes | None = None
+        signature_path = session.signature_file or default_signature_path(path)
+        if not session.options.is_insecure("image"):
+            try:
+                signature = signature_path.read_bytes()
+            except FileNotFoundError:
+                if session.signature_file is not None:
+                    raise UsageError(f"no such signature file: {signature_path}") from None
+            except OSError as exc:
+                raise FetchError(f"error opening signature file {signature_path}: {exc}") from exc
+        try:
+            copy = _private_copy(path, session.tmp_dir)
+        except PermissionError as exc:
+            raise FetchError(f"cannot read {path}: {exc.strerror}") from exc
+        return FetchedImage(
+            path=copy,
+            origin=str(path),
+            signature=signature,
+            signature_origin=str(signature_path),
+            temporary=True,
+        )
+
+
+@hookimpl
+def rkt_register_fetchers(registry: FetcherRegistry) -> None:
+    registry.add("file", FileFetcher())
