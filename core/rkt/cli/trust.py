@@ -1,0 +1,237 @@
+"""``rkt trust``: review a public key and trust it for an image name prefix.
+
+rkt 1.x behaviour (``Documentation/subcommands/trust.md``, ``rkt/pubkey/pubkey.go``):
+each PUBKEY (a local file or an https URL) is shown with its fingerprint, subkeys and
+user IDs, and stored only after the user types exactly ``yes``. Declining a key is not
+an error: rkt logs ``Not trusting`` and goes on with the next key, exiting 0.
+
+Keys are written only to the local config dir (``--local-config``), as
+``trustedkeys/prefix.d/<prefix>/<fingerprint>`` or ``trustedkeys/root.d/<fingerprint>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rkt.cli.context import GlobalOptions, RktArgumentParser
+from rkt.errors import FetchError, UsageError
+from rkt.keystore import KeyDescription, describe_key, format_fingerprint, validate_prefix
+
+#: public keys are a few KiB; anything much larger is not what the user meant to trust
+MAX_KEY_SIZE = 1 << 20
+HTTP_TIMEOUT = (10.0, 60.0)  # connect, read (seconds)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def add_arguments(command: str, parser: RktArgumentParser) -> None:
+    del command
+    parser.usage = (
+        "rkt trust --prefix PREFIX [--skip-fingerprint-review] [--insecure-allow-http] "
+        "[PUBKEY...]\n       rkt trust --root PUBKEY..."
+    )
+    parser.add_argument(
+        "--prefix", default=None, metavar="PREFIX",
+        help="image name prefix the keys are trusted for (e.g. example.com/app)",
+    )
+    parser.add_bool_flag("--root", help="trust the keys for every image name (root keys)")
+    parser.add_bool_flag(
+        "--skip-fingerprint-review", help="trust the keys without asking to review them"
+    )
+    parser.add_bool_flag(
+        "--insecure-allow-http", help="allow fetching keys over plain http (insecure)"
+    )
+    parser.add_argument(
+        "pubkeys", nargs="*", metavar="PUBKEY", help="a public key file or an https URL"
+    )
+
+
+def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
+    del command
+    prefix: str | None = args.prefix or None
+    if prefix is not None and args.root:
+        raise UsageError("--prefix and --root cannot be used together")
+    if prefix is None and not args.root:
+        raise UsageError(
+            "aborting due to implicit unbounded trust (root domain); use --prefix or --root"
+        )
+    if prefix is not None:
+        validate_prefix(prefix)
+    locations: list[str] = list(args.pubkeys) or _discover_keys(options, prefix)
+    for location in locations:
+        data, over_verified_https = _read_key(options, location, args.insecure_allow_http)
+        description = describe_key(data, source=location)
+        _show_key(options, prefix, location, description)
+        unreviewed = bool(args.skip_fingerprint_review) or (
+            options.trust_keys_from_https and over_verified_https
+        )
+        if not unreviewed and not _user_accepts(options):
+            options.info(f'Not trusting "{location}"')
+            continue
+        review = "without" if unreviewed else "after"
+        target = f'for prefix "{prefix}"' if prefix is not None else "as a root key"
+        options.info(f'Trusting "{location}" {target} {review} fingerprint review.')
+        path = options.keystore.store_trusted_key(data, prefix=prefix, source=location)
+        if prefix is None:
+            print(f'Added root key at "{path}"', file=options.stdout, flush=True)
+        else:
+            print(f'Added key for prefix "{prefix}" at "{path}"', file=options.stdout, flush=True)
+    return 0
+
+
+# -- the dialogue ----------------------------------------------------------------------
+def _show_key(
+    options: GlobalOptions, prefix: str | None, location: str, key: KeyDescription
+) -> None:
+    lines = [
+        f'Prefix: "{prefix}"' if prefix is not None else 'Prefix: "" (root key: every image)',
+        f'Key: "{location}"',
+        f"GPG key fingerprint is: {format_fingerprint(key.fingerprint)}",
+        *(f"\tSubkey fingerprint: {format_fingerprint(fp)}" for fp in key.subkey_fingerprints),
+        *(f"\t{uid}" for uid in key.user_ids),
+    ]
+    if key.revoked:
+        lines.append("\tWARNING: this key has been revoked by its owner")
+    if key.expires is not None and key.expires <= datetime.now(UTC):
+        lines.append(f"\tWARNING: this key expired on {key.expires:%Y-%m-%d}")
+    for line in lines:
+        options.info(line)
+
+
+def _user_accepts(options: GlobalOptions) -> bool:
+    """Ask until the answer is exactly ``yes`` or ``no`` (rkt 1.x's reviewKey)."""
+    interactive = sys.stdin.isatty()
+    while True:
+        print(
+            "Are you sure you want to trust this key (yes/no)?",
+            end=" " if interactive else "\n", file=options.stderr, flush=True,
+        )
+        line = sys.stdin.readline()
+        if line == "":
+            raise UsageError("unable to ask user to review fingerprint: no input")
+        answer = line.removesuffix("\n").removesuffix("\r")
+        if answer == "yes":
+            return True
+        if answer == "no":
+            return False
+        options.info("Please enter 'yes' or 'no'")
+
+
+# -- getting the key -------------------------------------------------------------------
+def _read_key(options: GlobalOptions, location: str, allow_http: bool) -> tuple[bytes, bool]:
+    """The key's bytes, and whether they came over https with a verified certificate."""
+    match = _SCHEME.match(location)
+    scheme = match.group(1).lower() if match else ""
+    if scheme == "":
+        return _read_file(Path(location), location), False
+    if scheme == "file":
+        from urllib.parse import unquote, urlsplit
+
+        return _read_file(Path(unquote(urlsplit(location).path)), location), False
+    if scheme == "http" and not allow_http:
+        raise UsageError(
+            f'refusing to fetch key "{location}" over plain http; '
+            "use https, or --insecure-allow-http"
+        )
+    if scheme not in ("http", "https"):
+        raise UsageError(
+            f'unsupported key location "{location}": give a file path or an https URL'
+        )
+    return _download(options, location, allow_http)
+
+
+def _read_file(path: Path, location: str) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_KEY_SIZE + 1)
+    except OSError as exc:
+        raise FetchError(f'cannot read key "{location}": {exc.strerror or exc}') from exc
+    if len(data) > MAX_KEY_SIZE:
+        raise FetchError(f'key "{location}" is larger than {MAX_KEY_SIZE} bytes')
+    return data
+
+
+def _download(options: GlobalOptions, url: str, allow_http: bool) -> tuple[bytes, bool]:
+    import requests
+
+    from rkt import __version__
+
+    verify_tls = not options.is_insecure("tls")
+    if not verify_tls:
+        options.warn("TLS verification has been disabled")
+    try:
+        with requests.get(
+            url, stream=True, timeout=HTTP_TIMEOUT, verify=verify_tls,
+            headers={"User-Agent": f"rkt/{__version__}"},
+        ) as response:
+            final = response.url
+            if final.lower().startswith("http://") and not allow_http:
+                raise UsageError(
+                    f'key "{url}" redirects to plain http ({final}); '
+                    "refusing without --insecure-allow-http"
+                )
+            if response.status_code != 200:
+                raise FetchError(
+                    f'cannot fetch key "{url}": HTTP {response.status_code} {response.reason}'
+                )
+            data = b""
+            for chunk in response.iter_content(64 * 1024):
+                data += chunk
+                if len(data) > MAX_KEY_SIZE:
+                    raise FetchError(f'key "{url}" is larger than {MAX_KEY_SIZE} bytes')
+    except requests.exceptions.SSLError as exc:
+        raise FetchError(
+            f'cannot fetch key "{url}": TLS certificate verification failed '
+            "(--insecure-options=tls skips it)"
+        ) from exc
+    except requests.exceptions.RequestException as exc:
+        raise FetchError(f'cannot fetch key "{url}": {_reason(exc)}') from exc
+    return data, verify_tls and final.lower().startswith("https://")
+
+
+def _reason(exc: BaseException) -> str:
+    # requests wraps urllib3's MaxRetryError, which wraps the real cause in ``reason``;
+    # the innermost message is the one a user can act on ("Connection refused").
+    inner: BaseException = exc
+    while True:
+        nested = getattr(inner, "reason", None)
+        if not isinstance(nested, BaseException) and inner.args:
+            nested = inner.args[0] if isinstance(inner.args[0], BaseException) else None
+        if not isinstance(nested, BaseException):
+            break
+        inner = nested
+    text = str(inner).strip().splitlines()
+    message = text[0] if text else type(inner).__name__
+    # urllib3 prefixes "<urllib3.connection.HTTPSConnection object at 0x...>: "
+    return message.split(">: ", 1)[-1]
+
+
+def _discover_keys(options: GlobalOptions, prefix: str | None) -> list[str]:
+    """Key URLs for ``prefix`` from appc discovery (``ac-discovery-pubkeys``)."""
+    if prefix is None:
+        raise UsageError("--root needs at least one PUBKEY: a key file or an https URL")
+    discovery = options.plugins.discovery
+    if not discovery.names():
+        raise UsageError(
+            f'no PUBKEY given and no discovery method is installed to find the keys of '
+            f'"{prefix}"; pass a key file or an https URL: rkt trust --prefix "{prefix}" PUBKEY'
+        )
+    from rkt.fetching import FetchSession
+
+    with tempfile.TemporaryDirectory(prefix="rkt-trust-") as tmp:
+        session = FetchSession(options=options, tmp_dir=Path(tmp))
+        for name in discovery.names():
+            discoverer = discovery.get(name)
+            if discoverer is None:
+                continue
+            keys = discoverer.discover(prefix, {}, session).keys
+            if keys:
+                return list(keys)
+    raise FetchError(
+        f'--prefix meta discovery error: found no public keys for "{prefix}"; '
+        "pass a key file or an https URL"
+    )
