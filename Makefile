@@ -1,0 +1,46 @@
+# Set-up for rkt on Debian: `make demo` (install, then run a signed pod) and
+# `make test` (install, then the whole test suite). Every target is idempotent.
+
+PYTHON ?= python3
+PREFIX ?= /opt/rkt
+VENV := $(PREFIX)/venv
+BIN := /usr/local/bin
+export PATH := $(VENV)/bin:$(PATH)
+
+# Debian packages rkt needs at run time, and the extra ones its tests drive for real.
+RUNTIME_PACKAGES := gnupg busybox-static systemd-container xz-utils bzip2 zstd \
+	python3-venv iproute2 util-linux
+TEST_PACKAGES := ca-certificates
+
+.PHONY: install install-system install-python install-test demo test check bench clean
+
+install: install-system install-python
+
+install-system:
+	@scripts/apt-install $(RUNTIME_PACKAGES)
+
+install-python:
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e . -e ./stage1_nspawn -e ./stage1_kvm
+	ln -sf $(VENV)/bin/rkt $(BIN)/rkt
+	@rkt version | head -1
+
+install-test: install
+	@scripts/apt-install $(TEST_PACKAGES)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+
+demo: install
+	scripts/demo
+
+test: install-test
+	scripts/run-tests
+
+check: install-test
+	$(VENV)/bin/ruff check core plugins stage1_nspawn stage1_kvm tests bench
+	$(VENV)/bin/mypy
+
+bench: install-test
+	$(VENV)/bin/python bench/run_all.py
+
+clean:
+	rm -rf build dist *.egg-info core/*.egg-info plugins/*.egg-info .pytest_cache .mypy_cache

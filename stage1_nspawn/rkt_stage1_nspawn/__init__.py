@@ -1,0 +1,1 @@
+"""The nspawn stage1 backend: pods as systemd-nspawn containers."""

@@ -1,0 +1,120 @@
+"""The plugin manager and the facade: built-ins, external plugins, conflicts."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import pythonpath_with
+from rkt.errors import PluginError
+from rkt.facade import Plugins
+from rkt.hookspecs import hookimpl
+from rkt.plugins import BUILTIN_PLUGINS, new_plugin_manager
+
+
+@pytest.fixture
+def plugins() -> Plugins:
+    """A fresh plugin manager with the built-ins only, per test."""
+    return Plugins(new_plugin_manager(autoload=False))
+
+
+def test_builtins_register_their_things(plugins: Plugins) -> None:
+    assert "file" in plugins.fetchers
+    assert plugins.fetchers.provider("file") == "file_fetcher"
+    assert "openpgp" in plugins.verifiers
+    assert "cas" in plugins.stores
+    assert len(BUILTIN_PLUGINS) == len(set(BUILTIN_PLUGINS))
+
+
+def test_two_plugins_claiming_one_name_is_an_error_naming_both(plugins: Plugins) -> None:
+    class Impostor:
+        @hookimpl
+        def rkt_register_fetchers(self, registry):  # type: ignore[no-untyped-def]
+            registry.add("file", object())
+
+    plugins.pm.register(Impostor(), name="impostor")
+    try:
+        with pytest.raises(PluginError, match='fetcher "file" is provided by both'):
+            _ = plugins.fetchers
+    finally:
+        plugins.pm.unregister(name="impostor")
+
+
+def test_misspelled_hook_fails_loudly() -> None:
+    class Typo:
+        @hookimpl
+        def rkt_register_fetcher(self, registry):  # type: ignore[no-untyped-def]
+            pass
+
+    pm = new_plugin_manager(autoload=False)
+    with pytest.raises(Exception, match="rkt_register_fetcher"):
+        pm.register(Typo(), name="typo")
+        pm.check_pending()
+
+
+def test_blocked_builtin_is_skipped() -> None:
+    plugins = Plugins(new_plugin_manager(autoload=False, blocked=["file_fetcher"]))
+    assert "file" not in plugins.fetchers
+
+
+def test_a_registered_test_plugin_is_used_and_then_gone(plugins: Plugins) -> None:
+    class Extra:
+        @hookimpl
+        def rkt_register_fetchers(self, registry):  # type: ignore[no-untyped-def]
+            registry.add("extra", "the extra fetcher")
+
+    plugins.pm.register(Extra(), name="extra")
+    try:
+        assert plugins.fetcher("extra") == "the extra fetcher"
+        assert plugins.fetchers.provider("extra") == "extra"
+    finally:
+        plugins.pm.unregister(name="extra")
+
+
+def test_unknown_stage1_backend_names_what_is_installed(plugins: Plugins) -> None:
+    from rkt.errors import Stage1Error
+
+    with pytest.raises(Stage1Error, match='stage1 backend "nope" is not installed'):
+        plugins.stage1_backend("nope")
+
+
+# -- through the real command, with real installed distributions -----------------------
+def test_third_party_plugin_is_loaded_and_used(rkt_env, demo_plugin_path) -> None:  # type: ignore[no-untyped-def]
+    env = pythonpath_with(demo_plugin_path)
+    result = rkt_env.run("--insecure-options=image", "fetch", "demo:greeting", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("sha512-")
+    listing = rkt_env.run("image", "list", "--no-legend", env=env, check=True)
+    assert "demo.example/greeting:0.0.1" in listing.stdout
+
+
+def test_broken_plugin_is_named_in_a_clear_error(rkt_env, broken_plugin_path) -> None:  # type: ignore[no-untyped-def]
+    result = rkt_env.run("image", "list", env=pythonpath_with(broken_plugin_path))
+    assert result.returncode == 254
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert 'plugin "broken"' in lines[0]
+    assert "rkt_dependency_that_is_not_installed" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_broken_plugin_traceback_only_with_debug(rkt_env, broken_plugin_path) -> None:  # type: ignore[no-untyped-def]
+    result = rkt_env.run("--debug", "image", "list", env=pythonpath_with(broken_plugin_path))
+    assert result.returncode == 254
+    assert "Traceback" in result.stderr
+
+
+def test_autoload_can_be_disabled(rkt_env, broken_plugin_path, demo_plugin_path) -> None:  # type: ignore[no-untyped-def]
+    env = {**pythonpath_with(broken_plugin_path, demo_plugin_path),
+           "RKT_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    result = rkt_env.run("image", "list", env=env)
+    assert result.returncode == 0, result.stderr
+    # and without autoload the third-party fetcher is gone too
+    result = rkt_env.run("--insecure-options=image", "fetch", "demo:greeting", env=env)
+    assert result.returncode != 0
+
+
+def test_one_plugin_can_be_blocked_by_name(rkt_env, broken_plugin_path, demo_plugin_path) -> None:  # type: ignore[no-untyped-def]
+    env = {**pythonpath_with(broken_plugin_path, demo_plugin_path),
+           "RKT_DISABLE_PLUGINS": "broken"}
+    result = rkt_env.run("--insecure-options=image", "fetch", "demo:greeting", env=env)
+    assert result.returncode == 0, result.stderr
