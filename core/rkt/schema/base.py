@@ -144,14 +144,22 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _parse_float(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        # 1e999 would come back as Infinity, which JSON cannot hold.
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
 def load_json_object(data: bytes | str, source: str) -> dict[str, Any]:
     """Decode ``data`` as one JSON object or raise :class:`ManifestError` naming ``source``."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"{source}: not valid UTF-8 (byte {exc.start})") from exc
+        raise ManifestError(f"{source}: not valid UTF-8 (byte offset {exc.start})") from exc
     try:
-        document = json.loads(text, parse_constant=_reject_constant)
+        document = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
     except json.JSONDecodeError as exc:
         raise ManifestError(
             f"{source}: not valid JSON (line {exc.lineno} column {exc.colno}): {exc.msg}"
