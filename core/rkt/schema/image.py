@@ -27,6 +27,7 @@ from rkt.schema.types import (
     SemVer,
     UnsignedID,
     find_value,
+    validate_image_id,
 )
 
 LOG = logging.getLogger(__name__)
@@ -201,10 +202,13 @@ class Dependency(SchemaModel):
         """
         if self.image_id is None:
             return True
-        pin, candidate = self.image_id, image_id
-        if len(pin) > len(candidate):
-            pin, candidate = candidate, pin
-        return len(pin) == len("sha512-") + 64 and candidate.startswith(pin)
+        try:
+            validate_image_id(self.image_id)
+            validate_image_id(image_id)
+        except ValueError:
+            return False
+        shorter, longer = sorted((self.image_id, image_id), key=len)
+        return longer.startswith(shorter)
 
 
 class ImageManifest(SchemaDocument):

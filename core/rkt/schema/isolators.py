@@ -138,7 +138,7 @@ IsolatorValue = (
 # optional binary, metric or exponent suffix.
 _QUANTITY = re.compile(
     r"(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
-    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[eE][+-]?[0-9]+|m|k|K|M|G|T|P|E)?\Z"
+    r"(?:[eE](?P<exponent>[+-]?[0-9]{1,6})|(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|K|M|G|T|P|E))?\Z"
 )
 _MULTIPLIERS = {
     "": Decimal(1),
@@ -177,8 +177,8 @@ def parse_quantity(value: object) -> Decimal:
     suffix = match["suffix"] or ""
     try:
         number = Decimal(match["number"])
-        if suffix[:1] in ("e", "E") and len(suffix) > 1:
-            exponent = int(suffix[1:])
+        if match["exponent"] is not None:
+            exponent = int(match["exponent"])
             if abs(exponent) > 100:
                 raise ValueError(f"{quote(value)} is out of range")
             result = number.scaleb(exponent)
