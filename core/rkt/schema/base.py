@@ -152,6 +152,28 @@ def _parse_float(text: str) -> float:
     return number
 
 
+#: Deepest nesting accepted in a document. Manifests need about ten levels; the bound
+#: keeps hostile input away from recursion limits in the parser and serialiser.
+MAX_JSON_DEPTH = 100
+
+
+def json_depth(value: object) -> int:
+    """How deeply ``value`` nests lists and objects (a scalar is 0), without recursion."""
+    deepest = 0
+    pending: list[tuple[object, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: list[object] = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def load_json_object(data: bytes | str, source: str) -> dict[str, Any]:
     """Decode ``data`` as one JSON object or raise :class:`ManifestError` naming ``source``."""
     try:
@@ -166,11 +188,17 @@ def load_json_object(data: bytes | str, source: str) -> dict[str, Any]:
         ) from exc
     except RecursionError as exc:
         # Hostile input such as 100000 nested arrays must not crash the parser.
-        raise ManifestError(f"{source}: not valid JSON: nested too deeply") from exc
+        raise ManifestError(
+            f"{source}: JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)"
+        ) from exc
     except ValueError as exc:
         raise ManifestError(f"{source}: not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise ManifestError(f"{source}: must be a JSON object, not {_json_kind(document)}")
+    if json_depth(document) > MAX_JSON_DEPTH:
+        raise ManifestError(
+            f"{source}: JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)"
+        )
     return document
 
 
@@ -209,7 +237,9 @@ class SchemaDocument(SchemaModel):
             raise ManifestError(format_validation_error(exc, source)) from exc
 
     @classmethod
-    def _parse_document(cls, data: bytes | str, source: str) -> Self:
+    def parse(cls, data: bytes | str, *, source: str = "manifest") -> Self:
+        """Parse and validate JSON text; raise :class:`~rkt.errors.ManifestError` naming
+        ``source`` and the offending field on one line."""
         return cls._validate_document(load_json_object(data, source), source)
 
     @classmethod

@@ -238,13 +238,13 @@ class ImageManifest(SchemaDocument):
         return self
 
     @classmethod
-    def parse(cls, data: bytes | str, *, source: str = "manifest") -> ImageManifest:
+    def parse(cls, data: bytes | str, *, source: str = "manifest") -> Self:
         """Parse and validate manifest JSON.
 
         Raises :class:`~rkt.errors.ManifestError` with one line naming ``source`` and the
         field, e.g. ``manifest: app.user: must be a non-empty string``.
         """
-        return cls._parse_document(data, source)
+        return super().parse(data, source=source)
 
     def label(self, name: str) -> str | None:
         """The value of label ``name``, if any."""

@@ -205,13 +205,13 @@ class PodManifest(SchemaDocument):
         return self
 
     @classmethod
-    def parse(cls, data: bytes | str, *, source: str = "pod manifest") -> PodManifest:
+    def parse(cls, data: bytes | str, *, source: str = "pod manifest") -> Self:
         """Parse and validate pod manifest JSON.
 
         Raises :class:`~rkt.errors.ManifestError` with one line naming ``source`` and the
         field, e.g. ``pod manifest: volumes[1].source: a host volume needs a source``.
         """
-        return cls._parse_document(data, source)
+        return super().parse(data, source=source)
 
     def app(self, name: str) -> RuntimeApp | None:
         """The app called ``name``, if any."""

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, Field, JsonValue
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from rkt.schema import isolators as _isolators
-from rkt.schema.base import FieldProblem, SchemaModel, quote
+from rkt.schema.base import MAX_JSON_DEPTH, FieldProblem, SchemaModel, json_depth, quote
 
 LOG = logging.getLogger(__name__)
 
@@ -275,6 +275,33 @@ class EnvironmentVariable(SchemaModel):
     value: str
 
 
+def _check_json_value(value: Any) -> Any:
+    # Iterative on purpose: isolator values are free-form, and a recursive walk (or
+    # pydantic's JsonValue) over a hostile, deeply nested value would hit the recursion
+    # limit. Parsed JSON always passes; this catches Python callers passing non-JSON.
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            if not all(isinstance(key, str) for key in item):
+                raise ValueError("object keys must be strings")
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                raise ValueError("must be a finite number")
+        elif item is not None and not isinstance(item, str | int):
+            raise ValueError(f"a {type(item).__name__} is not a JSON value")
+    return value
+
+
+#: Any JSON value, as json.loads returns it.
+JSONValue = Annotated[Any, AfterValidator(_check_json_value)]
+
+
 class Isolator(SchemaModel):
     """``{"name": <AC Identifier>, "value": <any JSON>}`` (types.md, ace.md).
 
@@ -283,7 +310,7 @@ class Isolator(SchemaModel):
     """
 
     name: ACIdentifier
-    value: JsonValue
+    value: JSONValue
 
     @property
     def known(self) -> bool:

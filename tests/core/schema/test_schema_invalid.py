@@ -499,7 +499,11 @@ def test_invalid_pod_manifest(edit: Edit, expected: str) -> None:
         ('{"a": 1, "b": -Infinity}', "manifest: not valid JSON: -Infinity"),
         ('{"a": 1e999999}', "manifest: not valid JSON: number 1e999999 is out of range"),
         ('{"a": ' + "1" * 5000 + "}", "manifest: not valid JSON: "),
-        ("[" * 100_000 + "]" * 100_000, "manifest: not valid JSON: nested too deeply"),
+        ("[" * 100_000 + "]" * 100_000, "manifest: JSON nested too deeply (more than 100 levels)"),
+        (
+            '{"a":' + "[" * 101 + "]" * 101 + "}",
+            "manifest: JSON nested too deeply (more than 100 levels)",
+        ),
         ("[]", "manifest: must be a JSON object, not an array"),
         ('"ImageManifest"', "manifest: must be a JSON object, not a string"),
         ("null", "manifest: must be a JSON object, not null"),
