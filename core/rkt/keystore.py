@@ -202,20 +202,31 @@ class TrustedKeystore:
     def all_keys(self) -> list[TrustedKey]:
         """Every usable key: root keys and the keys of every prefix, masking applied.
 
-        A key file whose content is not one public key, or whose fingerprint differs
-        from its file name, is a KeystoreError naming the file (as in rkt 1.x): a
-        broken trust store is fixed, not silently skipped.
+        A key file that is unreadable, is not exactly one public key, or whose
+        fingerprint differs from its file name is skipped with a warning naming it:
+        rkt 1.x only ever loaded the keys of one image's prefixes, so one broken file
+        under an unrelated prefix must not stop every verification here either.
         """
-        return [self._load(path, prefix) for path, prefix in self._key_files()]
+        return self._usable(self._key_files())
 
     def fingerprints_for(self, name: str) -> set[str]:
         """Fingerprints trusted for the image name ``name`` (root keys included)."""
         covering = set(name_prefixes(name))
-        return {
-            self._load(path, prefix).fingerprint
+        files = [
+            (path, prefix)
             for path, prefix in self._key_files()
             if prefix is None or prefix in covering
-        }
+        ]
+        return {key.fingerprint for key in self._usable(files)}
+
+    def _usable(self, files: list[tuple[Path, str | None]]) -> list[TrustedKey]:
+        keys = []
+        for path, prefix in files:
+            try:
+                keys.append(self._load(path, prefix))
+            except KeystoreError as exc:
+                LOG.warning("ignoring trusted key: %s", exc)
+        return keys
 
     def _key_files(self) -> list[tuple[Path, str | None]]:
         """(path, prefix) of every non-empty, unmasked key file; local files win."""
@@ -225,7 +236,8 @@ class TrustedKeystore:
                 try:
                     size = path.stat().st_size
                 except OSError as exc:
-                    raise KeystoreError(f"cannot read trusted key {path}: {exc.strerror}") from exc
+                    LOG.warning("ignoring trusted key %s: %s", path, exc.strerror)
+                    continue
                 found[(prefix, path.name)] = (path, size)
         return [
             (path, prefix)

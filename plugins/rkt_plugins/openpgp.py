@@ -68,7 +68,9 @@ class OpenPGPVerifier:
         valid = result.valid_sigs[0]
         primary = str(valid.certificate).lower()
         signing_key = str(valid.signing_key).lower()
-        cert = next(c for c in candidates if c.fingerprint.lower() == primary)
+        cert = next((c for c in candidates if c.fingerprint.lower() == primary), None)
+        if cert is None:  # pysequoia only ever uses the certificates we hand it
+            raise VerificationError(f"openpgp: signature over {data} names an unexpected key")
         _refuse_expired(cert, signing_key)
         user_ids = tuple(str(uid) for uid in cert.user_ids)
         LOG.debug("signature over %s verified: key %s (%s)", data, primary, signing_key)

@@ -5,6 +5,7 @@ Keys come from real GnuPG (rkt.testing.gpg), as the keys users trust do.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
@@ -311,25 +312,32 @@ def test_empty_and_unrelated_files_are_not_keys(
     assert keystore.fingerprints_for("example.com") == set()
 
 
-def test_key_file_with_wrong_fingerprint_is_an_error(
-    keys: Keys, keystore: TrustedKeystore, dirs: tuple[Path, Path]
+def test_key_file_with_wrong_fingerprint_is_skipped_with_a_warning(
+    keys: Keys, keystore: TrustedKeystore, dirs: tuple[Path, Path],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     _, local = dirs
     path = _put(local, f"prefix.d/example.com/{keys.alice}", keys.public(keys.bob))
-    with pytest.raises(KeystoreError, match="does not match its file name") as caught:
-        keystore.all_keys()
-    assert str(path) in str(caught.value)
+    good = _put(local, f"prefix.d/example.com/{keys.bob}", keys.public(keys.bob))
+    with caplog.at_level(logging.WARNING, logger="rkt.keystore"):
+        assert [k.path for k in keystore.all_keys()] == [good]
+        assert keystore.fingerprints_for("example.com/app") == {keys.bob}
+    assert f"trusted key {path} has fingerprint {keys.bob}" in caplog.text
+    assert "does not match its file name" in caplog.text
 
 
-def test_garbage_key_file_is_an_error_naming_it(
-    keystore: TrustedKeystore, dirs: tuple[Path, Path]
+def test_garbage_key_file_is_skipped_naming_it(
+    keys: Keys, keystore: TrustedKeystore, dirs: tuple[Path, Path],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # One broken file must not stop the verification of every other image.
     _, local = dirs
-    path = _put(local, "root.d/" + "ab" * 20, b"not a key")
-    with pytest.raises(KeystoreError) as caught:
-        keystore.all_keys()
-    assert str(path) in str(caught.value)
-    assert "\n" not in str(caught.value)
+    broken = _put(local, "prefix.d/broken.org/" + "ab" * 20, b"not a key")
+    good = _put(local, f"root.d/{keys.alice}", keys.public(keys.alice))
+    with caplog.at_level(logging.WARNING, logger="rkt.keystore"):
+        assert [k.path for k in keystore.all_keys()] == [good]
+    assert f'key "{broken}" is not an OpenPGP public key' in caplog.text
+    assert keystore.fingerprints_for("broken.org/app") == {keys.alice}
 
 
 def test_fingerprints_for_matches_whole_path_components(
