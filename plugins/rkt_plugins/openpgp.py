@@ -48,9 +48,8 @@ class OpenPGPVerifier:
         candidates = [cert for cert in certs if issuers & _key_handles(cert)] if issuers else certs
         if not candidates:
             raise VerificationError(
-                f"openpgp: signature made by unknown entity ({_describe_issuer(sig)}) "
-                f"over {data}; if you trust that key, add it with: "
-                "rkt trust --prefix IMAGE-NAME-PREFIX KEYFILE"
+                f"openpgp: signature made by unknown entity ({_describe_issuer(sig)}); "
+                "if you trust that key, add it with: rkt trust --prefix IMAGE-NAME-PREFIX KEYFILE"
             )
         try:
             result = pysequoia.verify(
@@ -62,9 +61,9 @@ class OpenPGPVerifier:
             message = first_line(exc)
             if message.startswith("Reading"):
                 raise VerificationError(f"openpgp: cannot read {data}: {message}") from exc
-            raise VerificationError(_explain_failure(sig, candidates, data)) from exc
+            raise VerificationError(_explain_failure(sig, candidates)) from exc
         if not result.valid_sigs:
-            raise VerificationError(_explain_failure(sig, candidates, data))
+            raise VerificationError(_explain_failure(sig, candidates))
         valid = result.valid_sigs[0]
         primary = str(valid.certificate).lower()
         signing_key = str(valid.signing_key).lower()
@@ -126,9 +125,9 @@ def _key_handles(cert: pysequoia.Cert) -> set[str]:
 
 def _describe_issuer(sig: pysequoia.Sig) -> str:
     if sig.issuer_fingerprint:
-        return f"key fingerprint {format_fingerprint(sig.issuer_fingerprint)}"
+        return f"signing key fingerprint {format_fingerprint(sig.issuer_fingerprint)}"
     if sig.issuer_key_id:
-        return f"key ID {sig.issuer_key_id.upper()}"
+        return f"signing key ID {sig.issuer_key_id.upper()}"
     return "the signature does not name its key"
 
 
@@ -189,9 +188,7 @@ def _refuse_expired(cert: pysequoia.Cert, signing_key: str) -> None:
             )
 
 
-def _explain_failure(
-    sig: pysequoia.Sig, candidates: Sequence[pysequoia.Cert], data: Path
-) -> str:
+def _explain_failure(sig: pysequoia.Sig, candidates: Sequence[pysequoia.Cert]) -> str:
     """Why pysequoia found no valid signature, as precisely as we can tell."""
     now = datetime.now(UTC)
     for cert in candidates:
@@ -227,8 +224,9 @@ def _explain_failure(
             f"openpgp: invalid signature: it claims to be made in the future "
             f"({sig.created:%Y-%m-%d %H:%M:%S} UTC); check the clock"
         )
+    # No file name: the verifier sees a private copy in the store's tmp dir, a name
+    # that means nothing to the user.
     return (
-        f"openpgp: invalid signature: {data} does not match the signature by "
-        f"{_describe_issuer(sig)} (the file was changed, or the signature is for another "
-        "file)"
+        "openpgp: invalid signature: the image's bytes do not match the signature made with "
+        f"{_describe_issuer(sig)} (the image was changed, or the signature is for another file)"
     )

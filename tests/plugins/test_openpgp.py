@@ -165,7 +165,8 @@ def test_signature_over_other_bytes(keys: Keys, image: Path, tmp_path: Path) -> 
     tampered.write_bytes(image.read_bytes() + b"!")
     message = _fails(tampered, signature, _trusted(keys, tmp_path, keys.ed25519))
     assert message.startswith("openpgp: invalid signature: ")
-    assert str(tampered) in message
+    assert "do not match" in message
+    assert format_fingerprint(keys.ed25519) in message
 
 
 def test_signature_by_an_untrusted_key(keys: Keys, image: Path, tmp_path: Path) -> None:
