@@ -42,7 +42,7 @@ class OpenPGPVerifier:
     def verify(self, data: Path, signature: bytes, keys: Sequence[TrustedKey]) -> Signer:
         import pysequoia
 
-        sig = _parse_signature(signature, data)
+        sig = _parse_signature(signature)
         certs = _load_certs(keys)
         issuers = {h for h in (sig.issuer_fingerprint, sig.issuer_key_id) if h}
         candidates = [cert for cert in certs if issuers & _key_handles(cert)] if issuers else certs
@@ -82,17 +82,16 @@ def rkt_register_verifiers(registry: VerifierRegistry) -> None:
 
 
 # -- helpers ---------------------------------------------------------------------------
-def _parse_signature(signature: bytes, data: Path) -> pysequoia.Sig:
+def _parse_signature(signature: bytes) -> pysequoia.Sig:
     import pysequoia
 
     if not signature.strip():
-        raise VerificationError(f"openpgp: malformed signature for {data}: the file is empty")
+        raise VerificationError("openpgp: malformed signature: the signature file is empty")
     try:
         return pysequoia.Sig.from_bytes(signature)
     except Exception as exc:
         raise VerificationError(
-            f"openpgp: malformed signature for {data}: not an OpenPGP signature "
-            f"({first_line(exc)})"
+            f"openpgp: malformed signature: not an OpenPGP signature ({first_line(exc)})"
         ) from exc
 
 
