@@ -1,0 +1,14 @@
+"""App Container Images as archives: compression, layout validation, safe extraction.
+
+* :mod:`rkt.aci.compression`: detect gzip/bzip2/xz/zstd/plain by magic bytes and
+  stream the uncompressed bytes (:func:`~rkt.aci.compression.open_decompressed`).
+* :mod:`rkt.aci.archive`: :func:`~rkt.aci.archive.scan_aci` validates the tar layout
+  of appc-spec/aci.md in one sequential pass and returns the raw manifest.
+* :mod:`rkt.aci.extract`: :func:`~rkt.aci.extract.extract_tar` unpacks a (hostile)
+  tar into a directory without ever touching anything outside it.
+* :mod:`rkt.aci.tarstream`: the strict tar reader both of them use.
+
+Importing this package imports none of them, so that ``rkt version`` stays cheap.
+"""
+
+from __future__ import annotations
