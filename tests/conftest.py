@@ -3,7 +3,6 @@ from rkt's own pytest plugin, ``rkt.testing``, which plugin authors use too."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,9 +33,3 @@ def broken_plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _install_dist("rkt-broken-plugin", tmp_path_factory.mktemp("broken-plugin"))
 
 
-def pythonpath_with(*paths: Path) -> dict[str, str]:
-    existing = os.environ.get("PYTHONPATH")
-    return {"PYTHONPATH": os.pathsep.join([*map(str, paths), *([existing] if existing else [])])}
-
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

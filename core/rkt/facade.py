@@ -85,7 +85,7 @@ class Plugins:
         verifier = self.verifiers.get(signature_format)
         if verifier is None:
             raise PluginError(f'no verifier for "{signature_format}" signatures is installed')
-        return cast("Verifier", verifier)
+        return verifier
 
     def open_store(self, data_dir: Path, name: str = DEFAULT_STORE) -> ImageStore:
         factory = self.stores.get(name)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rkt.errors import PluginError
+from rkt.fetching import Discoverer, Fetcher, Verifier
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -58,15 +59,15 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-class FetcherRegistry(Registry["Fetcher"]):
+class FetcherRegistry(Registry[Fetcher]):
     thing = "fetcher"
 
 
-class DiscoveryRegistry(Registry["Discoverer"]):
+class DiscoveryRegistry(Registry[Discoverer]):
     thing = "discovery method"
 
 
-class VerifierRegistry(Registry["Verifier"]):
+class VerifierRegistry(Registry[Verifier]):
     thing = "verifier"
 
 

@@ -1,14 +1,56 @@
-"""The stage1 contract: what a stage1 backend implements.
+"""The stage1 contract, stage1 images, and choosing one for a pod.
 
-A backend is found by name in the ``rkt.stage1`` entry-point group (or registered
-through ``rkt_register_stage1_backends``); the stage1 *image* (an ACI named like
-``coreos.com/rkt/stage1-nspawn``) names the backend in its manifest annotations.
-Only the chosen backend is imported.
+A stage1 backend is a Python object found by name in the ``rkt.stage1``
+entry-point group (only the chosen one is imported). A stage1 *image* is an
+ordinary ACI named like ``coreos.com/rkt/stage1-nspawn`` whose annotations name
+the backend (``coreos.com/rkt/stage1/backend``) and the interface version it
+speaks (``coreos.com/rkt/stage1/interface-version``); ``rkt install`` builds one
+per installed backend into the default stage1 directory.
+
+stage0 (the ``rkt`` command) prepares the pod directory and the resolved apps;
+the backend only has to isolate and start them, normally by running the shared
+supervisor (``rkt.pod.supervisor``) inside whatever isolation it provides.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import json
+import os
+import platform
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rkt import __version__
+from rkt.errors import Stage1Error, UsageError
+
+if TYPE_CHECKING:
+    from rkt.cli.context import GlobalOptions
+    from rkt.pod.dirs import Pod
+    from rkt.store import ImageInfo
+
+#: the stage0/stage1 interface this rkt speaks (the annotation's value)
+INTERFACE_VERSION = 1
+DEFAULT_STAGE1_DIR = Path("/usr/lib/rkt/stage1-images")
+DEFAULT_BACKEND = "nspawn"
+STAGE1_NAME_PREFIX = "coreos.com/rkt/stage1-"
+BACKEND_ANNOTATION = "coreos.com/rkt/stage1/backend"
+INTERFACE_ANNOTATION = "coreos.com/rkt/stage1/interface-version"
+SUPERVISOR_PATH = "rkt/supervisor.py"
+
+
+@dataclass
+class RunOptions:
+    """Pod-level options of ``rkt run`` / ``run-prepared`` that reach the stage1."""
+
+    hostname: str | None = None
+    interactive: bool = False
+    net: list[str] = field(default_factory=lambda: ["host"])
+    debug: bool = False
+    insecure: frozenset[str] = frozenset()
 
 
 class Stage1Backend(Protocol):
@@ -18,3 +60,193 @@ class Stage1Backend(Protocol):
     name: str
     #: the stage0/stage1 interface version this backend speaks
     interface_version: int
+
+    def build_image(self, rootfs: Path) -> None:
+        """Add the backend's own files to a stage1 image's rootfs being built.
+
+        The common skeleton and ``/rkt/supervisor.py`` are already there.
+        """
+        ...
+
+    def run(self, pod: Pod, apps: dict[str, Any], options: RunOptions) -> int:
+        """Run the prepared pod to completion and return its exit code.
+
+        ``pod`` is in ``run/`` and locked by the caller; the lock's fd
+        (``pod.lock_fd``) must stay open in whatever process outlives the
+        caller, so the pod reads as running exactly as long as it runs. The
+        backend records the host PID of the pod's PID 1 in ``<pod>/pid``.
+        """
+        ...
+
+    def enter(self, pod: Pod, app: dict[str, Any], command: list[str]) -> int:
+        """Run ``command`` in the running app's namespaces, with its isolation."""
+        ...
+
+    def stop(self, pod: Pod, *, force: bool) -> None:
+        """Ask the running pod to stop (SIGTERM to the apps), or kill it with ``force``."""
+        ...
+
+    def gc(self, pod: Pod) -> None:
+        """Release anything the backend set up outside the pod directory."""
+        ...
+
+
+# -- building stage1 images ----------------------------------------------------------
+def stage1_image_name(backend: str) -> str:
+    return STAGE1_NAME_PREFIX + backend
+
+
+def _host_arch() -> str:
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "aarch64"}.get(machine, machine)
+
+
+def build_stage1_image(backend: Stage1Backend, out: Path) -> Path:
+    """Write ``out`` (an uncompressed ACI) for ``backend``; atomic."""
+    manifest = {
+        "acKind": "ImageManifest", "acVersion": "0.8.11",
+        "name": stage1_image_name(backend.name),
+        "labels": [
+            {"name": "version", "value": __version__},
+            {"name": "os", "value": "linux"},
+            {"name": "arch", "value": _host_arch()},
+        ],
+        "annotations": [
+            {"name": BACKEND_ANNOTATION, "value": backend.name},
+            {"name": INTERFACE_ANNOTATION, "value": str(backend.interface_version)},
+        ],
+    }
+    with tempfile.TemporaryDirectory(prefix="rkt-stage1-") as work:
+        rootfs = Path(work) / "rootfs"
+        for directory in ("usr", "proc", "sys", "dev", "tmp", "etc", "run", "var/tmp",
+                          "opt/stage2", "rkt/status", "rkt/pids", "rkt/volumes"):
+            (rootfs / directory).mkdir(parents=True, exist_ok=True)
+        # merged-/usr links, so the host's /usr (bound read-only) is a working userland
+        for link in ("bin", "sbin", "lib", "lib64"):
+            os.symlink(f"usr/{link}", rootfs / link)
+        (rootfs / "etc" / "os-release").write_text(
+            f'NAME="rkt stage1 ({backend.name})"\nID=rkt-stage1\nVERSION_ID={__version__}\n'
+        )
+        (rootfs / "etc" / "machine-id").write_text("")
+        supervisor = Path(__file__).parent / "pod" / "supervisor.py"
+        shutil.copyfile(supervisor, rootfs / SUPERVISOR_PATH)
+        backend.build_image(rootfs)
+        (Path(work) / "manifest").write_text(json.dumps(manifest, indent=2))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(Path(work) / "manifest", "manifest")
+            tar.add(rootfs, "rootfs")
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, out)
+    return out
+
+
+# -- choosing the stage1 for a pod -------------------------------------------------------
+@dataclass
+class Stage1Choice:
+    """The ``--stage1-*`` flags (at most one may be given)."""
+
+    image: str | None = None  # --stage1-image (rkt 0.5's flag): path or URL
+    name: str | None = None
+    path: str | None = None
+    url: str | None = None
+    hash: str | None = None
+    from_dir: str | None = None
+
+    def given(self) -> list[str]:
+        return [f"--stage1-{k}" for k in ("image", "name", "path", "url", "hash", "from-dir")
+                if getattr(self, k.replace("-", "_"))]
+
+
+def stage1_images_dir(options: GlobalOptions) -> Path:
+    configured = options.config.paths.get("stage1-images")
+    override = os.environ.get("RKT_STAGE1_IMAGES_DIR")
+    return Path(override or configured or DEFAULT_STAGE1_DIR)
+
+
+def _in_dir(path: Path, directory: Path) -> bool:
+    try:
+        return path.resolve().parent == directory.resolve()
+    except OSError:
+        return False
+
+
+def import_trusted_stage1(options: GlobalOptions, path: Path) -> ImageInfo:
+    """Import a stage1 image from the default directory, which rkt trusts by location.
+
+    The file's size and mtime key a cache row, so an unchanged image is not
+    re-read on every run, and a rebuilt one (a new rkt) is picked up.
+    """
+    from rkt.fetching import FetchedImage, import_fetched
+
+    store = options.store
+    try:
+        info = path.stat()
+    except FileNotFoundError as exc:
+        raise Stage1Error(f"stage1 image {path} does not exist (run 'rkt install'?)") from exc
+    url = f"file://{path.resolve()}"
+    etag = f"{info.st_size}-{info.st_mtime_ns}"
+    cached = store.cached_remote(url)
+    if cached is not None and cached[0] == etag:
+        try:
+            return store.resolve(cached[1])
+        except Exception:
+            pass
+    image = import_fetched(options, FetchedImage(path=path, origin=str(path)), verify=False)
+    store.record_remote(url, etag, image.id)
+    return image
+
+
+def select_stage1(options: GlobalOptions, choice: Stage1Choice) -> ImageInfo:
+    """The stage1 image for a new pod, per rkt's rules (rkt-behaviour.md section 4.5)."""
+    from rkt.fetching import fetch_image
+
+    given = choice.given()
+    if len(given) > 1:
+        raise UsageError(f"only one stage1 flag may be given, got {', '.join(given)}")
+    directory = stage1_images_dir(options)
+    if choice.image or choice.path or choice.url:
+        location = choice.image or choice.path or choice.url or ""
+        candidate = Path(location)
+        if candidate.is_absolute() and _in_dir(candidate, directory):
+            return import_trusted_stage1(options, candidate)
+        return fetch_image(options, location, pull_policy="new")
+    if choice.from_dir:
+        return import_trusted_stage1(options, directory / choice.from_dir)
+    if choice.hash:
+        return options.store.resolve(choice.hash)
+    name = choice.name
+    if name is None:
+        configured = options.config.stage1
+        if configured.get("name"):
+            try:
+                return options.store.find_by_name(
+                    configured["name"], {"version": configured["version"]}
+                )
+            except Exception:
+                pass
+        if configured.get("location"):
+            location = configured["location"]
+            if not (location.startswith("/") or "://" in location):
+                raise Stage1Error(
+                    "default stage1 image location is either a relative path or a URL "
+                    f"without scheme: {location}"
+                )
+            path = Path(location.removeprefix("file://"))
+            if path.is_absolute() and _in_dir(path, directory):
+                return import_trusted_stage1(options, path)
+            return fetch_image(options, location, pull_policy="new")
+        name = stage1_image_name(DEFAULT_BACKEND)
+    name, _, version = name.partition(":")
+    labels = {"version": version} if version else {}
+    if name.startswith(STAGE1_NAME_PREFIX):
+        bundled = directory / f"stage1-{name.removeprefix(STAGE1_NAME_PREFIX)}.aci"
+        if bundled.exists():
+            return import_trusted_stage1(options, bundled)
+    try:
+        return options.store.find_by_name(name, labels)
+    except Exception as exc:
+        raise Stage1Error(
+            f'stage1 image "{name}" is not in the store nor in {directory}'
+        ) from exc

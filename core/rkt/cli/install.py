@@ -1,4 +1,8 @@
-"""``rkt install``: create the data and config directories with rkt's modes (rkt 0.5.4)."""
+"""``rkt install``: create rkt's directories (rkt 0.5.4) and build the stage1 images.
+
+A stage1 image is built for every installed stage1 backend (the ``rkt.stage1``
+entry points) into the default stage1 directory, where rkt trusts it by location.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +23,12 @@ DATA_DIRS = {
 
 
 def add_arguments(command: str, parser: RktArgumentParser) -> None:
-    del command, parser
+    del command
+    parser.add_bool_flag("--no-stage1", help="do not (re)build the stage1 images")
 
 
 def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
-    del command, args
+    del command
     data_dir = options.resolved_data_dir
     try:
         for rel, mode in DATA_DIRS.items():
@@ -37,4 +42,17 @@ def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
         raise RktError(f"install: cannot create {exc.filename}: {exc.strerror}") from exc
     print(f"rkt directories ready under {data_dir} and {options.local_config}",
           file=options.stdout)
+    if not args.no_stage1:
+        _build_stage1_images(options)
     return 0
+
+
+def _build_stage1_images(options: GlobalOptions) -> None:
+    from rkt.plugins import installed_stage1_backends
+    from rkt.stage1 import build_stage1_image, stage1_images_dir
+
+    directory = stage1_images_dir(options)
+    for name in installed_stage1_backends():
+        backend = options.plugins.stage1_backend(name)
+        out = build_stage1_image(backend, directory / f"stage1-{name}.aci")
+        print(f"built stage1 image {out}", file=options.stdout)

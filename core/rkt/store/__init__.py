@@ -122,3 +122,14 @@ class ImageStore(Protocol):
     def touch(self, image_id: str) -> None:
         """Record that the image was just used."""
         ...
+
+    def cached_remote(self, url: str) -> tuple[str | None, str] | None:
+        """(ETag, image ID) last recorded for ``url``, if any."""
+        ...
+
+    def record_remote(
+        self, url: str, etag: str | None, image_id: str, *,
+        signature_url: str | None = None, max_age: int = 0,
+    ) -> None:
+        """Remember where an image came from, for the remote cache."""
+        ...

@@ -279,6 +279,15 @@ class CasStore:
             self.manifest_path(image_id).unlink(missing_ok=True)
             self.blob_path(image_id).unlink(missing_ok=True)
 
+    def cached_remote(self, url: str) -> tuple[str | None, str] | None:
+        return self.index.get_remote(url)
+
+    def record_remote(
+        self, url: str, etag: str | None, image_id: str, *,
+        signature_url: str | None = None, max_age: int = 0,
+    ) -> None:
+        self.index.put_remote(url, etag, image_id, signature_url=signature_url, max_age=max_age)
+
     def sweep_tmp(self, older_than: float = 24 * 3600) -> None:
         """Remove leftovers of crashed imports (rkt#3794 let them fill disks)."""
         cutoff = time.time() - older_than

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,9 +60,10 @@ class ImageIndex:
             self._db.execute("PRAGMA synchronous=NORMAL")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
-                with self.transaction():
-                    self._db.executescript(_SCHEMA)
-                    self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                # executescript commits on its own, so the script is its own transaction
+                self._db.executescript(
+                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+                )
             elif version > SCHEMA_VERSION:
                 raise StoreError(
                     f"store index {path} has schema version {version}, newer than this rkt"
@@ -127,6 +129,23 @@ class ImageIndex:
         with self.transaction() as db:
             db.execute("DELETE FROM images WHERE id = ?", (image_id,))
             db.execute("DELETE FROM remotes WHERE image_id = ?", (image_id,))
+
+    def get_remote(self, url: str) -> tuple[str | None, str] | None:
+        row = self._db.execute(
+            "SELECT etag, image_id FROM remotes WHERE url = ?", (url,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def put_remote(
+        self, url: str, etag: str | None, image_id: str, *,
+        signature_url: str | None = None, max_age: int = 0,
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO remotes (url, signature_url, etag, image_id, max_age,"
+                " download_time) VALUES (?, ?, ?, ?, ?, ?)",
+                (url, signature_url, etag, image_id, max_age, time.time()),
+            )
 
     def set_last_used(self, image_id: str, when: float) -> None:
         with self.transaction() as db:

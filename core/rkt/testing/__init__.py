@@ -25,6 +25,16 @@ import pytest
 from rkt.testing.aci import build_aci, image_manifest
 
 
+def pythonpath_with(*paths: Path) -> dict[str, str]:
+    """Environment for a subprocess that should also see packages installed in ``paths``."""
+    existing = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": os.pathsep.join([*map(str, paths), *([existing] if existing else [])])}
+
+
+#: mark for tests that need root (namespaces, mounts, systemd-nspawn)
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
 @dataclass
 class RktEnv:
     """A private rkt world in a temp dir; ``run`` invokes the real ``rkt`` command."""
@@ -130,9 +140,9 @@ def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A GnuPG home shared by a test session (key generation is the slow part)."""
     from rkt.testing.gpg import GpgHome
 
-    home = tmp_path_factory.mktemp("gnupg")
-    yield GpgHome(home)
-    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
+    home = GpgHome(tmp_path_factory.mktemp("gnupg"))
+    yield home
+    home.close()
 
 
 @pytest.fixture(scope="session")

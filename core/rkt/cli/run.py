@@ -1,0 +1,204 @@
+"""``rkt run``, ``rkt prepare`` and ``rkt run-prepared``.
+
+``rkt run [pod flags] IMAGE [app flags] [-- args] [--- IMAGE [app flags] ...]``:
+per-app flags written after an image apply to that image; written before any
+image they apply to every app (rkt 1.x's rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rkt.cli.context import GlobalOptions, RktArgumentParser
+from rkt.cli.imageargs import ImageArgs, split_image_args
+from rkt.errors import UsageError
+
+#: flags that belong to the image before them
+APP_FLAGS = {
+    "--exec", "--user", "--group", "--supplementary-gids", "--working-dir", "--name",
+    "--mount", "--signature", "--readonly-rootfs", "--annotation", "--environment",
+    "--caps-retain", "--caps-remove", "--cap-retain", "--cap-remove",
+}
+
+
+def _add_app_flags(parser: RktArgumentParser) -> None:
+    group = parser.add_argument_group("per-app flags (after the image they apply to)")
+    group.add_argument("--exec", help="override the app's executable")
+    group.add_argument("--user", help="user to run the app as (name, number or /file)")
+    group.add_argument("--group", help="group to run the app as")
+    group.add_argument("--supplementary-gids", help="comma-separated supplementary GIDs")
+    group.add_argument("--working-dir", help="override the app's working directory")
+    group.add_argument("--name", help="the app's name in the pod")
+    group.add_argument("--mount", action="append", default=None,
+                       help="volume=NAME,target=PATH: mount a volume into the app")
+    group.add_argument("--signature", help="signature file for the image")
+    parser.add_bool_flag("--readonly-rootfs", help="mount the app's rootfs read-only")
+    group.add_argument("--annotation", action="append", default=None, help="NAME=VALUE")
+    group.add_argument("--environment", action="append", default=None,
+                       help="NAME=VALUE for this app (highest precedence)")
+    for flag in ("--caps-retain", "--caps-remove", "--cap-retain", "--cap-remove"):
+        group.add_argument(flag, help="comma-separated capabilities")
+
+
+def add_arguments(command: str, parser: RktArgumentParser) -> None:
+    if command == "run-prepared":
+        parser.add_argument("uuid", metavar="UUID")
+    else:
+        parser.add_argument("image", nargs="*", metavar="IMAGE",
+                            help="image file, URL, hash, appc name or docker:// reference")
+        parser.add_argument("--volume", action="append", default=[],
+                            help="NAME,kind=host,source=PATH[,readOnly=BOOL] or "
+                                 "NAME,kind=empty[,mode=0755,uid=0,gid=0]")
+        parser.add_argument("--set-env", action="append", default=[], metavar="NAME=VALUE")
+        parser.add_argument("--set-env-file", metavar="FILE")
+        parser.add_bool_flag("--inherit-env", help="pass rkt's environment to the apps")
+        parser.add_bool_flag("--no-overlay", help="copy images instead of overlay mounts")
+        parser.add_bool_flag("--local", help="use only images in the store")
+        parser.add_argument("--pod-manifest", metavar="FILE", help="run this pod manifest")
+        parser.add_argument("--pull-policy", choices=("new", "update", "never"), default=None)
+        for flag in ("image", "name", "path", "url", "hash", "from-dir"):
+            parser.add_argument(f"--stage1-{flag}", metavar=flag.upper())
+        parser.add_argument("--user-annotation", action="append", default=[])
+        parser.add_argument("--user-label", action="append", default=[])
+        _add_app_flags(parser)
+    if command == "prepare":
+        parser.add_bool_flag("--quiet", help="print only the UUID")
+        return
+    parser.add_bool_flag("--interactive", help="give the app the terminal")
+    parser.add_argument("--hostname", help="the pod's hostname (default rkt-UUID)")
+    parser.add_argument("--net", action="append", default=None, nargs="?", const="default",
+                        help="networks to join: host or none")
+    parser.add_bool_flag("--private-net", help="give the pod its own network (rkt 0.5)")
+    parser.add_bool_flag("--mds-register", help="register with the metadata service")
+    parser.add_argument("--port", action="append", default=[], help="NAME:[HOSTIP:]HOSTPORT")
+    parser.add_argument("--dns", action="append", default=[])
+    if command == "run":
+        parser.add_argument("--uuid-file-save", metavar="FILE",
+                            help="write the pod's UUID to FILE")
+
+
+def split_arguments(
+    command: str, parser: RktArgumentParser, tokens: list[str]
+) -> tuple[list[str], list[ImageArgs]]:
+    if command == "run-prepared":
+        return tokens, []
+    return split_image_args(parser, tokens, APP_FLAGS, allow_app_args=True)
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [item.strip() for item in value.split(",") if item.strip()] if value else None
+
+
+def _app_requests(parser_args: argparse.Namespace, images: list[ImageArgs]) -> list[object]:
+    from rkt.pod.apps import AppRequest, parse_env, parse_mount
+
+    app_parser = RktArgumentParser(prog="rkt run")
+    _add_app_flags(app_parser)
+    requests: list[object] = []
+    for image in images:
+        own = app_parser.parse_args(image.flags)
+
+        def pick(name: str, own: argparse.Namespace = own) -> object:
+            value = getattr(own, name)
+            return value if value not in (None, False) else getattr(parser_args, name)
+
+        gids = pick("supplementary_gids")
+        try:
+            supplementary = [int(g) for g in _csv(str(gids))] if gids else None  # type: ignore[union-attr]
+        except ValueError as exc:
+            raise UsageError(f"--supplementary-gids {gids}: expected numbers") from exc
+        exec_value = pick("exec")
+        signature = pick("signature")
+        requests.append(AppRequest(
+            image=image.image,
+            signature=Path(str(signature)) if signature else None,
+            exec_=[str(exec_value)] if exec_value else None,
+            args=image.app_args,
+            user=pick("user"),  # type: ignore[arg-type]
+            group=pick("group"),  # type: ignore[arg-type]
+            supplementary_gids=supplementary,
+            working_dir=pick("working_dir"),  # type: ignore[arg-type]
+            name=own.name,
+            mounts=[parse_mount(m) for m in (own.mount or parser_args.mount or [])],
+            readonly_rootfs=bool(pick("readonly_rootfs")),
+            annotations=dict(parse_env(a, "--annotation")
+                             for a in (own.annotation or parser_args.annotation or [])),
+            environment=[parse_env(e, "--environment")
+                         for e in (own.environment or parser_args.environment or [])],
+            caps_retain=_csv(pick("caps_retain") or pick("cap_retain")),  # type: ignore[arg-type]
+            caps_remove=_csv(pick("caps_remove") or pick("cap_remove")),  # type: ignore[arg-type]
+        ))
+    return requests
+
+
+def _pod_request(args: argparse.Namespace) -> object:
+    from rkt.pod.apps import parse_env, parse_volume, read_env_file
+    from rkt.pod.prepare import PodRequest
+
+    images: list[ImageArgs] = args.split or []
+    if args.pod_manifest:
+        conflicting = bool(images or args.volume or args.set_env or args.set_env_file
+                           or args.inherit_env or args.mount or args.exec)
+        if conflicting:
+            raise UsageError("conflicting flags set with --pod-manifest")
+    elif not images:
+        raise UsageError("at least one image or --pod-manifest is required")
+    return PodRequest(
+        apps=_app_requests(args, images),  # type: ignore[arg-type]
+        volumes=[parse_volume(v) for v in args.volume],
+        set_env=[parse_env(e, "--set-env") for e in args.set_env],
+        set_env_file=read_env_file(Path(args.set_env_file)) if args.set_env_file else [],
+        inherit_env=args.inherit_env,
+        no_overlay=args.no_overlay,
+        pod_manifest=Path(args.pod_manifest) if args.pod_manifest else None,
+        user_annotations=dict(parse_env(a, "--user-annotation") for a in args.user_annotation),
+        user_labels=dict(parse_env(a, "--user-label") for a in args.user_label),
+    )
+
+
+def _run_options(options: GlobalOptions, args: argparse.Namespace, app_count: int) -> object:
+    from rkt.stage1 import RunOptions
+
+    if args.interactive and app_count > 1:
+        raise UsageError("--interactive can only be used with a single image")
+    nets: list[str] = []
+    for value in args.net or []:
+        nets += _csv(value) or ["default"]
+    if args.private_net:
+        nets.append("default")
+    nets = nets or ["host"]
+    unsupported = [n for n in nets if n.split(":")[0] not in ("host", "none")]
+    if unsupported:
+        raise UsageError(
+            f"--net={','.join(unsupported)}: contained networks (CNI) are not available "
+            "in this version; use --net=host or --net=none"
+        )
+    if args.port:
+        raise UsageError("--port needs a contained network, which this version lacks")
+    return RunOptions(hostname=args.hostname, interactive=args.interactive, net=nets,
+                      debug=options.debug, insecure=options.insecure)
+
+
+def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
+    from rkt.pod import lifecycle
+    from rkt.stage1 import Stage1Choice
+
+    lifecycle.ensure_root(command)
+    if command == "run-prepared":
+        prepared = lifecycle.open_prepared(options, args.uuid)
+        run_options = _run_options(options, args, 1)
+        return lifecycle.run_pod(options, prepared, run_options)  # type: ignore[arg-type]
+    request = _pod_request(args)
+    run_options = _run_options(options, args, len(request.apps)) if command == "run" else None  # type: ignore[attr-defined]
+    choice = Stage1Choice(image=args.stage1_image, name=args.stage1_name, path=args.stage1_path,
+                          url=args.stage1_url, hash=args.stage1_hash,
+                          from_dir=args.stage1_from_dir)
+    policy = "never" if args.local else (args.pull_policy or "new")
+    prepared = lifecycle.create_pod(options, request, choice, pull_policy=policy)  # type: ignore[arg-type]
+    if command == "prepare":
+        lifecycle.mark_prepared(prepared)
+        print(prepared.pod.uuid, file=options.stdout)
+        return 0
+    return lifecycle.run_pod(options, prepared, run_options,  # type: ignore[arg-type]
+                             uuid_file=args.uuid_file_save)

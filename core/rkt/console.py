@@ -1,0 +1,188 @@
+"""The pod's terminal for stage1s that run apps as rkt's own children (fly, kvm).
+
+systemd-nspawn already gives a container a pseudo-terminal and kills it when
+Ctrl+] is pressed three times within a second; this module does the same for
+the other stage1s. With ``--interactive`` the app gets a pty of its own that is
+relayed to the user's terminal; without it the app's output goes straight to
+rkt's, and the terminal is only watched for the escape sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pty
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+import tty
+from collections.abc import Callable, Iterator, Sequence
+
+ESCAPE = 0x1D  # Ctrl+]
+ESCAPE_COUNT = 3
+ESCAPE_WINDOW = 1.0
+
+
+class EscapeDetector:
+    """Counts Ctrl+] presses; three within a second means "kill the pod"."""
+
+    def __init__(self) -> None:
+        self.presses: list[float] = []
+
+    def feed(self, data: bytes, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        for byte in data:
+            if byte == ESCAPE:
+                self.presses = [t for t in self.presses if now - t < ESCAPE_WINDOW] + [now]
+                if len(self.presses) >= ESCAPE_COUNT:
+                    return True
+            else:
+                self.presses.clear()
+        return False
+
+
+@contextlib.contextmanager
+def _terminal_mode(fd: int, raw: bool) -> Iterator[None]:
+    saved = termios.tcgetattr(fd)
+    try:
+        if raw:
+            tty.setraw(fd)
+        else:
+            tty.setcbreak(fd)  # no echo, no line buffering; output processing stays
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _copy_size(source: int, target: int) -> None:
+    with contextlib.suppress(OSError):
+        size = fcntl.ioctl(source, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(target, termios.TIOCSWINSZ, size)
+
+
+def run_with_console(
+    command: Sequence[str],
+    *,
+    interactive: bool,
+    kill: Callable[[subprocess.Popen[bytes]], None],
+    pass_fds: Sequence[int] = (),
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    env: dict[str, str] | None = None,
+) -> int:
+    """Run ``command`` (the pod's supervisor), relaying the terminal; return its exit code.
+
+    Ctrl+C is the pod's business (its supervisor stops the apps), so rkt ignores
+    SIGINT while the pod runs instead of dying before it.
+    """
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return _run(command, interactive=interactive, kill=kill, pass_fds=pass_fds,
+                    on_start=on_start, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run(
+    command: Sequence[str],
+    *,
+    interactive: bool,
+    kill: Callable[[subprocess.Popen[bytes]], None],
+    pass_fds: Sequence[int],
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None,
+    env: dict[str, str] | None,
+) -> int:
+    stdin_tty = sys.stdin.isatty()
+    if not stdin_tty:
+        # No terminal, no escape sequence to watch: the plain case.
+        process = subprocess.Popen(
+            command, pass_fds=pass_fds, env=env,
+            stdin=None if interactive else subprocess.DEVNULL,
+        )
+        if on_start:
+            on_start(process)
+        return _wait(process)
+
+    master = slave = None
+    if interactive:
+        master, slave = pty.openpty()
+        _copy_size(sys.stdin.fileno(), slave)
+    process = subprocess.Popen(
+        command, pass_fds=pass_fds, env=env,
+        stdin=slave if interactive else subprocess.DEVNULL,
+        stdout=slave if interactive else None,
+        stderr=slave if interactive else None,
+    )
+    if slave is not None:
+        os.close(slave)
+    if on_start:
+        on_start(process)
+    detector = EscapeDetector()
+    stdin_fd = sys.stdin.fileno()
+    if interactive:
+        def on_winch(signum: int, frame: object) -> None:
+            del signum, frame
+            assert master is not None
+            _copy_size(stdin_fd, master)
+
+        signal.signal(signal.SIGWINCH, on_winch)
+    with _terminal_mode(stdin_fd, raw=interactive):
+        watched = [stdin_fd] + ([master] if master is not None else [])
+        while process.poll() is None:
+            try:
+                ready, _, _ = select.select(watched, [], [], 0.1)
+            except InterruptedError:
+                continue
+            if stdin_fd in ready:
+                data = os.read(stdin_fd, 1024)
+                if not data:
+                    watched.remove(stdin_fd)
+                elif detector.feed(data):
+                    kill(process)
+                    process.wait()
+                    break
+                elif master is not None:
+                    os.write(master, data)
+            if master is not None and master in ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the app closed its terminal
+                    data = b""
+                if not data:
+                    watched.remove(master)
+                else:
+                    os.write(sys.stdout.fileno(), data)
+        if master is not None:
+            _drain(master)
+            os.close(master)
+    if detector.presses and len(detector.presses) >= ESCAPE_COUNT:
+        print("\r\nrkt: pod killed (Ctrl+] pressed three times)", file=sys.stderr)
+    return _wait(process)
+
+
+def _drain(master: int) -> None:
+    while True:
+        try:
+            ready, _, _ = select.select([master], [], [], 0)
+            if not ready:
+                return
+            data = os.read(master, 65536)
+        except OSError:
+            return
+        if not data:
+            return
+        os.write(sys.stdout.fileno(), data)
+
+
+def _wait(process: subprocess.Popen[bytes]) -> int:
+    code = process.wait()
+    return code if code >= 0 else 128 - code
+
+
+def winsize(fd: int) -> tuple[int, int]:
+    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+    return rows, cols

@@ -1,0 +1,174 @@
+"""What the user asked for on the command line, parsed: apps, volumes, environment.
+
+Every parser here turns a malformed flag into one :class:`UsageError` line that
+quotes the flag, so ``rkt run --volume data,kind=hots`` says what is wrong with
+exactly that flag.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rkt.errors import UsageError
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_AC_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+#: appc-spec/ace.md: the bounding set when an app has no capability isolator
+DEFAULT_CAPABILITIES = (
+    "CAP_AUDIT_WRITE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER",
+    "CAP_KILL", "CAP_MKNOD", "CAP_NET_RAW", "CAP_NET_BIND_SERVICE", "CAP_SETUID",
+    "CAP_SETGID", "CAP_SETPCAP", "CAP_SETFCAP", "CAP_SYS_CHROOT",
+)
+
+_TRUE = {"true", "1", "t", "yes"}
+_FALSE = {"false", "0", "f", "no"}
+
+
+def _bool(value: str, flag: str) -> bool:
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise UsageError(f'{flag}: invalid boolean "{value}"')
+
+
+@dataclass
+class VolumeSpec:
+    name: str
+    kind: str
+    source: str | None = None
+    read_only: bool = False
+    recursive: bool = True
+    mode: str = "0755"
+    uid: int = 0
+    gid: int = 0
+
+    def to_manifest(self) -> dict[str, object]:
+        out: dict[str, object] = {"name": self.name, "kind": self.kind}
+        if self.kind == "host":
+            out.update(source=self.source, readOnly=self.read_only, recursive=self.recursive)
+        else:
+            out.update(readOnly=self.read_only, mode=self.mode, uid=self.uid, gid=self.gid)
+        return out
+
+
+def _key_values(text: str, flag: str) -> tuple[str, dict[str, str]]:
+    head, *rest = text.split(",")
+    values: dict[str, str] = {}
+    for part in rest:
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise UsageError(f'{flag} "{text}": expected key=value, got "{part}"')
+        if key in values:
+            raise UsageError(f'{flag} "{text}": "{key}" given twice')
+        values[key] = value
+    return head, values
+
+
+def parse_volume(text: str) -> VolumeSpec:
+    """``NAME,kind=host,source=PATH[,readOnly=BOOL][,recursive=BOOL]`` or
+    ``NAME,kind=empty[,mode=0755][,uid=0][,gid=0][,readOnly=BOOL]``."""
+    name, values = _key_values(text, "--volume")
+    if not _AC_NAME.match(name):
+        raise UsageError(f'--volume "{text}": invalid volume name "{name}"')
+    kind = values.pop("kind", None)
+    if kind not in ("host", "empty"):
+        raise UsageError(f'--volume "{text}": kind must be "host" or "empty"')
+    volume = VolumeSpec(name, kind)
+    if "readOnly" in values:
+        volume.read_only = _bool(values.pop("readOnly"), "--volume readOnly")
+    if kind == "host":
+        source = values.pop("source", None)
+        if not source:
+            raise UsageError(f'--volume "{text}": a host volume needs source=PATH')
+        if not source.startswith("/"):
+            raise UsageError(f'--volume "{text}": source must be an absolute path')
+        volume.source = source
+        if "recursive" in values:
+            volume.recursive = _bool(values.pop("recursive"), "--volume recursive")
+    else:
+        if "mode" in values:
+            volume.mode = values.pop("mode")
+            if not re.fullmatch(r"0?[0-7]{3,4}", volume.mode):
+                raise UsageError(f'--volume "{text}": invalid mode "{volume.mode}"')
+        for key in ("uid", "gid"):
+            if key in values:
+                raw = values.pop(key)
+                if not raw.isdigit():
+                    raise UsageError(f'--volume "{text}": {key} must be a number')
+                setattr(volume, key, int(raw))
+    if values:
+        raise UsageError(f'--volume "{text}": unknown option "{next(iter(values))}"')
+    return volume
+
+
+def parse_mount(text: str) -> tuple[str, str]:
+    """``volume=NAME,target=PATH`` -> (NAME, PATH)."""
+    values: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise UsageError(f'--mount "{text}": expected volume=NAME,target=PATH')
+        values[key] = value
+    if set(values) != {"volume", "target"} or not values["volume"] or not values["target"]:
+        raise UsageError(f'--mount "{text}": expected volume=NAME,target=PATH')
+    if not values["target"].startswith("/"):
+        raise UsageError(f'--mount "{text}": target must be an absolute path')
+    return values["volume"], values["target"]
+
+
+def parse_env(text: str, flag: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not _ENV_NAME.match(name):
+        raise UsageError(f'{flag} "{text}": expected NAME=VALUE')
+    return name, value
+
+
+def read_env_file(path: Path) -> list[tuple[str, str]]:
+    """``--set-env-file``: NAME=VALUE lines; ``#`` and ``;`` comments and blanks ignored."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise UsageError(f"--set-env-file {path}: {exc.strerror}") from exc
+    out = []
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        name, sep, value = stripped.partition("=")
+        if not sep or not _ENV_NAME.match(name):
+            raise UsageError(f"--set-env-file {path}:{number}: expected NAME=VALUE")
+        out.append((name, value))
+    return out
+
+
+@dataclass
+class AppRequest:
+    """One image on the command line and the per-app flags written after it."""
+
+    image: str
+    signature: Path | None = None
+    exec_: list[str] | None = None
+    args: list[str] | None = None
+    user: str | None = None
+    group: str | None = None
+    supplementary_gids: list[int] | None = None
+    working_dir: str | None = None
+    name: str | None = None
+    mounts: list[tuple[str, str]] = field(default_factory=list)
+    readonly_rootfs: bool | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+    environment: list[tuple[str, str]] = field(default_factory=list)
+    caps_retain: list[str] | None = None
+    caps_remove: list[str] | None = None
+
+
+def app_name_from_image(image_name: str) -> str:
+    """The default app name: the image name's last component, made an AC Name."""
+    base = image_name.rstrip("/").rsplit("/", 1)[-1].lower()
+    name = re.sub(r"[^a-z0-9]+", "-", base).strip("-")
+    return name or "app"

@@ -1,0 +1,246 @@
+"""Pod directories and their lifecycle, as rkt kept them (``Documentation/devel/pod-lifecycle.md``).
+
+A pod is a directory ``<dir>/pods/<phase>/<uuid>``; its phase is the parent
+directory, moved with atomic ``rename(2)``; an flock on the pod directory says
+whether someone is working on it:
+
+=================  ===================  ================================
+phase dir          locked               unlocked
+=================  ===================  ================================
+embryo/            (being created)      (being created)
+prepare/           preparing            aborted prepare
+prepared/          -                    prepared
+run/               running              exited
+exited-garbage/    exited, deleting     exited, marked for gc
+garbage/           deleting             marked for gc (failed prepare)
+=================  ===================  ================================
+
+So ``list``, ``status`` and ``gc`` never see a half state: a rename is atomic and a
+crashed process releases its lock. Losing a rename race (ENOENT) is normal.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rkt.errors import PodError, PodNotFoundError
+
+PHASES = ("embryo", "prepare", "prepared", "run", "exited-garbage", "garbage")
+_UUID_PREFIX = re.compile(r"^[0-9a-f-]{1,36}$")
+
+# files in a pod directory (rkt's names, so its docs still describe ours)
+POD_MANIFEST = "pod"
+POD_CREATED = "pod-created"
+PID_FILE = "pid"
+PPID_FILE = "ppid"
+STARTED_FILE = "pod-started"
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4())
+
+
+@dataclass
+class Pod:
+    """A pod directory; ``phase`` is where it was when last looked at."""
+
+    pods_dir: Path
+    uuid: str
+    phase: str
+    #: an open fd holding this pod's flock, when we hold it
+    lock_fd: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.pods_dir / self.phase / self.uuid
+
+    # -- locking -------------------------------------------------------------------
+    def lock(self, *, shared: bool = False, blocking: bool = False) -> bool:
+        """Take the pod lock; False if someone else holds it (non-blocking)."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (
+            0 if blocking else fcntl.LOCK_NB
+        )
+        try:
+            fcntl.flock(fd, operation)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        self.release()
+        self.lock_fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    def is_locked_by_other(self) -> bool:
+        """True if another process holds the lock (probes with a shared lock)."""
+        if self.lock_fd is not None:
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+
+    def move(self, phase: str) -> None:
+        """Atomically move the pod to another phase (the lock, on the dir, moves along)."""
+        target = self.pods_dir / phase / self.uuid
+        os.rename(self.path, target)
+        self.phase = phase
+
+    # -- state ---------------------------------------------------------------------
+    def state(self) -> str:
+        """rkt's state words: preparing, prepared, running, exited, ..."""
+        locked = self.is_locked_by_other() or self.lock_fd is not None
+        return {
+            "embryo": "embryo",
+            "prepare": "preparing" if locked else "aborted prepare",
+            "prepared": "prepared",
+            "run": "running" if locked else "exited",
+            "exited-garbage": "exited deleting" if locked else "exited garbage",
+            "garbage": "deleting" if locked else "garbage",
+        }[self.phase]
+
+    def is_exited(self) -> bool:
+        return self.phase in ("run", "exited-garbage") and self.state() not in ("running",)
+
+    def manifest_json(self) -> dict[str, object]:
+        try:
+            data: dict[str, object] = json.loads((self.path / POD_MANIFEST).read_bytes())
+        except FileNotFoundError as exc:
+            raise PodError(f'pod "{self.uuid}" has no manifest (state {self.phase})') from exc
+        return data
+
+    def created(self) -> float | None:
+        try:
+            return (self.path / POD_CREATED).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def started(self) -> float | None:
+        for name in (STARTED_FILE, PID_FILE, PPID_FILE):
+            try:
+                return (self.path / name).stat().st_mtime
+            except FileNotFoundError:
+                continue
+        return None
+
+    def read_int(self, name: str) -> int | None:
+        try:
+            return int((self.path / name).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def pid(self) -> int | None:
+        """The host PID of the pod's PID 1, as the stage1 recorded it."""
+        return self.read_int(PID_FILE)
+
+    def stage1_rootfs(self) -> Path:
+        return self.path / "stage1" / "rootfs"
+
+    def app_exit_codes(self) -> dict[str, int]:
+        status_dir = self.stage1_rootfs() / "rkt" / "status"
+        codes: dict[str, int] = {}
+        try:
+            entries = sorted(status_dir.iterdir())
+        except FileNotFoundError:
+            return codes
+        for entry in entries:
+            if "-" in entry.name and entry.name.rsplit("-", 1)[1] in ("created", "started"):
+                continue
+            try:
+                codes[entry.name] = int(entry.read_text().strip())
+            except ValueError:
+                continue
+        return codes
+
+
+class PodStore:
+    """All pods under ``<dir>/pods``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pods_dir = data_dir / "pods"
+        for phase in PHASES:
+            (self.pods_dir / phase).mkdir(parents=True, exist_ok=True)
+
+    def create_embryo(self, uuid: str | None = None) -> Pod:
+        """A new, exclusively locked pod in ``prepare/`` (created as an embryo first)."""
+        pod = Pod(self.pods_dir, uuid or new_uuid(), "embryo")
+        pod.path.mkdir(mode=0o750)
+        if not pod.lock():
+            raise PodError(f"cannot lock new pod {pod.uuid}")
+        (pod.path / POD_CREATED).touch()
+        pod.move("prepare")
+        return pod
+
+    def iter_pods(self, phases: tuple[str, ...] = PHASES) -> Iterator[Pod]:
+        for phase in phases:
+            try:
+                names = sorted(os.listdir(self.pods_dir / phase))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                yield Pod(self.pods_dir, name, phase)
+
+    def find(self, uuid: str) -> Pod:
+        """The pod with this UUID or unambiguous UUID prefix, wherever it is."""
+        text = uuid.strip().lower()
+        if not text or not _UUID_PREFIX.match(text):
+            raise PodNotFoundError(f'invalid pod UUID "{uuid}"')
+        matches = {p.uuid: p for p in self.iter_pods() if p.uuid.startswith(text)}
+        if not matches:
+            raise PodNotFoundError(f'no pod with UUID "{uuid}"')
+        if len(matches) > 1:
+            raise PodNotFoundError(
+                f'UUID prefix "{uuid}" is ambiguous: it matches {len(matches)} pods'
+            )
+        pod = next(iter(matches.values()))
+        return self.refresh(pod)
+
+    def refresh(self, pod: Pod) -> Pod:
+        """Find where the pod is now (another process may have moved it)."""
+        for phase in PHASES:
+            if (self.pods_dir / phase / pod.uuid).is_dir():
+                pod.phase = phase
+                return pod
+        raise PodNotFoundError(f'pod "{pod.uuid}" disappeared')
+
+    def delete(self, pod: Pod) -> None:
+        shutil.rmtree(pod.path, ignore_errors=True)
+
+
+def uuid_from_file(path: str) -> str:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as exc:
+        raise PodNotFoundError(f"cannot read UUID file {path}: {exc.strerror}") from exc
+    if not text:
+        raise PodNotFoundError(f"UUID file {path} is empty")
+    return text
+
+
+def touch_now(path: Path) -> None:
+    path.touch()
+    now = time.time()
+    os.utime(path, (now, now))

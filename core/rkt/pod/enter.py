@@ -1,0 +1,108 @@
+"""``rkt enter``: run a command in a running app with the app's own isolation, no more.
+
+rkt's CVE-2019-10144/10145/10147 came from entering with more than the app had:
+all capabilities, no cgroup. Here the command joins the app's cgroups and every
+namespace it has (mount, UTS, IPC, network, PID, cgroup), gets the app's
+capability bounding set, no_new_privs, user and groups, and its environment.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Any
+
+from rkt.errors import PodError
+from rkt.pod import supervisor
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+#: joined in this order; mount last, because it changes what /proc/<pid> paths mean
+NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
+
+
+def host_pid_of(container_pid: int, parent_host_pid: int) -> int | None:
+    """The host PID of a child of ``parent_host_pid`` that is ``container_pid`` inside."""
+    try:
+        children = Path(f"/proc/{parent_host_pid}/task/{parent_host_pid}/children").read_text()
+    except OSError:
+        return None
+    for child in children.split():
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("NSpid:"):
+                pids = line.split()[1:]
+                if pids and pids[-1] == str(container_pid):
+                    return int(child)
+    return None
+
+
+def _join_cgroups(pid: int) -> None:
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError as exc:
+        raise PodError(f"cannot read cgroups of pid {pid}: {exc.strerror}") from exc
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            candidates = [Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")]
+        else:
+            name = controllers.removeprefix("name=")
+            candidates = [Path("/sys/fs/cgroup") / name]
+        for base in candidates:
+            procs = base / path.lstrip("/") / "cgroup.procs"
+            if procs.exists():
+                try:
+                    procs.write_text(str(os.getpid()))
+                except OSError:
+                    continue
+                break
+
+
+def enter(app_pid: int, app: dict[str, Any], command: list[str]) -> int:
+    """Fork a child inside the app's namespaces and cgroups; return its exit code."""
+    fds = {}
+    try:
+        for name in NAMESPACES:
+            try:
+                fds[name] = os.open(f"/proc/{app_pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError as exc:
+                raise PodError(f"app process {app_pid} is gone") from exc
+        same = {n for n in NAMESPACES
+                if os.stat(f"/proc/self/ns/{n}").st_ino == os.fstat(fds[n]).st_ino}
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                _join_cgroups(app_pid)
+                for name in NAMESPACES:
+                    if name not in same and _libc.setns(fds[name], 0) != 0:
+                        raise supervisor.SetupError(
+                            f"join {name} namespace: {os.strerror(ctypes.get_errno())}"
+                        )
+                child = os.fork()  # a PID namespace applies to children only
+                if child == 0:
+                    env = dict(app["env"])
+                    supervisor.drop_privileges(app)
+                    try:
+                        os.chdir(app.get("working_directory") or "/")
+                    except OSError:
+                        os.chdir("/")
+                    supervisor._exec(command, env)
+                _, status = os.waitpid(child, 0)
+                code = os.waitstatus_to_exitcode(status)
+                os._exit(code if code >= 0 else 128 - code)
+            except supervisor.SetupError as exc:
+                os.write(2, f"rkt: enter: {exc}\n".encode())
+            except BaseException as exc:
+                os.write(2, f"rkt: enter: {type(exc).__name__}: {exc}\n".encode())
+            os._exit(254)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        return code if code >= 0 else 128 - code
+    finally:
+        for fd in fds.values():
+            os.close(fd)

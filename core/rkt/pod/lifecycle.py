@@ -1,0 +1,167 @@
+"""Creating, preparing and running pods: what ``rkt prepare``, ``run`` and ``run-prepared`` do.
+
+Order matters for "nothing half-written": every image (and the stage1) is
+fetched and verified, and the pod manifest built and validated, before a pod
+directory exists. If preparing the directory then fails, it is removed again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rkt.errors import PodError, UsageError
+from rkt.pod.dirs import STARTED_FILE, Pod, PodStore, touch_now
+from rkt.pod.prepare import (
+    PodRequest,
+    ResolvedImage,
+    build_pod_manifest,
+    load_apps,
+    prepare_pod,
+    stage1_backend_name,
+)
+from rkt.stage1 import RunOptions, Stage1Backend, Stage1Choice, select_stage1
+
+if TYPE_CHECKING:
+    from rkt.cli.context import GlobalOptions
+    from rkt.schema.pod import PodManifest
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedPod:
+    pod: Pod
+    backend: Stage1Backend
+
+
+def _resolve(options: GlobalOptions, image_id: str) -> ResolvedImage:
+    from rkt.schema.image import ImageManifest
+
+    info = options.store.resolve(image_id)
+    manifest = ImageManifest.parse(options.store.manifest_bytes(info.id),
+                                   source=f"image {info.id}: manifest")
+    return ResolvedImage(info, manifest)
+
+
+def backend_for(options: GlobalOptions, stage1: ResolvedImage) -> Stage1Backend:
+    return options.plugins.stage1_backend(stage1_backend_name(stage1.manifest))
+
+
+def create_pod(
+    options: GlobalOptions,
+    request: PodRequest,
+    stage1_choice: Stage1Choice,
+    *,
+    pull_policy: str = "new",
+    uuid: str | None = None,
+) -> PreparedPod:
+    """Fetch everything, then prepare a pod; it is returned locked, in ``prepare/``."""
+    from rkt.fetching import fetch_image
+
+    stage1 = _resolve(options, select_stage1(options, stage1_choice).id)
+    backend = backend_for(options, stage1)
+    manifest: PodManifest
+    if request.pod_manifest is not None:
+        manifest = _load_pod_manifest(options, request.pod_manifest)
+    else:
+        images = []
+        for app in request.apps:
+            info = fetch_image(options, app.image, signature_file=app.signature,
+                               pull_policy=pull_policy)
+            images.append(_resolve(options, info.id))
+        manifest, _ = build_pod_manifest(images, request)
+    pods = PodStore(options.resolved_data_dir)
+    pod = pods.create_embryo(uuid)
+    try:
+        prepare_pod(pod, options.store, stage1, manifest, request, insecure=options.insecure)
+    except BaseException:
+        pod.release()
+        pods.delete(pod)
+        raise
+    for runtime_app in manifest.apps or []:
+        if runtime_app.image.id:
+            options.store.touch(runtime_app.image.id)
+    return PreparedPod(pod, backend)
+
+
+def _load_pod_manifest(options: GlobalOptions, path: Path) -> PodManifest:
+    from rkt.schema.pod import PodManifest
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--pod-manifest {path}: {exc.strerror}") from exc
+    manifest = PodManifest.parse(data, source=f"pod manifest {path}")
+    if not manifest.apps:
+        raise UsageError(f"pod manifest {path} has no apps")
+    for app in manifest.apps:
+        if not app.image.id:
+            raise UsageError(f'pod manifest {path}: app "{app.name}" has no image id')
+        info = options.store.resolve(app.image.id)
+        app.image.id = info.id
+        if app.app is None:
+            from rkt.schema.image import ImageManifest
+
+            image = ImageManifest.parse(options.store.manifest_bytes(info.id))
+            if image.app is None:
+                raise UsageError(f'pod manifest {path}: app "{app.name}" has nothing to run')
+            app.app = image.app
+    return manifest
+
+
+def run_pod(options: GlobalOptions, prepared: PreparedPod, run_options: RunOptions,
+            *, uuid_file: str | None = None) -> int:
+    """Move the locked pod to ``run/`` and hand it to its stage1; return the exit code."""
+    pod = prepared.pod
+    pod.move("run")
+    if uuid_file:
+        Path(uuid_file).write_text(pod.uuid)
+    touch_now(pod.path / STARTED_FILE)
+    apps = load_apps(pod)
+    try:
+        return prepared.backend.run(pod, apps, run_options)
+    finally:
+        pod.release()
+
+
+def mark_prepared(prepared: PreparedPod) -> None:
+    prepared.pod.move("prepared")
+    prepared.pod.release()
+
+
+def open_prepared(options: GlobalOptions, uuid: str) -> PreparedPod:
+    """Lock a pod in ``prepared/`` for ``run-prepared``."""
+    from rkt.schema.image import ImageManifest
+
+    pods = PodStore(options.resolved_data_dir)
+    pod = pods.find(uuid)
+    if pod.phase != "prepared":
+        raise PodError(f'pod "{pod.uuid}" is not prepared (state: {pod.state()})')
+    if not pod.lock():
+        raise PodError(f'pod "{pod.uuid}" is being used by another rkt process')
+    pods.refresh(pod)
+    if pod.phase != "prepared":
+        pod.release()
+        raise PodError(f'pod "{pod.uuid}" is no longer prepared')
+    manifest = ImageManifest.parse((pod.path / "stage1" / "manifest").read_bytes(),
+                                   source="stage1 manifest")
+    backend = options.plugins.stage1_backend(stage1_backend_name(manifest))
+    return PreparedPod(pod, backend)
+
+
+def backend_of(options: GlobalOptions, pod: Pod) -> Stage1Backend:
+    manifest = json.loads((pod.path / "stage1" / "manifest").read_text())
+    for annotation in manifest.get("annotations", []):
+        if annotation.get("name") == "coreos.com/rkt/stage1/backend":
+            return options.plugins.stage1_backend(annotation["value"])
+    raise PodError(f'pod "{pod.uuid}" has no stage1 backend recorded')
+
+
+def ensure_root(command: str) -> None:
+    if os.geteuid() != 0:
+        raise PodError(f"{command}: cannot run as unprivileged user")

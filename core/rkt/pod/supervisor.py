@@ -1,0 +1,420 @@
+"""The pod supervisor: runs a pod's apps inside the stage1 and records how they ended.
+
+This file is copied into every stage1 image as ``/rkt/supervisor.py`` and runs
+with the system's ``/usr/bin/python3``, so it imports the standard library only.
+stage0 writes the whole job to ``/rkt/runtime.json`` (see ``rkt.pod.runtime``);
+the supervisor does no policy of its own.
+
+For each app it forks a child that gets its own mount namespace, mounts the
+app's rootfs (an overlay, when asked to), ``/proc``, ``/sys`` (read-only), a
+minimal ``/dev`` (appc-spec/OS-SPEC.md's device set), the volumes at their
+mount points, then ``pivot_root``s into the rootfs (the stage1's files are gone
+from the app's view, unlike a plain chroot), drops capabilities and privileges,
+and execs. ``pre-start`` handlers run first in the same mount namespace,
+``post-stop`` handlers after the app ends (best effort).
+
+When an app fails (non-zero exit) the others are stopped and the supervisor
+exits with that app's code; when all apps succeed it exits 0. Exit codes are
+written to ``/rkt/status/<app>`` as rkt's stage1s did, so ``rkt status`` can
+read them after the pod is gone. Runs as PID 1 of an nspawn container or as a
+plain child of ``rkt run`` (the fly stage1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import signal
+import stat
+import sys
+import time
+from typing import Any
+
+RUNTIME = "/rkt/runtime.json"
+STATUS_DIR = "/rkt/status"
+PIDS_DIR = "/rkt/pids"
+
+CLONE_NEWNS = 0x00020000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MNT_DETACH = 2
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_PDEATHSIG = 1
+SYS_PIVOT_ROOT = 155  # x86_64
+TIOCSCTTY = 0x540E
+CAP_LAST = 40
+
+#: the capability numbers of linux/capability.h, for the names isolators use
+CAPABILITIES = {
+    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_FOWNER": 3,
+    "CAP_FSETID": 4, "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8,
+    "CAP_LINUX_IMMUTABLE": 9, "CAP_NET_BIND_SERVICE": 10, "CAP_NET_BROADCAST": 11,
+    "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13, "CAP_IPC_LOCK": 14, "CAP_IPC_OWNER": 15,
+    "CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17, "CAP_SYS_CHROOT": 18, "CAP_SYS_PTRACE": 19,
+    "CAP_SYS_PACCT": 20, "CAP_SYS_ADMIN": 21, "CAP_SYS_BOOT": 22, "CAP_SYS_NICE": 23,
+    "CAP_SYS_RESOURCE": 24, "CAP_SYS_TIME": 25, "CAP_SYS_TTY_CONFIG": 26, "CAP_MKNOD": 27,
+    "CAP_LEASE": 28, "CAP_AUDIT_WRITE": 29, "CAP_AUDIT_CONTROL": 30, "CAP_SETFCAP": 31,
+    "CAP_MAC_OVERRIDE": 32, "CAP_MAC_ADMIN": 33, "CAP_SYSLOG": 34, "CAP_WAKE_ALARM": 35,
+    "CAP_BLOCK_SUSPEND": 36, "CAP_AUDIT_READ": 37, "CAP_PERFMON": 38, "CAP_BPF": 39,
+    "CAP_CHECKPOINT_RESTORE": 40,
+}
+
+#: OS-SPEC.md: the device nodes every app must see
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                        ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.syscall.restype = ctypes.c_long
+
+
+class SetupError(Exception):
+    """The app's environment could not be set up; the message is for the user."""
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise SetupError(f"{what}: {os.strerror(err)}")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int,
+          data: str | None = None) -> None:
+    _check(
+        _libc.mount(
+            source.encode() if source else None, target.encode(),
+            fstype.encode() if fstype else None, flags, data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
+
+
+def bind(source: str, target: str, *, read_only: bool = False, recursive: bool = True) -> None:
+    mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
+    if read_only:
+        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+# -- paths inside the app's rootfs ------------------------------------------------------
+def resolve_in_root(root: str, path: str, *, create_dirs: bool = False) -> str:
+    """``path`` inside ``root``, following symlinks as if ``root`` were ``/``.
+
+    A hostile image may plant ``/data -> /etc`` or ``../../..`` links; resolving
+    each component against ``root`` (never the host) keeps mount points inside
+    the rootfs. With ``create_dirs`` the missing components are made (0755).
+    """
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        try:
+            info = os.lstat(candidate)
+        except FileNotFoundError:
+            if not create_dirs:
+                resolved.append(part)
+                continue
+            os.mkdir(candidate, 0o755)
+            resolved.append(part)
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            hops += 1
+            if hops > 40:
+                raise SetupError(f"too many levels of symbolic links in {path}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
+
+
+def _make_target(root: str, path: str, *, is_dir: bool) -> str:
+    parent, _, leaf = path.rstrip("/").rpartition("/")
+    target_parent = resolve_in_root(root, parent or "/", create_dirs=True)
+    target = os.path.join(target_parent, leaf) if leaf else target_parent
+    if os.path.islink(target):
+        # A link at the very end would be followed by mount(2): re-resolve it inside.
+        target = resolve_in_root(root, path, create_dirs=False)
+    if not os.path.lexists(target):
+        if is_dir:
+            os.mkdir(target, 0o755)
+        else:
+            with open(target, "a"):
+                pass
+    elif is_dir and not os.path.isdir(target):
+        # ace.md: a file where a volume goes SHOULD be replaced by a directory
+        os.unlink(target)
+        os.mkdir(target, 0o755)
+    return target
+
+
+# -- setting up one app ---------------------------------------------------------------
+def _setup_filesystems(app: dict[str, Any], spec: dict[str, Any]) -> None:
+    root = app["root"]
+    _check(_libc.unshare(CLONE_NEWNS), "unshare mount namespace")
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    overlay = app.get("overlay")
+    if overlay:
+        mount("overlay", root, "overlay", 0,
+              f"lowerdir={overlay['lower']},upperdir={overlay['upper']},"
+              f"workdir={overlay['work']}")
+    else:
+        bind(root, root)  # pivot_root needs the new root to be a mount point
+    proc = _make_target(root, "/proc", is_dir=True)
+    mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    sys_dir = _make_target(root, "/sys", is_dir=True)
+    bind("/sys", sys_dir, read_only=True)
+    dev = _make_target(root, "/dev", is_dir=True)
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
+    for name in DEVICES:
+        node = os.path.join(dev, name)
+        with open(node, "a"):
+            pass
+        bind(f"/dev/{name}", node, recursive=False)
+    if os.path.exists("/dev/console"):
+        with open(os.path.join(dev, "console"), "a"):
+            pass
+        bind("/dev/console", os.path.join(dev, "console"), recursive=False)
+    os.mkdir(os.path.join(dev, "pts"))
+    if spec.get("mode") == "fly":
+        bind("/dev/pts", os.path.join(dev, "pts"))
+    else:
+        mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=620")
+    os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
+    os.mkdir(os.path.join(dev, "shm"))
+    mount("tmpfs", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, os.path.join(dev, link))
+    for volume in app.get("mounts", []):
+        source = volume["source"]
+        target = _make_target(root, volume["target"], is_dir=os.path.isdir(source))
+        bind(source, target, read_only=volume.get("read_only", False),
+             recursive=volume.get("recursive", True))
+    for name, content in app.get("etc_files", {}).items():
+        etc = resolve_in_root(root, "/etc", create_dirs=True)
+        path = os.path.join(etc, name)
+        if not os.path.lexists(path):
+            with open(path, "w") as handle:
+                handle.write(content)
+    os.chdir(root)
+    _check(_libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    _check(_libc.umount2(b".", MNT_DETACH), "detach the stage1 root")
+    os.chdir("/")
+    if app.get("read_only_rootfs"):
+        mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+def drop_privileges(app: dict[str, Any]) -> None:
+    keep = app.get("capabilities")
+    if keep is not None:
+        wanted = {CAPABILITIES[name] for name in keep if name in CAPABILITIES}
+        for cap in range(CAP_LAST + 1):
+            if cap not in wanted:
+                result = _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+                if result != 0 and ctypes.get_errno() != errno.EINVAL:
+                    _check(result, f"drop capability {cap}")
+    if app.get("no_new_privileges"):
+        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
+    os.setgroups(app.get("supplementary_gids", []))
+    os.setgid(app["gid"])
+    os.setuid(app["uid"])
+
+
+def _find_executable(command: str, env: dict[str, str]) -> str:
+    if "/" in command:
+        return command
+    for directory in env.get("PATH", "").split(":"):
+        candidate = os.path.join(directory or ".", command)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return command
+
+
+def _exec(argv: list[str], env: dict[str, str]) -> None:
+    path = _find_executable(argv[0], env)
+    try:
+        os.execve(path, argv, env)
+    except OSError as exc:
+        raise SetupError(f'unable to run "{path}": {exc.strerror}') from exc
+
+
+def _app_child(app: dict[str, Any], spec: dict[str, Any], argv: list[str], *, interactive: bool,
+               setup: bool = True) -> None:
+    """In the forked child: never returns."""
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        os.setsid()
+        if interactive:
+            import fcntl
+
+            fcntl.ioctl(0, TIOCSCTTY, 0)
+        else:
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+        if setup:
+            _setup_filesystems(app, spec)
+        env = dict(app["env"])
+        pre_start = app.get("pre_start")
+        if setup and pre_start:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    drop_privileges(app)
+                    os.chdir(app.get("working_directory", "/"))
+                    _exec(pre_start, env)
+                except SetupError as exc:
+                    _report(app, f"pre-start: {exc}")
+                os._exit(254)
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                _report(app, f"pre-start handler failed with exit code {code}")
+                os._exit(code if code > 0 else 128 - code)
+        drop_privileges(app)
+        try:
+            os.chdir(app.get("working_directory", "/"))
+        except OSError as exc:
+            raise SetupError(
+                f'working directory "{app.get("working_directory")}": {exc.strerror}'
+            ) from exc
+        _exec(argv, env)
+    except SetupError as exc:
+        _report(app, str(exc))
+    except BaseException as exc:  # the child must never return into the supervisor
+        _report(app, f"{type(exc).__name__}: {exc}")
+    os._exit(254)
+
+
+def _report(app: dict[str, Any], message: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, f'rkt: app "{app["name"]}": {message}\n'.encode())
+
+
+# -- the supervisor proper -----------------------------------------------------------
+class Supervisor:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.apps = {app["name"]: app for app in spec["apps"]}
+        self.running: dict[int, str] = {}
+        self.codes: dict[str, int] = {}
+        self.first_failure: int | None = None
+        self.stopping = False
+        self.status_dir = spec.get("status_dir", STATUS_DIR)
+        self.pids_dir = spec.get("pids_dir", PIDS_DIR)
+
+    def start(self) -> None:
+        os.makedirs(self.status_dir, exist_ok=True)
+        os.makedirs(self.pids_dir, exist_ok=True)
+        interactive = bool(self.spec.get("interactive"))
+        for name, app in self.apps.items():
+            pid = os.fork()
+            if pid == 0:
+                _app_child(app, self.spec, app["exec"], interactive=interactive)
+            self.running[pid] = name
+            with open(os.path.join(self.pids_dir, name), "w") as handle:
+                handle.write(str(pid))
+            _touch(os.path.join(self.status_dir, f"{name}-started"))
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        self.stopping = True
+        for pid in list(self.running):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def wait(self) -> int:
+        deadline: float | None = None
+        while self.running:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG if deadline else 0)
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            if pid == 0:  # only with WNOHANG, while waiting out the stop timeout
+                if deadline is not None and time.monotonic() > deadline:
+                    self.stop(signal.SIGKILL)
+                    deadline = None
+                else:
+                    time.sleep(0.05)
+                continue
+            name = self.running.pop(pid, None)
+            if name is None:
+                continue  # an orphan reparented to us (we may be PID 1)
+            code = os.waitstatus_to_exitcode(status)
+            code = code if code >= 0 else 128 - code
+            self.codes[name] = code
+            with open(os.path.join(self.status_dir, name), "w") as handle:
+                handle.write(str(code))
+            if code != 0 and self.first_failure is None and not self.stopping:
+                self.first_failure = code
+            if (code != 0 or self.stopping) and self.running and deadline is None:
+                self.stop()
+                deadline = time.monotonic() + float(self.spec.get("stop_timeout", 10))
+        self.run_post_stop()
+        return self.first_failure or 0
+
+    def run_post_stop(self) -> None:
+        for app in self.apps.values():
+            handler = app.get("post_stop")
+            if not handler:
+                continue
+            pid = os.fork()
+            if pid == 0:
+                _app_child(app, self.spec, handler, interactive=False)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _touch(path: str) -> None:
+    with open(path, "a"):
+        pass
+    os.utime(path, None)
+
+
+def main(argv: list[str]) -> int:
+    runtime = argv[1] if len(argv) > 1 else RUNTIME
+    with open(runtime) as handle:
+        spec = json.load(handle)
+    supervisor = Supervisor(spec)
+
+    def on_signal(signum: int, frame: object) -> None:
+        del frame
+        supervisor.stop(signal.SIGTERM if signum != signal.SIGKILL else signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    if spec.get("die_with_parent"):
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    supervisor.start()
+    ready = spec.get("ready_file")
+    if ready:
+        _touch(ready)
+    return supervisor.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,106 @@
+"""The fly stage1: one app, chrooted, in the host's namespaces (rkt's ``stage1-fly``).
+
+No container, no VM: the supervisor runs as rkt's child on the host and starts
+the app with its own mount namespace (so its mounts vanish with it) pivoted
+into the app's rootfs, sharing the host's network, PID, IPC and UTS
+namespaces. Useful where isolation is done elsewhere (kubelet, systemd units).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from rkt.console import run_with_console
+from rkt.errors import PodError, UsageError
+from rkt.pod.dirs import PID_FILE, Pod
+from rkt.pod.enter import enter
+from rkt.pod.runtime import build_runtime, write_runtime
+from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH, RunOptions
+
+
+class FlyStage1:
+    name = "fly"
+    interface_version = INTERFACE_VERSION
+
+    def build_image(self, rootfs: Path) -> None:
+        del rootfs  # the common skeleton is all fly needs
+
+    def run(self, pod: Pod, apps: dict[str, Any], options: RunOptions) -> int:
+        if len(apps["apps"]) != 1:
+            raise UsageError("the fly stage1 runs exactly one app per pod")
+        rootfs = pod.stage1_rootfs()
+
+        def overlay(app: dict[str, Any]) -> dict[str, str] | None:
+            if not app["overlay"]:
+                return None
+            base = pod.path / "overlay" / app["tree"]
+            return {"lower": app["lower"], "upper": str(base / "upper" / app["name"]),
+                    "work": str(base / "work" / app["name"])}
+
+        runtime = build_runtime(
+            pod, apps, options, mode="fly",
+            app_root=lambda app: str(rootfs / "opt" / "stage2" / app["name"] / "rootfs"),
+            volume_source=lambda name, volume: str(volume["source"]),
+            overlay=overlay,
+            status_dir=str(rootfs / "rkt" / "status"),
+            pids_dir=str(rootfs / "rkt" / "pids"),
+        )
+        runtime["die_with_parent"] = False
+        spec = write_runtime(pod, runtime)
+        if pod.lock_fd is not None:
+            os.set_inheritable(pod.lock_fd, True)
+
+        def record(process: subprocess.Popen[bytes]) -> None:
+            tmp = pod.path / f".{PID_FILE}.tmp"
+            tmp.write_text(str(process.pid))
+            os.rename(tmp, pod.path / PID_FILE)
+
+        def kill(process: subprocess.Popen[bytes]) -> None:
+            self._kill_all(pod, process.pid)
+
+        command = [sys.executable, "-I", "-S", str(rootfs / SUPERVISOR_PATH), str(spec)]
+        return run_with_console(
+            command, interactive=options.interactive, kill=kill,
+            pass_fds=(pod.lock_fd,) if pod.lock_fd is not None else (), on_start=record,
+        )
+
+    @staticmethod
+    def _app_pids(pod: Pod) -> list[int]:
+        pids = []
+        for entry in (pod.stage1_rootfs() / "rkt" / "pids").glob("*"):
+            try:
+                pids.append(int(entry.read_text()))
+            except ValueError:
+                continue
+        return pids
+
+    def _kill_all(self, pod: Pod, supervisor_pid: int) -> None:
+        for pid in [*self._app_pids(pod), supervisor_pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def enter(self, pod: Pod, app: dict[str, Any], command: list[str]) -> int:
+        try:
+            app_pid = int((pod.stage1_rootfs() / "rkt" / "pids" / app["name"]).read_text())
+        except (OSError, ValueError) as exc:
+            raise PodError(f'app "{app["name"]}" has not started') from exc
+        return enter(app_pid, app, command)
+
+    def stop(self, pod: Pod, *, force: bool) -> None:
+        supervisor = pod.pid()
+        if supervisor is None:
+            return
+        if force:
+            self._kill_all(pod, supervisor)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(supervisor, signal.SIGTERM)
+
+    def gc(self, pod: Pod) -> None:
+        del pod  # the app's mounts lived in its own mount namespace

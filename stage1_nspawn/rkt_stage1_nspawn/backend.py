@@ -1,0 +1,217 @@
+"""The nspawn stage1: each pod is a systemd-nspawn container.
+
+The container's root is the pod's private copy of the stage1 rootfs; the host's
+``/usr`` is bound read-only into it so the supervisor runs with the system
+Python (apps never see it: each one is ``pivot_root``-ed into its own rootfs).
+Apps' overlays are mounted by nspawn itself (``--overlay``), inside the
+container's mount namespace, so nothing is left mounted on the host when the pod
+ends, however it ends.
+
+On hosts without systemd as PID 1, nspawn must not try to register with
+machined or create a scope: ``--register=no --keep-unit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rkt.errors import PodError, Stage1Error
+from rkt.pod.dirs import PID_FILE, PPID_FILE, Pod
+from rkt.pod.enter import enter, host_pid_of
+from rkt.pod.runtime import build_runtime, host_resolv_conf, write_runtime
+from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH, RunOptions
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+PROPAGATE_DIR = Path("/run/systemd/nspawn")
+
+
+def prepare_host() -> None:
+    """Give nspawn a tmpfs for its per-machine state when ``/run`` is not one.
+
+    On hosts without systemd as PID 1 ``/run`` may be an ordinary disk
+    directory; nspawn then refuses to clean up ``/run/systemd/nspawn/propagate``
+    and says so on every exit. One tmpfs there (once per boot, shared by all
+    pods, not a per-pod mount) is what a systemd host has anyway.
+    """
+    try:
+        if PROPAGATE_DIR.exists() and os.path.ismount(PROPAGATE_DIR):
+            return
+        with open("/proc/self/mountinfo") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if fields[4] == "/run" and " - tmpfs " in line:
+                    return
+        PROPAGATE_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=16m", "tmpfs",
+                        str(PROPAGATE_DIR)], check=False, capture_output=True)
+    except OSError:
+        pass  # only the cosmetic warning is at stake
+
+
+def _nspawn_binary() -> str:
+    found = shutil.which("systemd-nspawn")
+    if found is None:
+        raise Stage1Error(
+            "systemd-nspawn is not installed (Debian package systemd-container)"
+        )
+    return found
+
+
+class NspawnStage1:
+    name = "nspawn"
+    interface_version = INTERFACE_VERSION
+
+    def build_image(self, rootfs: Path) -> None:
+        # Nothing beyond the common skeleton: nspawn and Python come from the host.
+        del rootfs
+
+    def _command(self, pod: Pod, apps: dict[str, Any], options: RunOptions) -> list[str]:
+        rootfs = pod.stage1_rootfs()
+        console = "interactive" if sys.stdin.isatty() and sys.stdout.isatty() else "pipe"
+        command = [
+            _nspawn_binary(), "--register=no", "--keep-unit", "--quiet",
+            f"--directory={rootfs}", f"--machine=rkt-{pod.uuid}",
+            f"--hostname={options.hostname or f'rkt-{pod.uuid}'}",
+            "--bind-ro=/usr", "--kill-signal=SIGTERM", f"--console={console}",
+            # apps get their capability set from the supervisor; it needs them all
+            "--capability=all",
+        ]
+        if "none" in options.net:
+            command.append("--private-network")
+        for app in apps["apps"]:
+            if app["overlay"]:
+                upper = pod.path / "overlay" / app["tree"] / "upper" / app["name"]
+                command.append(
+                    f"--overlay={app['lower']}:{upper}:/opt/stage2/{app['name']}/rootfs"
+                )
+        for name, volume in apps["volumes"].items():
+            flag = "--bind-ro" if volume["read_only"] else "--bind"
+            recursive = "rbind" if volume.get("recursive", True) else "norbind"
+            command.append(f"{flag}={volume['source']}:/rkt/volumes/{name}:{recursive}")
+        command += ["--", SYSTEM_PYTHON, "-I", "-S", f"/{SUPERVISOR_PATH}"]
+        return command
+
+    def run(self, pod: Pod, apps: dict[str, Any], options: RunOptions) -> int:
+        runtime = build_runtime(
+            pod, apps, options, mode="nspawn",
+            app_root=lambda app: f"/opt/stage2/{app['name']}/rootfs",
+            volume_source=lambda name, volume: f"/rkt/volumes/{name}",
+            overlay=lambda app: None,
+            resolv_conf=host_resolv_conf() if "none" not in options.net else None,
+        )
+        write_runtime(pod, runtime)
+        prepare_host()
+        command = self._command(pod, apps, options)
+        pass_fds = (pod.lock_fd,) if pod.lock_fd is not None else ()
+        if pod.lock_fd is not None:
+            os.set_inheritable(pod.lock_fd, True)
+        # Ctrl-C belongs to the pod (nspawn forwards it); rkt itself must not die first.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            process = subprocess.Popen(command, pass_fds=pass_fds, cwd=pod.path)
+        except OSError as exc:
+            signal.signal(signal.SIGINT, previous)
+            raise Stage1Error(f"cannot start systemd-nspawn: {exc.strerror}") from exc
+        (pod.path / PPID_FILE).write_text(str(process.pid))
+        self._record_pid1(pod, process)
+        try:
+            return process.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    @staticmethod
+    def _record_pid1(pod: Pod, process: subprocess.Popen[bytes]) -> None:
+        """Write ``pid``: the host PID of the container's PID 1.
+
+        nspawn forks a short-lived helper before the container's init exists, so
+        the first child seen is not necessarily it: wait for a process below
+        nspawn that is PID 1 of its own PID namespace.
+        """
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and process.poll() is None:
+            pid1 = _find_namespace_init(process.pid)
+            if pid1 is not None:
+                tmp = pod.path / f".{PID_FILE}.tmp"
+                tmp.write_text(str(pid1))
+                os.rename(tmp, pod.path / PID_FILE)
+                return
+            time.sleep(0.005)
+
+    def enter(self, pod: Pod, app: dict[str, Any], command: list[str]) -> int:
+        pid1 = _wait_for_pid(pod)
+        pid_file = pod.stage1_rootfs() / "rkt" / "pids" / app["name"]
+        try:
+            inner = int(pid_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise PodError(f'app "{app["name"]}" has not started') from exc
+        app_pid = host_pid_of(inner, pid1)
+        if app_pid is None:
+            raise PodError(f'app "{app["name"]}" is not running')
+        return enter(app_pid, app, command)
+
+    def stop(self, pod: Pod, *, force: bool) -> None:
+        if force:
+            pid1 = pod.pid()
+            if pid1 is not None:
+                # Killing the PID namespace's init kills every process in it.
+                _kill(pid1, signal.SIGKILL)
+            return
+        ppid = pod.read_int(PPID_FILE)
+        if ppid is not None:
+            _kill(ppid, signal.SIGTERM)  # nspawn turns it into --kill-signal for PID 1
+
+    def gc(self, pod: Pod) -> None:
+        del pod  # nothing outside the pod directory: nspawn's mounts died with it
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _find_namespace_init(root: int, depth: int = 3) -> int | None:
+    """A descendant of ``root`` whose innermost PID is 1, searched breadth first."""
+    level = _children(root)
+    for _ in range(depth):
+        for pid in level:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("NSpid:"):
+                    pids = line.split()[1:]
+                    if len(pids) > 1 and pids[-1] == "1":
+                        return pid
+        level = [child for pid in level for child in _children(pid)]
+    return None
+
+
+def _kill(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _wait_for_pid(pod: Pod, timeout: float = 10) -> int:
+    """rkt's contract: enter waits (polling) until the stage1 has written ``pid``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = pod.pid()
+        if pid is not None:
+            return pid
+        if not pod.is_locked_by_other():
+            raise PodError(f'pod "{pod.uuid}" is not running')
+        time.sleep(0.1)
+    raise PodError(f'pod "{pod.uuid}" did not start in time')
