@@ -44,6 +44,9 @@ Decisions, per kind of hostile input:
   ``.wh..wh.`` names are AUFS metadata and are ignored.
 * **Devices and fifos** are made only when running as root; otherwise they are
   skipped with a warning.
+* **pathWhitelist**: a whitelisted hard link whose target is not whitelisted gets
+  a copy of the target's data when ``source`` is a file; from a stream, whose
+  data is gone by then, it is an error (rkt 1.x failed on it in both cases).
 
 Metadata: modes including setuid/setgid/sticky, mtimes (a directory's after its
 contents, at the end), owners when ``preserve_owner`` (default: when root), and
@@ -240,9 +243,13 @@ class _Extractor:
             self._defer(key, entry)
             return
         name = rel[-1]
-        if self.whiteouts and name.startswith(_WHITEOUT):
-            self._whiteout(entry, rel[:-1], name)
-            return
+        if self.whiteouts:
+            if name.startswith(_WHITEOUT):
+                self._whiteout(entry, rel[:-1], name)
+                return
+            if any(part.startswith(_WHITEOUT_META) for part in rel):
+                LOG.debug("ignoring whiteout metadata entry %s", entry.describe())
+                return
         if self.keep is not None and not self._kept(entry, key):
             return
         if self.whiteouts:
@@ -267,7 +274,7 @@ class _Extractor:
             return True
         if entry.type == DIRECTORY and key in self.keep_dirs:
             return True
-        if entry.type == REGULAR and self.file_source is not None:
+        if entry.type == REGULAR:
             # A whitelisted hard link may still need these bytes.
             self.skipped_files[key] = entry
         return False
@@ -449,6 +456,11 @@ class _Extractor:
             return  # a link to itself: the file is already there
         skipped = self.skipped_files.get("/".join(target))
         if skipped is not None:
+            if self.file_source is None:
+                raise ArchiveError(
+                    f"hard link {entry.describe()} points to {quote_name(entry.linkname)}, "
+                    "which pathWhitelist excludes (extract from a file to allow this)"
+                )
             # The whitelist dropped the target; its bytes are still in the archive file.
             self._file(parent, name, skipped, data_of=skipped)
             return

@@ -419,7 +419,10 @@ class TarReader:
                 if pax or long_name is not None or long_link is not None:
                     raise ArchiveError("truncated tar archive")
                 return None
-            stored = _number(block[148:156], "checksum", offset)
+            try:
+                stored = _number(block[148:156], "checksum", offset)
+            except ArchiveError:
+                stored = -1
             if not _checksum_ok(block, stored):
                 if offset == 0:
                     raise ArchiveError("not a tar archive")
