@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-from rkt.errors import FetchError, UsageError
+from rkt.errors import FetchError, StoreError, UsageError
 from rkt.fetching import FetchedImage, FetchSession
 from rkt.hookspecs import hookimpl
 from rkt.imageref import ImageRef
@@ -18,19 +20,29 @@ def default_signature_path(path: Path) -> Path:
     return path.with_name(path.name + ".asc")
 
 
+#: copy_file_range(2) refusing to copy between these two files
+_NO_COPY_RANGE = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
 def _private_copy(path: Path, tmp_dir: Path) -> Path:
     # Verify and import a copy nobody else can write to, so the bytes that were
     # verified are the bytes that get imported even if the user's file changes.
     fd, name = tempfile.mkstemp(prefix="file-", dir=tmp_dir)
     try:
         with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
-            remaining = os.fstat(src.fileno()).st_size
-            while remaining > 0:
-                copied = os.copy_file_range(src.fileno(), dst.fileno(), remaining)
-                if copied == 0:
-                    break
-                remaining -= copied
-            dst.write(src.read())  # whatever grew after fstat, or all if copy failed
+            try:
+                # in-kernel copy (a reflink where the filesystem can)
+                while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
+                    pass
+            except OSError as exc:
+                if exc.errno not in _NO_COPY_RANGE:
+                    raise
+                shutil.copyfileobj(src, dst, 1 << 20)  # another filesystem: plain copy
+    except OSError as exc:
+        os.unlink(name)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreError(f"no space left on device while importing {path}") from exc
+        raise
     except BaseException:
         os.unlink(name)
         raise

@@ -28,6 +28,7 @@ from rkt.keystore import TrustedKey, first_line, format_fingerprint, parse_certi
 
 if TYPE_CHECKING:
     import pysequoia
+
     from rkt.registry import VerifierRegistry
 
 LOG = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trustme
+
 from rkt.cli import trust
 from rkt.cli.context import GlobalOptions, RktArgumentParser
 from rkt.errors import FetchError, UsageError

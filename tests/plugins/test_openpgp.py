@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pysequoia
 import pytest
+
 from rkt.errors import VerificationError
 from rkt.facade import Plugins
 from rkt.fetching import Signer

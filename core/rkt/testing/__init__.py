@@ -88,17 +88,26 @@ class RktEnv:
         candidate = Path(sys.executable).with_name("rkt")
         return str(candidate) if candidate.exists() else "rkt"
 
+    #: directories a store or pod tree has from the moment it is first opened
+    SKELETON = frozenset({
+        "cas", "cas/blob", "cas/imageManifest", "cas/tree", "cas/tmp", "cas/imagelocks",
+        "cas/treestorelocks", "cas/db", "pods", *(f"pods/{phase}" for phase in (
+            "embryo", "prepare", "prepared", "run", "exited-garbage", "garbage")),
+    })
+
     def store_snapshot(self) -> list[str]:
-        """Every path under the data dir except lock files and the index's WAL files:
-        what "the store holds exactly what it held before" compares."""
+        """Every path under the data dir except the empty skeleton, lock files and the
+        index's files: what "the store holds exactly what it held before" compares.
+        (The index is compared through ``rkt image list`` where it matters.)"""
         if not self.data_dir.exists():
             return []
         skip = ("cas/imagelocks/", "cas/treestorelocks/", "cas/db/")
         found = []
         for path in sorted(self.data_dir.rglob("*")):
             rel = path.relative_to(self.data_dir).as_posix()
-            if not any(rel.startswith(s) for s in skip):
-                found.append(rel)
+            if rel in self.SKELETON or any(rel.startswith(s) for s in skip):
+                continue
+            found.append(rel)
         return found
 
 

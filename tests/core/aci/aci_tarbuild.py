@@ -172,3 +172,27 @@ def tree(root: Path) -> dict[str, str]:
             else:
                 out[rel] = "other"
     return out
+
+
+@dataclass
+class Sandbox:
+    """An extraction directory with canaries beside it that must never change.
+
+    ``outside`` holds a canary file, a directory and a file inside it; ``dest``
+    is where archives are extracted. Everything under ``top`` except
+    ``dest`` is snapshotted (kind, mode, owner, link count, mtime, content) and
+    compared after the test: nothing may change or appear outside ``dest``.
+    """
+
+    top: Path
+    dest: Path
+    outside: Path
+    before: dict[str, PathState]
+
+    @property
+    def canary(self) -> Path:
+        return self.outside / "canary"
+
+    def check_outside(self) -> None:
+        after = snapshot(self.top, self.dest)
+        assert after == self.before

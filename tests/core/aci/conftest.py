@@ -2,35 +2,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aci_tarbuild import PathState, snapshot
-
-
-@dataclass
-class Sandbox:
-    """An extraction directory with canaries beside it that must never change.
-
-    ``outside`` holds a canary file, a directory and a file inside it; ``dest``
-    is where archives are extracted. Everything under ``top`` except
-    ``dest`` is snapshotted (kind, mode, owner, link count, mtime, content) and
-    compared after the test: nothing may change or appear outside ``dest``.
-    """
-
-    top: Path
-    dest: Path
-    outside: Path
-    before: dict[str, PathState]
-
-    @property
-    def canary(self) -> Path:
-        return self.outside / "canary"
-
-    def check_outside(self) -> None:
-        after = snapshot(self.top, self.dest)
-        assert after == self.before
+from aci_tarbuild import Sandbox, snapshot
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import tarfile
 
 import pytest
 from aci_tarbuild import MANIFEST, TarBuilder, aci, raw_header
+
 from rkt.aci.archive import DEFAULT_LIMITS, ArchiveLimits, scan_aci
 from rkt.errors import ArchiveError, UnsafeArchiveError
 

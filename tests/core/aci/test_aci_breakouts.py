@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aci_tarbuild import TarBuilder
-from conftest import Sandbox
+from aci_tarbuild import Sandbox, TarBuilder
+
 from rkt.aci.extract import extract_tar
 from rkt.errors import ArchiveError, UnsafeArchiveError
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import zstandard
 from aci_tarbuild import MANIFEST, TarBuilder, aci
+
 from rkt.aci.archive import ArchiveLimits, scan_aci
 from rkt.aci.compression import Compression, detect, open_decompressed
 from rkt.errors import ArchiveError

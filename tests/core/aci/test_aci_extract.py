@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from aci_tarbuild import MTIME, TarBuilder, aci, raw_header, tree
-from conftest import Sandbox
+from aci_tarbuild import MTIME, Sandbox, TarBuilder, aci, raw_header, tree
+
 from rkt.aci.archive import ArchiveLimits
 from rkt.aci.extract import extract_tar
 from rkt.errors import ArchiveError, UnsafeArchiveError

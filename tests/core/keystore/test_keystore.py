@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from rkt.errors import KeystoreError, UsageError
 from rkt.keystore import (
     KeyDescription,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from rkt.schema.base import SchemaDocument
 from rkt.schema.image import ImageManifest
 from rkt.schema.pod import PodManifest

@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Iterator
 
 import pytest
+
 from rkt.schema.types import (
     validate_ac_identifier,
     validate_ac_name,

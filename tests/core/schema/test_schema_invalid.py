@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from rkt.errors import ManifestError, RktError
 from rkt.schema.image import ImageManifest
 from rkt.schema.pod import PodManifest

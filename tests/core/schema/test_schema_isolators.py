@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+
 from rkt.errors import ManifestError
 from rkt.schema.base import FieldProblem
 from rkt.schema.image import ImageManifest

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+
 from rkt.errors import ManifestError
 from rkt.schema.image import App, Dependency, EventHandler, ImageManifest, MountPoint, Port
 from rkt.schema.pod import ExposedPort, Mount, PodManifest, RuntimeApp, RuntimeImage, Volume
