@@ -50,7 +50,10 @@ Decisions, per kind of hostile input:
 
 Metadata: modes including setuid/setgid/sticky, mtimes (a directory's after its
 contents, at the end), owners when ``preserve_owner`` (default: when root), and
-``user.*`` / ``security.capability`` xattrs, best effort.
+``user.*`` / ``security.capability`` xattrs, best effort. The entry for the prefix
+itself (``rootfs``) describes ``dest``, whose mode, owner and mtime it sets.
+Directories nest at most 512 deep (deeper trees break recursive removal, the
+caller's included); owners, device numbers and times must fit the kernel's types.
 
 On any error extraction stops and the exception propagates, leaving ``dest`` half
 written: **the caller deletes** ``dest`` (the tree store marks a tree complete only
@@ -96,6 +99,9 @@ _DIR_FLAGS: Final = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _META_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_SYMLINK_HOPS: Final = 40
+#: Deeper trees break recursive removal (shutil.rmtree) and no real image needs them.
+_MAX_DEPTH: Final = 512
+_MAX_WALK_STEPS: Final = 8192
 _MAX_CACHED_DIRS: Final = 256
 _WHITEOUT: Final = ".wh."
 _WHITEOUT_META: Final = ".wh..wh."
@@ -300,58 +306,82 @@ class _Extractor:
         """Resolve ``parts`` from dest with chroot semantics; returns a new O_PATH fd.
 
         Returns None when a component is missing (and ``create`` is false) or is
-        not a directory. Symlinks met on the way are followed *inside* dest.
+        not a directory. Symlinks met on the way are followed *inside* dest: their
+        targets are spliced into the components still to walk, an absolute one
+        restarts at dest, and ``..`` at dest stays there. Only real directories are
+        ever entered, so the kernel's ``..`` of a directory below dest is the one we
+        came from, and no stack of descriptors is needed.
         """
-        stack: list[int] = []  # fds of the directories below the root, innermost last
+        cur = self.root_fd
+        depth = 0
         todo = list(reversed(parts))
-        hops = 0
+        hops = steps = 0
         try:
             while todo:
                 comp = todo.pop()
                 if comp in ("", "."):
                     continue
+                steps += 1
+                if steps > _MAX_WALK_STEPS:
+                    raise UnsafeArchiveError(
+                        f"symbolic links below {quote_name('/'.join(parts))} expand too far"
+                    )
                 if comp == "..":
-                    if stack:
-                        os.close(stack.pop())
+                    if depth:
+                        up = self.root_fd if depth == 1 else os.open("..", _DIR_FLAGS, dir_fd=cur)
+                        os.close(cur)
+                        cur, depth = up, depth - 1
                     continue
-                here = stack[-1] if stack else self.root_fd
+                if depth >= _MAX_DEPTH:
+                    raise ArchiveError(
+                        f"cannot extract below {quote_name('/'.join(parts))}: "
+                        f"directories nested more than {_MAX_DEPTH} deep"
+                    )
                 try:
-                    stack.append(os.open(comp, _DIR_FLAGS, dir_fd=here))
-                    continue
+                    nxt = os.open(comp, _DIR_FLAGS, dir_fd=cur)
                 except FileNotFoundError:
                     if not create:
                         return None
-                    os.mkdir(comp, 0o755, dir_fd=here)
-                    stack.append(os.open(comp, _DIR_FLAGS, dir_fd=here))
-                    continue
+                    os.mkdir(comp, 0o755, dir_fd=cur)
+                    nxt = os.open(comp, _DIR_FLAGS, dir_fd=cur)
                 except OSError as exc:
                     if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
-                info = os.stat(comp, dir_fd=here, follow_symlinks=False)
-                if not stat.S_ISLNK(info.st_mode):
-                    if create:
-                        raise ArchiveError(
-                            f"cannot extract below {quote_name('/'.join(parts))}: "
-                            f"{quote_name(comp)} is not a directory"
-                        )
-                    return None
-                hops += 1
-                if hops > _MAX_SYMLINK_HOPS:
-                    raise UnsafeArchiveError(
-                        f"too many levels of symbolic links in {quote_name('/'.join(parts))}"
-                    )
-                target = os.readlink(comp, dir_fd=here)
-                if target.startswith("/"):
-                    while stack:
-                        os.close(stack.pop())
-                todo.extend(reversed(target.split("/")))
-            if not stack:
-                return os.dup(self.root_fd)
-            result = stack.pop()
+                    target = self._symlink_target(cur, comp, parts, create=create)
+                    if target is None:
+                        return None
+                    hops += 1
+                    if hops > _MAX_SYMLINK_HOPS:
+                        raise UnsafeArchiveError(
+                            f"too many levels of symbolic links in {quote_name('/'.join(parts))}"
+                        ) from None
+                    if target.startswith("/") and depth:
+                        os.close(cur)
+                        cur, depth = self.root_fd, 0
+                    todo.extend(reversed(target.split("/")))
+                    continue
+                if depth:
+                    os.close(cur)
+                cur, depth = nxt, depth + 1
+            result = cur if depth else os.dup(self.root_fd)
+            depth = 0  # the caller owns it now
             return result
         finally:
-            for fd in stack:
-                os.close(fd)
+            if depth:
+                os.close(cur)
+
+    @staticmethod
+    def _symlink_target(dir_fd: int, name: str, parts: list[str], *, create: bool) -> str | None:
+        """The target of symlink ``name``; None (or an error when creating) otherwise."""
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISLNK(info.st_mode):
+            return os.readlink(name, dir_fd=dir_fd)
+        if create:
+            raise ArchiveError(
+                f"cannot extract below {quote_name('/'.join(parts))}: "
+                f"{quote_name(name)} is not a directory"
+            )
+        return None
 
     def _forget_dirs(self) -> None:
         """Close cached directory fds: a removal may have made some of them stale."""

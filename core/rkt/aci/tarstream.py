@@ -71,6 +71,12 @@ _PAX_GLOBAL: Final = b"g"
 _GNU_LONGNAME: Final = b"L"
 _GNU_LONGLINK: Final = b"K"
 
+# uid_t/gid_t and major/minor numbers are 32 bits (and (uid_t)-1 means "unchanged");
+# timestamps must fit the kernel's signed 64-bit nanoseconds.
+_MAX_ID: Final = (1 << 32) - 1
+_MIN_TIME_NS: Final = -(1 << 63)
+_MAX_TIME_NS: Final = (1 << 63) - 1
+
 #: Bound on one pax header or GNU long name (xattrs live there; one is at most 64 KiB).
 MAX_METADATA_SIZE: Final = 1 << 20
 
@@ -267,6 +273,13 @@ def _number(field: bytes, what: str, offset: int) -> int:
         if not field.split(b"\0", 1)[0].strip():
             return 0  # all spaces: some writers leave unused fields blank
         raise ArchiveError(f"corrupt tar archive: bad {what} field at offset {offset}") from None
+
+
+def _device_number(field: bytes, offset: int) -> int:
+    value = _number(field, "device number", offset)
+    if not 0 <= value < _MAX_ID:
+        raise ArchiveError(f"corrupt tar archive: device number out of range at offset {offset}")
+    return value
 
 
 def _checksum_ok(block: bytes, stored: int) -> bool:
@@ -488,8 +501,6 @@ class TarReader:
         uid = _number(block[108:116], "uid", offset)
         gid = _number(block[116:124], "gid", offset)
         mtime_ns = _number(block[136:148], "mtime", offset) * 1_000_000_000
-        if uid < 0 or gid < 0:
-            raise ArchiveError(f"corrupt tar archive: negative owner for {quote_name(name)}")
         xattrs = None
         if records:
             if b"size" in records:
@@ -503,6 +514,11 @@ class TarReader:
             if any(key.startswith(b"GNU.sparse.") for key in records):
                 raise ArchiveError(f"unsupported sparse file entry {quote_name(name)}")
             xattrs = _pax_xattrs(records)
+        # Out-of-range values would make chown/utime/makedev raise OverflowError later.
+        if not (0 <= uid < _MAX_ID and 0 <= gid < _MAX_ID):
+            raise ArchiveError(f"corrupt tar archive: owner out of range for {quote_name(name)}")
+        if not _MIN_TIME_NS <= mtime_ns <= _MAX_TIME_NS:
+            raise ArchiveError(f"corrupt tar archive: mtime out of range for {quote_name(name)}")
         if kind != REGULAR:
             size = 0  # header-only types carry no data, whatever the size field says
         self._count_size(size)
@@ -517,8 +533,8 @@ class TarReader:
             gid=gid,
             mtime_ns=mtime_ns,
             linkname=os.fsdecode(raw_link),
-            devmajor=_number(block[329:337], "devmajor", offset) if kind in _DEVICES else 0,
-            devminor=_number(block[337:345], "devminor", offset) if kind in _DEVICES else 0,
+            devmajor=_device_number(block[329:337], offset) if kind in _DEVICES else 0,
+            devminor=_device_number(block[337:345], offset) if kind in _DEVICES else 0,
             xattrs=xattrs,
             offset_data=self.source.pos,
         )

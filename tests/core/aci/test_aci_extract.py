@@ -352,3 +352,45 @@ def test_name_too_long_for_the_file_system(sandbox: Sandbox, extract: Extract) -
         ArchiveError, match=r"^cannot extract \"rootfs/n+\.\.\.\": File name too long$"
     ):
         extract(data, sandbox.dest)
+
+
+def test_nesting_depth_is_bounded(sandbox: Sandbox, extract: Extract) -> None:
+    # Deeper trees would break recursive removal (shutil.rmtree) for the caller too.
+    data = aci().file("rootfs/" + "d/" * 600 + "f", b"deep").bytes()
+    with pytest.raises(ArchiveError, match=r"nested more than 512 deep"):
+        extract(data, sandbox.dest)
+
+
+def test_symlink_expansion_bomb_is_bounded(sandbox: Sandbox, extract: Extract) -> None:
+    builder = aci().dir("rootfs/a")
+    builder.symlink("rootfs/l0", "a/../" * 400 + "a")
+    for i in range(1, 30):
+        builder.symlink(f"rootfs/l{i}", "/".join([f"l{i - 1}/.."] * 20) + f"/l{i - 1}")
+    builder.file("rootfs/l29/f", b"x")
+    with pytest.raises(UnsafeArchiveError, match=r"expand too far|too many levels"):
+        extract(builder.bytes(), sandbox.dest)
+
+
+@pytest.mark.parametrize(
+    ("pax", "message"),
+    [
+        ({"mtime": "9" * 30}, r"mtime out of range"),
+        ({"uid": "4294967295"}, r"owner out of range"),
+        ({"gid": "99999999999999999999"}, r"owner out of range"),
+    ],
+    ids=["mtime", "uid", "gid"],
+)
+def test_out_of_range_metadata(
+    sandbox: Sandbox, extract: Extract, pax: dict[str, str], message: str
+) -> None:
+    data = aci().file("rootfs/f", b"x", pax=pax).bytes()
+    with pytest.raises(ArchiveError, match=message):
+        extract(data, sandbox.dest)
+
+
+def test_out_of_range_device_number(sandbox: Sandbox, extract: Extract) -> None:
+    # GNU base-256 numbers can say what ustar octal cannot.
+    builder = aci(TarBuilder(tarfile.GNU_FORMAT))
+    data = builder.device("rootfs/dev", tarfile.CHRTYPE, 1 << 40, 1, mode=0o600).bytes()
+    with pytest.raises(ArchiveError, match=r"device number out of range"):
+        extract(data, sandbox.dest)
