@@ -94,6 +94,8 @@ class _Rewound(io.RawIOBase):
         super().__init__()
         self._head = memoryview(head)
         self._source = source
+        #: Set when a decompressor reads from us (see _SourceError).
+        self.box_errors = False
         # Decompressors fill their buffers with readinto: skip a copy when we can.
         self._readinto: Callable[[memoryview], int | None] | None = getattr(
             source, "readinto", None
@@ -126,7 +128,9 @@ class _Rewound(io.RawIOBase):
             try:
                 return self._readinto(view) or 0
             except (OSError, RktError) as exc:
-                raise _SourceError(exc) from exc
+                if self.box_errors:
+                    raise _SourceError(exc) from exc
+                raise
         data = self._read_source(len(view))
         view[: len(data)] = data
         return len(data)
@@ -135,7 +139,9 @@ class _Rewound(io.RawIOBase):
         try:
             data = self._source.read(size)
         except (OSError, RktError) as exc:
-            raise _SourceError(exc) from exc
+            if self.box_errors:
+                raise _SourceError(exc) from exc
+            raise
         return data or b""
 
     def close(self) -> None:
@@ -383,7 +389,9 @@ def open_decompressed(f: BinaryIO) -> BinaryIO:
     LOG.debug("archive compression: %s", kind.value)
     if kind is Compression.NONE:
         return source
-    raw = cast(io.RawIOBase, source)
+    rewound = cast(_Rewound, source)
+    rewound.box_errors = True
+    raw: io.RawIOBase = rewound
     # bz2 and gzip report corrupt data as OSError (BadGzipFile is one), zlib-style
     # inflaters as their own ``error`` classes, which derive from Exception only.
     corrupt: tuple[type[BaseException], ...] = (OSError, lzma.LZMAError, zlib.error)

@@ -29,6 +29,7 @@ import base64
 import binascii
 import logging
 import os
+import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 BLOCK: Final = 512
+_FS_ENCODING: Final = sys.getfilesystemencoding()
+_FS_ERRORS: Final = sys.getfilesystemencodeerrors()
 _ZERO_BLOCK: Final = bytes(BLOCK)
 
 # Normalised type flags of TarEntry.type.
@@ -469,18 +472,16 @@ class TarReader:
         long_link: bytes | None,
     ) -> TarEntry:
         records = {**self._global, **pax} if self._global else pax
-        raw_name = _cstring(block[0:100])
-        if block[257:263] == b"ustar\0":
-            prefix = _cstring(block[345:500])
-            if prefix:
-                raw_name = prefix + b"/" + raw_name
+        raw_name = block[0:100].split(b"\0", 1)[0]
+        if block[257:263] == b"ustar\0" and block[345] != 0:
+            raw_name = block[345:500].split(b"\0", 1)[0] + b"/" + raw_name
         if long_name is not None:
             raw_name = long_name
-        raw_link = long_link if long_link is not None else _cstring(block[157:257])
+        raw_link = long_link if long_link is not None else block[157:257].split(b"\0", 1)[0]
         if records:
             raw_name = records.get(b"path") or raw_name
             raw_link = records.get(b"linkpath") or raw_link
-        name = os.fsdecode(raw_name)
+        name = raw_name.decode(_FS_ENCODING, _FS_ERRORS)
         kind = _TYPES.get(flag)
         if kind is None:
             raise ArchiveError(
@@ -532,7 +533,7 @@ class TarReader:
             uid=uid,
             gid=gid,
             mtime_ns=mtime_ns,
-            linkname=os.fsdecode(raw_link),
+            linkname=raw_link.decode(_FS_ENCODING, _FS_ERRORS) if raw_link else "",
             devmajor=_device_number(block[329:337], offset) if kind in _DEVICES else 0,
             devminor=_device_number(block[337:345], offset) if kind in _DEVICES else 0,
             xattrs=xattrs,
