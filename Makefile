@@ -23,7 +23,7 @@ install-python:
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e . -e ./stage1_nspawn -e ./stage1_kvm
 	ln -sf $(VENV)/bin/rkt $(BIN)/rkt
-	@rkt version | head -1
+	rkt install
 
 install-test: install
 	@scripts/apt-install $(TEST_PACKAGES)

@@ -20,7 +20,7 @@ from rkt.console import run_with_console
 from rkt.errors import PodError, UsageError
 from rkt.pod.dirs import PID_FILE, Pod
 from rkt.pod.enter import enter
-from rkt.pod.runtime import build_runtime, write_runtime
+from rkt.pod.runtime import build_runtime, volume_host_path, write_runtime
 from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH, RunOptions
 
 
@@ -46,7 +46,7 @@ class FlyStage1:
         runtime = build_runtime(
             pod, apps, options, mode="fly",
             app_root=lambda app: str(rootfs / "opt" / "stage2" / app["name"] / "rootfs"),
-            volume_source=lambda name, volume: str(volume["source"]),
+            volume_source=lambda name, volume: volume_host_path(pod, volume),
             overlay=overlay,
             status_dir=str(rootfs / "rkt" / "status"),
             pids_dir=str(rootfs / "rkt" / "pids"),

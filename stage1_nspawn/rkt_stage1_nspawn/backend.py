@@ -26,7 +26,7 @@ from typing import Any
 from rkt.errors import PodError, Stage1Error
 from rkt.pod.dirs import PID_FILE, PPID_FILE, Pod
 from rkt.pod.enter import enter, host_pid_of
-from rkt.pod.runtime import build_runtime, host_resolv_conf, write_runtime
+from rkt.pod.runtime import build_runtime, host_resolv_conf, volume_host_path, write_runtime
 from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH, RunOptions
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -97,7 +97,8 @@ class NspawnStage1:
         for name, volume in apps["volumes"].items():
             flag = "--bind-ro" if volume["read_only"] else "--bind"
             recursive = "rbind" if volume.get("recursive", True) else "norbind"
-            command.append(f"{flag}={volume['source']}:/rkt/volumes/{name}:{recursive}")
+            source = volume_host_path(pod, volume)
+            command.append(f"{flag}={source}:/rkt/volumes/{name}:{recursive}")
         command += ["--", SYSTEM_PYTHON, "-I", "-S", f"/{SUPERVISOR_PATH}"]
         return command
 

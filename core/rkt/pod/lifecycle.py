@@ -155,7 +155,10 @@ def open_prepared(options: GlobalOptions, uuid: str) -> PreparedPod:
 
 
 def backend_of(options: GlobalOptions, pod: Pod) -> Stage1Backend:
-    manifest = json.loads((pod.path / "stage1" / "manifest").read_text())
+    try:
+        manifest = json.loads((pod.path / "stage1" / "manifest").read_text())
+    except (OSError, ValueError) as exc:
+        raise PodError(f'pod "{pod.uuid}" has no readable stage1 manifest') from exc
     for annotation in manifest.get("annotations", []):
         if annotation.get("name") == "coreos.com/rkt/stage1/backend":
             return options.plugins.stage1_backend(annotation["value"])

@@ -265,9 +265,10 @@ def prepare_pod(
             shared.mkdir(parents=True)
             os.chmod(shared, volume.mode_bits)
             os.chown(shared, volume.uid, volume.gid)
+            # relative to the pod directory, which moves from prepare/ to run/
             resolved_volumes[volume.name] = {
-                "kind": "empty", "source": str(shared), "read_only": volume.read_only,
-                "recursive": True,
+                "kind": "empty", "source": f"sharedVolumes/{volume.name}",
+                "read_only": volume.read_only, "recursive": True,
             }
 
     base_env: list[tuple[str, str]] = []

@@ -81,6 +81,12 @@ def build_runtime(
     }
 
 
+def volume_host_path(pod: Pod, volume: dict[str, Any]) -> str:
+    """Where a resolved volume is on the host (empty volumes live in the pod dir)."""
+    source = str(volume["source"])
+    return source if source.startswith("/") else str(pod.path / source)
+
+
 def write_runtime(pod: Pod, runtime: dict[str, Any]) -> Path:
     path = pod.stage1_rootfs() / "rkt" / RUNTIME_FILE
     path.write_text(json.dumps(runtime, indent=1))

@@ -153,7 +153,7 @@ def _make_target(root: str, path: str, *, is_dir: bool) -> str:
     target = os.path.join(target_parent, leaf) if leaf else target_parent
     if os.path.islink(target):
         # A link at the very end would be followed by mount(2): re-resolve it inside.
-        target = resolve_in_root(root, path, create_dirs=False)
+        target = resolve_in_root(root, path, create_dirs=is_dir)
     if not os.path.lexists(target):
         if is_dir:
             os.mkdir(target, 0o755)
@@ -270,7 +270,8 @@ def _app_child(app: dict[str, Any], spec: dict[str, Any], argv: list[str], *, in
         if interactive:
             import fcntl
 
-            fcntl.ioctl(0, TIOCSCTTY, 0)
+            # steal the terminal from the stage1's init, whose console it is
+            fcntl.ioctl(0, TIOCSCTTY, 1)
         else:
             null = os.open("/dev/null", os.O_RDONLY)
             os.dup2(null, 0)

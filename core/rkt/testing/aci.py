@@ -71,13 +71,15 @@ def build_aci(
     busybox: bool = False,
     compression: str = "gzip",
     extra_tar: Path | None = None,
+    symlinks: Mapping[str, str] | None = None,
 ) -> Path:
     """Write an ACI to ``path``.
 
     ``files`` maps rootfs-relative paths to contents (a path ending in ``/`` is a
     directory; contents starting with ``#!`` are made executable). ``busybox``
     copies the host's static busybox to ``/bin/busybox`` with the common applets
-    linked. ``compression`` is ``gzip``, ``bzip2``, ``xz``, ``zstd`` or ``none``.
+    linked. ``symlinks`` maps rootfs-relative paths to link targets (stored as
+    given, however hostile). ``compression`` is ``gzip``, ``bzip2``, ``xz``, ``zstd`` or ``none``.
     """
     raw = path.with_name(path.name + ".tar")
     with tarfile.open(raw, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -113,6 +115,12 @@ def build_aci(
             body = content.encode() if isinstance(content, str) else content
             mode = 0o755 if body.startswith(b"#!") else 0o644
             _add_bytes(tar, "rootfs/" + rel.lstrip("/"), body, mode)
+        for rel, target in (symlinks or {}).items():
+            ensure_parents(rel)
+            link = tarfile.TarInfo("rootfs/" + rel.lstrip("/"))
+            link.type = tarfile.SYMTYPE
+            link.linkname = target
+            tar.addfile(link)
         if extra_tar is not None:
             with tarfile.open(extra_tar) as extra:
                 for member in extra.getmembers():

@@ -1,0 +1,460 @@
+"""``rkt run`` and friends with the real stage1s (systemd-nspawn, fly), as root.
+
+Images carry the host's static busybox. Every test checks what a user sees: the
+app's output, exit codes, the state commands, and that nothing (no pod
+directory, no mount) is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rkt.testing import AciBuilder, RktEnv, needs_root
+
+pytestmark = [
+    needs_root,
+    pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="needs systemd-nspawn"),
+    pytest.mark.skipif(not Path("/usr/lib/rkt/stage1-images/stage1-nspawn.aci").exists(),
+                       reason="stage1 images not installed (run rkt install)"),
+]
+
+FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
+NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
+STAGE1S = pytest.mark.parametrize("stage1", [NSPAWN, FLY], ids=["nspawn", "fly"])
+
+
+def mounts_mentioning(path: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as handle:
+        return [line for line in handle if str(path) in line]
+
+
+@pytest.fixture
+def env(rkt_env: RktEnv) -> Iterator[RktEnv]:
+    yield rkt_env
+    # whatever a test did, it must not leave mounts under its data dir
+    assert mounts_mentioning(rkt_env.data_dir) == []
+
+
+@pytest.fixture
+def busybox_image(aci_builder: AciBuilder) -> Path:
+    return aci_builder.build(
+        "busybox.aci", name="example.com/busybox", busybox=True,
+        exec_=["/bin/sh", "-c", "echo hello from the pod"],
+        files={"etc/passwd": "root:x:0:0::/:/bin/sh\nuser:x:1000:1000::/:/bin/sh\n",
+               "etc/group": "root:x:0:\nusers:x:1000:\nextra:x:2000:user\n",
+               "data/": b""},
+    )
+
+
+def run(target: RktEnv, *args: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return target.run("--insecure-options=image", *args, **kwargs)  # type: ignore[arg-type]
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode != 0, result.stdout
+    lines = [line for line in result.stderr.splitlines()
+             if not line.startswith("rkt: warning")]
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def pod_dirs(env: RktEnv) -> list[Path]:
+    return [p for p in (env.data_dir / "pods").glob("*/*")]
+
+
+# -- acceptance 1: run, exit codes, signatures, hash, env, volumes -----------------------
+@STAGE1S
+def test_run_prints_output_and_exits_with_the_app_code(env: RktEnv, aci_builder: AciBuilder,
+                                                       stage1: str) -> None:
+    image = aci_builder.build(busybox=True, exec_=["/bin/sh", "-c", "echo out; exit 3"])
+    result = run(env, "run", stage1, image)
+    assert result.stdout == "out\n", result.stderr
+    assert result.returncode == 3
+
+
+def test_signed_image_runs_and_signature_flag_works(
+    env: RktEnv, aci_builder: AciBuilder, gpg, signing_key, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    fingerprint, key_file = signing_key
+    env.run("trust", "--prefix", "example.com/hello", key_file, input="yes\n", check=True)
+    image = aci_builder.build(busybox=True, exec_=["/bin/echo", "signed hello"])
+    signature = gpg.sign_detached(fingerprint, image, tmp_path / "elsewhere.asc")
+    refused = env.run("run", image)
+    one_line_error(refused, "no signature")
+    result = env.run("run", image, "--signature", signature)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "signed hello\n"
+    rows = env.run("image", "list", "--no-legend", "--full").stdout.splitlines()
+    image_id = next(row.split()[0] for row in rows if "example.com/hello" in row)
+    by_hash = env.run("run", image_id[:20])
+    assert by_hash.returncode == 0 and by_hash.stdout == "signed hello\n"
+    by_name = env.run("run", "example.com/hello:1.0.0")
+    assert by_name.stdout == "signed hello\n"
+
+
+@STAGE1S
+def test_environment_precedence(env: RktEnv, aci_builder: AciBuilder, tmp_path: Path,
+                                stage1: str) -> None:
+    image = aci_builder.build(busybox=True, manifest=_env_manifest())
+    env_file = tmp_path / "env"
+    env_file.write_text("# comment\nB=file\nC=file\n\n; other comment\n")
+    result = run(env, "run", stage1, "--inherit-env", f"--set-env-file={env_file}",
+                 "--set-env=C=flag", image, "--environment=D=app",
+                 env={"INHERITED": "from-rkt", "A": "from-rkt"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["image", "file", "flag", "app", "from-rkt", "env"]
+    without = run(env, "run", stage1, image, env={"INHERITED": "from-rkt"})
+    assert "from-rkt" not in without.stdout
+
+
+def _env_manifest() -> dict[str, object]:
+    from rkt.testing.aci import image_manifest
+
+    return image_manifest(
+        "example.com/env", exec_=["/bin/sh", "-c", "echo $A $B $C $D $INHERITED $AC_APP_NAME"],
+        app={"environment": [{"name": n, "value": "image"} for n in "ABCD"]},
+    )
+
+
+@STAGE1S
+def test_host_volume_read_write_and_read_only(env: RktEnv, aci_builder: AciBuilder,
+                                              tmp_path: Path, stage1: str) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "from-host").write_text("host says hi\n")
+    image = aci_builder.build(busybox=True, exec_=[
+        "/bin/sh", "-c", "cat /mnt/from-host && echo written > /mnt/from-pod"])
+    result = run(env, "run", stage1, f"--volume=data,kind=host,source={shared}", image,
+                 "--mount=volume=data,target=/mnt")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "host says hi\n"
+    assert (shared / "from-pod").read_text() == "written\n"
+    read_only = run(env, "run", stage1,
+                    f"--volume=data,kind=host,source={shared},readOnly=true", image,
+                    "--mount=volume=data,target=/mnt")
+    assert read_only.returncode != 0
+    assert "Read-only file system" in read_only.stderr
+
+
+@STAGE1S
+def test_user_group_and_working_dir(env: RktEnv, busybox_image: Path, stage1: str) -> None:
+    result = run(env, "run", stage1, busybox_image, "--user=user", "--group=extra",
+                 "--working-dir=/data", "--exec=/bin/sh", "--", "-c", "id -u; id -g; pwd")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1000", "2000", "/data"]
+
+
+def test_hostname_and_app_isolation(env: RktEnv, busybox_image: Path) -> None:
+    result = run(env, "run", "--hostname=podhost", busybox_image, "--exec=/bin/sh", "--",
+                 "-c", "hostname; ls /; test -e /rkt && echo STAGE1-VISIBLE; "
+                 "grep -c . /etc/hosts")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split()
+    assert lines[0] == "podhost"
+    assert "STAGE1-VISIBLE" not in lines
+    assert {"bin", "dev", "proc", "sys", "etc"} <= set(lines)
+
+
+def test_default_hostname_is_rkt_uuid(env: RktEnv, busybox_image: Path, tmp_path: Path) -> None:
+    uuid_file = tmp_path / "uuid"
+    result = run(env, "run", f"--uuid-file-save={uuid_file}", busybox_image, "--exec=/bin/hostname")
+    assert result.stdout.strip() == f"rkt-{uuid_file.read_text().strip()}"
+
+
+def test_app_capabilities_are_the_spec_default(env: RktEnv, busybox_image: Path) -> None:
+    result = run(env, "run", busybox_image, "--exec=/bin/grep", "--", "CapBnd", "/proc/self/status")
+    # appc-spec/ace.md's 14 default capabilities
+    assert result.stdout.split()[1] == "00000000a80425fb"
+
+
+# -- acceptance 2: interactive, Ctrl+] -----------------------------------------------------
+def _spawn(env: RktEnv, *args: str | Path) -> tuple[int, int]:
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.execvp(env.rkt_binary(), [env.rkt_binary(), *env.global_flags(),
+                                     "--insecure-options=image", *map(str, args)])
+    return pid, fd
+
+
+def _read_until(fd: int, marker: bytes, timeout: float = 20) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    return seen
+
+
+def _wait(pid: int, timeout: float) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return None
+
+
+@STAGE1S
+def test_interactive_shell_gives_a_prompt_and_exit_code(env: RktEnv, busybox_image: Path,
+                                                        stage1: str) -> None:
+    pid, fd = _spawn(env, "run", stage1, "--interactive", busybox_image, "--exec=/bin/sh",
+                     "--", "-i")
+    try:
+        assert b"# " in _read_until(fd, b"# ")
+        os.write(fd, b"echo $((6*7))\n")
+        assert b"42" in _read_until(fd, b"42")
+        os.write(fd, b"exit 5\n")
+        assert _wait(pid, 20) == 5
+    finally:
+        os.close(fd)
+
+
+@STAGE1S
+def test_ctrl_bracket_three_times_kills_the_pod(env: RktEnv, busybox_image: Path,
+                                                stage1: str) -> None:
+    pid, fd = _spawn(env, "run", stage1, busybox_image, "--exec=/bin/sh", "--", "-c",
+                     "echo started; exec sleep 1000")
+    try:
+        assert b"started" in _read_until(fd, b"started")
+        os.write(fd, b"\x1d\x1d\x1d")
+        start = time.monotonic()
+        assert _wait(pid, 5) is not None
+        assert time.monotonic() - start < 2
+    finally:
+        os.close(fd)
+
+
+# -- acceptance 3: two apps sharing a volume ----------------------------------------------
+def test_two_apps_run_at_once_and_share_a_volume(env: RktEnv, busybox_image: Path) -> None:
+    handshake = ("echo {me} > /shared/{me}; i=0; while [ ! -e /shared/{other} ]; do "
+                 "i=$((i+1)); [ $i -gt 100 ] && exit 9; sleep 0.1; done; "
+                 "echo {me} saw $(cat /shared/{other})")
+    result = run(env, "run", "--volume=shared,kind=empty",
+                 busybox_image, "--name=alpha", "--mount=volume=shared,target=/shared",
+                 "--exec=/bin/sh", "--", "-c", handshake.format(me="alpha", other="beta"), "---",
+                 busybox_image, "--name=beta", "--mount=volume=shared,target=/shared",
+                 "--exec=/bin/sh", "--", "-c", handshake.format(me="beta", other="alpha"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == ["alpha saw beta", "beta saw alpha"]
+
+
+def test_failing_app_code_wins_and_status_shows_each_app(env: RktEnv, busybox_image: Path,
+                                                         tmp_path: Path) -> None:
+    uuid_file = tmp_path / "uuid"
+    result = run(env, "run", f"--uuid-file-save={uuid_file}",
+                 busybox_image, "--name=ok", "--exec=/bin/true", "---",
+                 busybox_image, "--name=bad", "--exec=/bin/sh", "--", "-c", "exit 4")
+    assert result.returncode == 4
+    status = env.run("status", uuid_file.read_text()).stdout
+    assert "app-ok=0" in status and "app-bad=4" in status and "exited=true" in status
+
+
+# -- acceptance 4: prepare, run-prepared, list, status, enter, stop, gc --------------------
+@STAGE1S
+def test_prepare_run_prepared_enter_stop_gc(env: RktEnv, busybox_image: Path,
+                                            stage1: str) -> None:
+    uuid = run(env, "prepare", "--quiet", stage1, busybox_image, "--exec=/bin/sleep", "--",
+               "1000").stdout.strip()
+    assert len(uuid) == 36
+    listing = env.run("list", "--no-legend").stdout
+    assert uuid[:8] in listing and "prepared" in listing
+    pod = subprocess.Popen(
+        [env.rkt_binary(), *env.global_flags(), "run-prepared", uuid],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        status = env.run("status", "--wait-ready=10s", uuid[:8])
+        assert "state=running" in status.stdout, status.stderr
+        assert "pid=" in status.stdout
+        records = json.loads(env.run("status", "--format=json", uuid).stdout)
+        assert records["state"] == "running" and records["app_names"] == ["busybox"]
+        entered = env.run("enter", uuid, "/bin/echo", "hi")
+        assert entered.returncode == 0, entered.stderr
+        assert entered.stdout == "hi\n"
+        stopped = env.run("stop", uuid)
+        assert stopped.returncode == 0, stopped.stderr
+        pod.wait(timeout=15)
+    finally:
+        if pod.poll() is None:
+            pod.kill()
+    final = env.run("status", "--wait=5s", uuid).stdout
+    assert "state=exited" in final
+    env.run("gc", "--grace-period=0s", check=True)
+    assert pod_dirs(env) == []
+    assert mounts_mentioning(env.data_dir) == []
+
+
+def test_rm_refuses_running_pods_and_removes_exited_ones(env: RktEnv, busybox_image: Path,
+                                                         tmp_path: Path) -> None:
+    uuid_file = tmp_path / "uuid"
+    pod = subprocess.Popen(
+        [env.rkt_binary(), *env.global_flags(), "--insecure-options=image", "run",
+         f"--uuid-file-save={uuid_file}", str(busybox_image), "--exec=/bin/sleep", "--", "1000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not uuid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        uuid = uuid_file.read_text()
+        one_line_error(env.run("rm", uuid), "running")
+        env.run("stop", "--force", uuid, check=True)
+        pod.wait(timeout=15)
+    finally:
+        if pod.poll() is None:
+            pod.kill()
+    removed = env.run("rm", uuid)
+    assert removed.returncode == 0, removed.stderr
+    assert pod_dirs(env) == []
+
+
+def test_no_overlay_copies_the_image(env: RktEnv, busybox_image: Path) -> None:
+    result = run(env, "run", "--no-overlay", busybox_image, "--exec=/bin/sh", "--", "-c",
+                 "echo changed > /etc/motd; cat /etc/motd")
+    assert result.stdout == "changed\n", result.stderr
+
+
+def test_export_of_an_exited_pod_contains_its_changes(env: RktEnv, busybox_image: Path,
+                                                      tmp_path: Path) -> None:
+    uuid_file = tmp_path / "uuid"
+    run(env, "run", f"--uuid-file-save={uuid_file}", busybox_image, "--exec=/bin/sh", "--",
+        "-c", "echo persisted > /data/file; rm /etc/group", check=True)
+    out = tmp_path / "exported.aci"
+    env.run("export", uuid_file.read_text(), out, check=True)
+    result = run(env, "run", out, "--exec=/bin/sh", "--", "-c",
+                 "cat /data/file; test -e /etc/group && echo group-back")
+    assert result.stdout == "persisted\n", result.stderr
+
+
+# -- bad input ------------------------------------------------------------------------------
+BAD_FLAGS = {
+    "bad volume": (["--volume=data,kind=nope"], 'kind must be "host" or "empty"'),
+    "volume without source": (["--volume=data,kind=host"], "source=PATH"),
+    "bad set-env": (["--set-env=NOEQUALS"], "expected NAME=VALUE"),
+    "volume source missing": (["--volume=data,kind=host,source=/nonexistent/dir"],
+                              "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FLAGS))
+def test_bad_pod_flags(env: RktEnv, busybox_image: Path, case: str) -> None:
+    flags, fragment = BAD_FLAGS[case]
+    before = pod_dirs(env)
+    one_line_error(run(env, "run", *flags, busybox_image), fragment)
+    assert pod_dirs(env) == before
+
+
+def test_bad_mount_flag(env: RktEnv, busybox_image: Path) -> None:
+    one_line_error(run(env, "run", busybox_image, "--mount=target=/x"), "volume=NAME")
+    one_line_error(run(env, "run", busybox_image, "--mount=volume=nope,target=/x"),
+                   'no volume named "nope"')
+
+
+def test_missing_exec_is_refused_before_anything_runs(env: RktEnv, busybox_image: Path) -> None:
+    one_line_error(run(env, "run", busybox_image, "--exec=/bin/nope"),
+                   'executable "/bin/nope" not found')
+    assert pod_dirs(env) == []
+
+
+def test_unknown_image_with_local(env: RktEnv) -> None:
+    one_line_error(env.run("run", "--local", "example.com/unknown:1.0"),
+                   "no image named \"example.com/unknown:1.0\" in the store")
+    assert pod_dirs(env) == []
+
+
+def test_conflicting_flags(env: RktEnv, busybox_image: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "pod.json"
+    manifest.write_text("{}")
+    one_line_error(run(env, "run", f"--pod-manifest={manifest}", busybox_image),
+                   "conflicting flags set with --pod-manifest")
+    one_line_error(run(env, "run", "--interactive", busybox_image, "---", busybox_image),
+                   "--interactive can only be used with a single image")
+    one_line_error(run(env, "run"), "at least one image")
+
+
+def test_invalid_pod_manifest(env: RktEnv, tmp_path: Path) -> None:
+    manifest = tmp_path / "pod.json"
+    manifest.write_text(json.dumps({"acKind": "PodManifest", "acVersion": "0.8.11",
+                                    "apps": [{"name": "Bad Name", "image": {}}]}))
+    one_line_error(run(env, "run", f"--pod-manifest={manifest}"), "apps[0].name")
+    assert pod_dirs(env) == []
+
+
+def test_pod_manifest_runs(env: RktEnv, busybox_image: Path, tmp_path: Path) -> None:
+    image_id = run(env, "fetch", "--full", busybox_image, check=True).stdout.strip()
+    manifest = tmp_path / "pod.json"
+    manifest.write_text(json.dumps({
+        "acKind": "PodManifest", "acVersion": "0.8.11",
+        "apps": [{"name": "from-manifest", "image": {"id": image_id},
+                  "app": {"exec": ["/bin/echo", "manifest ran"], "user": "0", "group": "0"}}],
+    }))
+    result = env.run("run", f"--pod-manifest={manifest}")
+    assert result.stdout == "manifest ran\n", result.stderr
+
+
+@pytest.mark.parametrize("uuid", ["zzzz", "00000000-0000-0000-0000-000000000000", ""])
+def test_unknown_or_malformed_uuids(env: RktEnv, uuid: str) -> None:
+    for command in ("status", "enter", "cat-manifest", "rm", "stop"):
+        result = env.run(command, uuid)
+        assert result.returncode != 0
+        assert "Traceback" not in result.stderr
+        assert result.stderr.startswith("rkt: ")
+
+
+def test_ambiguous_uuid_prefix(env: RktEnv, busybox_image: Path) -> None:
+    uuids = [run(env, "prepare", "--quiet", busybox_image).stdout.strip() for _ in range(12)]
+    pairs = [(a, b) for a in uuids for b in uuids if a != b and a[0] == b[0]]
+    if not pairs:
+        pytest.skip("no two UUIDs share a first digit this time")
+    one_line_error(env.run("status", pairs[0][0][0]), "ambiguous")
+
+
+def test_mount_point_through_symlink_resolves_inside(env: RktEnv, aci_builder: AciBuilder,
+                                                     tmp_path: Path) -> None:
+    # /data -> /../../../../tmp would be the host's /tmp if followed from outside
+    escape = tmp_path / "host-side"
+    escape.mkdir()
+    image = aci_builder.build(busybox=True, exec_=["/bin/sh", "-c", "echo inside > /data/f"],
+                              symlinks={"data": "../../../../../../" + str(escape)})
+    shared = tmp_path / "vol"
+    shared.mkdir()
+    result = run(env, "run", f"--volume=v,kind=host,source={shared}", image,
+                 "--mount=volume=v,target=/data")
+    assert result.returncode == 0, result.stderr
+    assert (shared / "f").read_text() == "inside\n"
+    assert list(escape.iterdir()) == []
+
+
+def test_stage1_problems(env: RktEnv, busybox_image: Path, tmp_path: Path,
+                         aci_builder: AciBuilder) -> None:
+    one_line_error(env.run("run", "--stage1-path=/nonexistent/stage1.aci", busybox_image),
+                   "stage1.aci")
+    unsigned = tmp_path / "stage1-custom.aci"
+    shutil.copyfile("/usr/lib/rkt/stage1-images/stage1-fly.aci", unsigned)
+    one_line_error(env.run("run", f"--stage1-path={unsigned}", busybox_image), "signature")
+    from rkt.testing.aci import image_manifest
+
+    fake = aci_builder.build("fake-stage1.aci", manifest=image_manifest(
+        "example.com/stage1-fake", extra={"annotations": [
+            {"name": "coreos.com/rkt/stage1/backend", "value": "warp-drive"}]}))
+    one_line_error(run(env, "run", f"--stage1-path={fake}", busybox_image),
+                   'stage1 backend "warp-drive" is not installed')
+    assert pod_dirs(env) == []
