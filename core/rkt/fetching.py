@@ -16,6 +16,7 @@ The pipeline, for every source (file, https, discovery, plugin schemes):
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,29 @@ class FetchedImage:
     #: the appc name and labels the user asked for, checked against the manifest
     expected_name: str | None = None
     expected_labels: dict[str, str] = field(default_factory=dict)
+    #: for downloads: what the store's remote cache should remember about the source
+    remote: RemoteRecord | None = None
+    #: set (instead of bytes in ``path``) when the source says the stored image with
+    #: this ID is still current, e.g. an HTTP ``304 Not Modified``
+    stored_id: str | None = None
+
+    @classmethod
+    def unchanged(
+        cls, image_id: str, origin: str, remote: RemoteRecord | None = None
+    ) -> FetchedImage:
+        """The stored image ``image_id`` is what ``origin`` holds: nothing to import."""
+        return cls(path=Path(os.devnull), origin=origin, stored_id=image_id, remote=remote)
+
+
+@dataclass(frozen=True)
+class RemoteRecord:
+    """A download's source as the remote cache keeps it (rkt's ``remote`` table)."""
+
+    url: str
+    etag: str | None = None
+    #: Cache-Control max-age in seconds; 0 means "ask again every time"
+    max_age: int = 0
+    signature_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +126,10 @@ class FetchSession:
     tmp_dir: Path
     #: per-image ``--signature`` file given on the command line
     signature_file: Path | None = None
+    #: ``new``, ``update`` or ``never`` (``--pull-policy``), for fetchers with a cache
+    pull_policy: str = "update"
+    #: plain http allowed besides ``--insecure-options=http`` (``rkt trust --insecure-allow-http``)
+    allow_http: bool = False
 
 
 # -- pipeline ------------------------------------------------------------------------
@@ -112,10 +140,24 @@ def fetch_image(
     signature_file: Path | None = None,
     pull_policy: str = "update",
 ) -> ImageInfo:
-    """Resolve ``text`` to a stored image, fetching and verifying it if needed."""
+    """Resolve ``text`` to a stored image, fetching and verifying it if needed.
+
+    The image's ``dependencies`` are fetched too (recursively, with the same pull
+    policy), so that it can be rendered (``appc-spec/aci.md``, dependency matching).
+    """
+    plugins = options.plugins
+    ref = parse_image_ref(text, plugin_schemes=plugins.fetchers.names())
+    info = _fetch_one(options, ref, signature_file, pull_policy)
+    fetch_dependencies(options, info, pull_policy=pull_policy)
+    return info
+
+
+def _fetch_one(
+    options: GlobalOptions, ref: ImageRef, signature_file: Path | None, pull_policy: str
+) -> ImageInfo:
     plugins = options.plugins
     store = options.store
-    ref = parse_image_ref(text, plugin_schemes=plugins.fetchers.names())
+    text = ref.text
     if ref.kind == "hash":
         return store.resolve(text)
     if ref.kind == "name" and pull_policy in ("new", "never"):
@@ -124,18 +166,103 @@ def fetch_image(
         except ImageNotFoundError:
             if pull_policy == "never":
                 raise
+    if pull_policy == "never" and ref.kind in ("https", "http") and ref.url:
+        # rkt 1.x: a URL fetched before is found through the remote cache.
+        cached = store.cached_remote(ref.url)
+        if cached is not None:
+            try:
+                return store.resolve(cached[1])
+            except ImageNotFoundError:
+                pass
     if pull_policy == "never" and ref.kind != "file":
         raise ImageNotFoundError(f'image "{text}" is not in the store and --pull-policy=never')
     fetcher = plugins.fetcher(ref.kind)
     if fetcher is None:
         raise UsageError(f'no fetcher is installed for "{ref.kind}" images ("{text}")')
-    session = FetchSession(options=options, tmp_dir=store.tmp_dir, signature_file=signature_file)
+    session = FetchSession(
+        options=options, tmp_dir=store.tmp_dir, signature_file=signature_file,
+        pull_policy=pull_policy,
+    )
     fetched = fetcher.fetch(ref, session)
     try:
-        return import_fetched(options, fetched)
+        if fetched.stored_id is not None:
+            info = store.resolve(fetched.stored_id)
+        else:
+            info = import_fetched(options, fetched)
     finally:
         if fetched.temporary:
             fetched.path.unlink(missing_ok=True)
+    if fetched.remote is not None:
+        remote = fetched.remote
+        store.record_remote(
+            remote.url, remote.etag, info.id,
+            signature_url=remote.signature_url, max_age=remote.max_age,
+        )
+    return info
+
+
+#: dependency chains deeper than this are refused (a cycle, or a hostile manifest)
+MAX_DEPENDENCY_DEPTH = 32
+
+
+def fetch_dependencies(
+    options: GlobalOptions,
+    info: ImageInfo,
+    *,
+    pull_policy: str = "new",
+    _chain: tuple[str, ...] = (),
+    _done: set[str] | None = None,
+) -> None:
+    """Make sure every dependency of ``info`` (recursively) is in the store.
+
+    A dependency pinned by ``imageID`` is taken from the store when it is there;
+    otherwise it is fetched by name and labels through the ordinary pipeline
+    (discovery, signature, name and label checks) and must then match the pin.
+    """
+    from rkt.errors import ImageError, RktError
+    from rkt.schema.image import ImageManifest
+
+    store = options.store
+    done = set() if _done is None else _done
+    chain = (*_chain, info.id)
+    if len(chain) > MAX_DEPENDENCY_DEPTH:
+        raise ImageError(
+            f'dependencies of image "{info.name}" are nested more than '
+            f"{MAX_DEPENDENCY_DEPTH} deep"
+        )
+    manifest = ImageManifest.parse(
+        store.manifest_bytes(info.id), source=f"image {info.id}: manifest"
+    )
+    for dependency in manifest.dependencies or ():
+        labels = {label.name: label.value for label in dependency.labels or ()}
+        wanted = dependency.image_name + "".join(f",{k}={v}" for k, v in labels.items())
+        found: ImageInfo | None = None
+        try:
+            if dependency.image_id:
+                try:
+                    found = store.resolve(dependency.image_id)
+                except ImageNotFoundError:
+                    found = None
+            if found is None:
+                ref = ImageRef(wanted, "name", name=dependency.image_name, labels=labels)
+                found = _fetch_one(options, ref, None, pull_policy)
+        except RktError as exc:
+            raise type(exc)(f'dependency "{wanted}" of image "{manifest.name}": {exc}') from exc
+        if not dependency.matches(found.id):
+            raise VerificationError(
+                f'dependency "{wanted}" of image "{manifest.name}" is pinned to imageID '
+                f"{dependency.image_id}, but the image found is {found.id}"
+            )
+        if found.id in chain:
+            raise ImageError(
+                f'dependency cycle: image "{manifest.name}" depends on "{found.name}", '
+                "which depends on it"
+            )
+        if found.id not in done:
+            fetch_dependencies(
+                options, found, pull_policy=pull_policy, _chain=chain, _done=done
+            )
+    done.add(info.id)
 
 
 def import_fetched(

@@ -27,6 +27,9 @@ LOG = logging.getLogger(__name__)
 #: Built-in plugins, registered in this order under the name after the last dot.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "rkt_plugins.file_fetcher",
+    "rkt_plugins.https_fetcher",
+    "rkt_plugins.name_fetcher",
+    "rkt_plugins.discovery",
     "rkt_plugins.openpgp",
     "rkt_plugins.cas_store",
 )

@@ -61,7 +61,9 @@ def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
         )
     if prefix is not None:
         validate_prefix(prefix)
-    locations: list[str] = list(args.pubkeys) or _discover_keys(options, prefix)
+    locations: list[str] = list(args.pubkeys) or _discover_keys(
+        options, prefix, allow_http=bool(args.insecure_allow_http)
+    )
     for location in locations:
         data, over_verified_https = _read_key(options, location, args.insecure_allow_http)
         description = describe_key(data, source=location)
@@ -210,8 +212,13 @@ def _reason(exc: BaseException) -> str:
     return message.split(">: ", 1)[-1]
 
 
-def _discover_keys(options: GlobalOptions, prefix: str | None) -> list[str]:
-    """Key URLs for ``prefix`` from appc discovery (``ac-discovery-pubkeys``)."""
+def _discover_keys(
+    options: GlobalOptions, prefix: str | None, *, allow_http: bool = False
+) -> list[str]:
+    """Key URLs for ``prefix`` from appc discovery (``ac-discovery-pubkeys``).
+
+    ``--insecure-allow-http`` also lets discovery fall back to plain http.
+    """
     if prefix is None:
         raise UsageError("--root needs at least one PUBKEY: a key file or an https URL")
     discovery = options.plugins.discovery
@@ -223,7 +230,7 @@ def _discover_keys(options: GlobalOptions, prefix: str | None) -> list[str]:
     from rkt.fetching import FetchSession
 
     with tempfile.TemporaryDirectory(prefix="rkt-trust-") as tmp:
-        session = FetchSession(options=options, tmp_dir=Path(tmp))
+        session = FetchSession(options=options, tmp_dir=Path(tmp), allow_http=allow_http)
         for name in discovery.names():
             discoverer = discovery.get(name)
             if discoverer is None:

@@ -34,7 +34,7 @@ from rkt.errors import ImageNotFoundError, StoreError, UsageError
 from rkt.locks import key_lock
 from rkt.progress import ProgressBar
 from rkt.store import AcceptManifest, ImageInfo, key_from_digest
-from rkt.store.index import ImageIndex
+from rkt.store.index import ImageIndex, RemoteEntry
 from rkt.store.tree import TreeStore
 
 LOG = logging.getLogger(__name__)
@@ -281,6 +281,10 @@ class CasStore:
 
     def cached_remote(self, url: str) -> tuple[str | None, str] | None:
         return self.index.get_remote(url)
+
+    def remote_entry(self, url: str) -> RemoteEntry | None:
+        """Everything the remote cache holds for ``url``: ETag, max-age, download time."""
+        return self.index.get_remote_entry(url)
 
     def record_remote(
         self, url: str, etag: str | None, image_id: str, *,

@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from rkt.errors import StoreError
@@ -40,6 +41,24 @@ CREATE TABLE IF NOT EXISTS remotes (
     download_time REAL NOT NULL
 );
 """
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """What the remote cache remembers about one URL (rkt's ``remote`` row)."""
+
+    url: str
+    image_id: str
+    etag: str | None
+    max_age: int
+    download_time: float
+    signature_url: str | None = None
+
+    def fresh(self, now: float | None = None) -> bool:
+        """Still within its Cache-Control max-age: usable without asking the server."""
+        if self.max_age <= 0:
+            return False
+        return (time.time() if now is None else now) < self.download_time + self.max_age
+
 
 _COLUMNS = "id, name, labels, import_time, last_used, size, tree_size, latest"
 
@@ -135,6 +154,13 @@ class ImageIndex:
             "SELECT etag, image_id FROM remotes WHERE url = ?", (url,)
         ).fetchone()
         return (row[0], row[1]) if row else None
+
+    def get_remote_entry(self, url: str) -> RemoteEntry | None:
+        row = self._db.execute(
+            "SELECT url, image_id, etag, max_age, download_time, signature_url"
+            " FROM remotes WHERE url = ?", (url,)
+        ).fetchone()
+        return RemoteEntry(*row) if row else None
 
     def put_remote(
         self, url: str, etag: str | None, image_id: str, *,

@@ -15,8 +15,10 @@ import errno
 import hashlib
 import logging
 import os
+import posixpath
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,8 +48,86 @@ def tree_size(path: Path) -> int:
     return total
 
 
+#: more layers than this in one render is a hostile or broken dependency graph
+MAX_LAYERS = 256
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One image's rootfs as it is laid down in a render, with its file filter."""
+
+    image_id: str
+    #: ``pathWhitelist``s of the image and of every image above it that has one
+    #: (appc-spec/ace.md: a dependency's files are filtered by the whitelists of
+    #: the images depending on it); a file is kept only if every one lists it
+    whitelists: tuple[frozenset[str], ...] = ()
+
+    def path_whitelist(self) -> frozenset[str] | None:
+        if not self.whitelists:
+            return None
+        return frozenset.intersection(*self.whitelists)
+
+
+def render_layers(store: ImageStore, image_id: str) -> list[Layer]:
+    """The layers of ``image_id`` in the order they are extracted (later ones win).
+
+    appc-spec/ace.md, filesystem setup: dependencies depth-first in list order, then
+    the image itself; ``A -> [B, C], C -> [D]`` gives B, D, C, A and an image reached
+    twice is laid down twice (``A -> [B, C], B -> [D], C -> [D]`` gives D, B, D, C, A).
+    Dependencies are found in the store, by ``imageID`` when pinned, else by name and
+    labels.
+    """
+    from rkt.errors import ImageError, ImageNotFoundError
+    from rkt.schema.image import ImageManifest
+
+    layers: list[Layer] = []
+
+    def visit(key: str, above: tuple[frozenset[str], ...], chain: tuple[str, ...]) -> None:
+        manifest = ImageManifest.parse(store.manifest_bytes(key), source=f"image {key}: manifest")
+        # appc-spec/aci.md: an empty pathWhitelist means the same as none.
+        own = manifest.path_whitelist or None
+        whitelists = above if own is None else (*above, _normalized(own))
+        for dependency in manifest.dependencies or ():
+            labels = {label.name: label.value for label in dependency.labels or ()}
+            try:
+                if dependency.image_id:
+                    found = store.resolve(dependency.image_id).id
+                else:
+                    found = store.find_by_name(dependency.image_name, labels).id
+            except ImageNotFoundError as exc:
+                raise ImageNotFoundError(
+                    f'dependency "{dependency.image_name}" of image "{manifest.name}" is not '
+                    f"in the store ({exc}); fetch the image again to get it"
+                ) from exc
+            if found in chain:
+                raise ImageError(f'dependency cycle through image "{manifest.name}"')
+            visit(found, whitelists, (*chain, found))
+        layers.append(Layer(key, whitelists))
+        if len(layers) > MAX_LAYERS:
+            raise ImageError(
+                f'image {image_id} has more than {MAX_LAYERS} layers of dependencies'
+            )
+
+    visit(image_id, (), (image_id,))
+    return layers
+
+
+def _normalized(paths: list[str]) -> frozenset[str]:
+    return frozenset(posixpath.normpath("/" + path) for path in paths)
+
+
+def tree_id_of(layers: list[Layer]) -> str:
+    """rkt's tree ID: its dependency list is the image first, i.e. the layers reversed."""
+    return tree_id_for([layer.image_id for layer in reversed(layers)])
+
+
 def render_image(
-    store: ImageStore, image_id: str, dest: Path, *, rootfs_only: bool = False
+    store: ImageStore,
+    image_id: str,
+    dest: Path,
+    *,
+    rootfs_only: bool = False,
+    layers: list[Layer] | None = None,
 ) -> None:
     """Render ``image_id`` (with its dependencies) into ``dest`` as stage2 sees it.
 
@@ -55,16 +135,13 @@ def render_image(
     ``rootfs_only``). The caller owns ``dest`` and removes it if this raises.
     """
     from rkt.aci.extract import extract_tar
-    from rkt.schema.image import ImageManifest
 
     manifest_bytes = store.manifest_bytes(image_id)
-    manifest = ImageManifest.parse(manifest_bytes, source=f"image {image_id}: manifest")
     rootfs = dest if rootfs_only else dest / "rootfs"
     rootfs.mkdir(parents=True, exist_ok=True)
-    # appc-spec/ace.md: an empty pathWhitelist means the same as none.
-    whitelist = manifest.path_whitelist or None
-    extract_tar(store.blob_path(image_id), rootfs, strip_prefix="rootfs/",
-                path_whitelist=whitelist)
+    for layer in layers if layers is not None else render_layers(store, image_id):
+        extract_tar(store.blob_path(layer.image_id), rootfs, strip_prefix="rootfs/",
+                    path_whitelist=layer.path_whitelist())
     if not rootfs_only:
         (dest / "manifest").write_bytes(manifest_bytes)
 
@@ -82,7 +159,8 @@ class TreeStore:
         return (self.tree_path(tree_id) / RENDERED_MARKER).exists()
 
     def render(self, image_id: str) -> Path:
-        tree_id = tree_id_for([image_id])
+        layers = render_layers(self.store, image_id)
+        tree_id = tree_id_of(layers)
         final = self.tree_path(tree_id)
         if self.is_rendered(tree_id):
             return final
@@ -91,7 +169,7 @@ class TreeStore:
                 return final
             work = Path(tempfile.mkdtemp(prefix=f"render-{tree_id[:20]}-", dir=self.store.tmp_dir))
             try:
-                render_image(self.store, image_id, work)
+                render_image(self.store, image_id, work, layers=layers)
                 (work / "image").write_text(image_id)
                 _syncfs(work)
                 (work / RENDERED_MARKER).touch()

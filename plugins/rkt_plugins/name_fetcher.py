@@ -1,0 +1,194 @@
+"""Images by appc name: ``rkt fetch example.com/app:v1.0.0``.
+
+rkt 1.x's flow (``rkt/image/namefetcher.go``): ``rkt: searching for app image
+NAME``, discovery (``appc-spec/discovery.md``) of the ACI, signature and key URLs,
+then the signing keys: if no key is trusted yet for the name (or a prefix of it),
+the discovered ones are offered. With ``--trust-keys-from-https`` and a verified
+https key URL they are trusted without review; on a terminal the user is asked;
+otherwise rkt says how to trust them and carries on, so that verification decides.
+A key is never trusted silently. Then the ACI is downloaded like any https image
+(:mod:`rkt_plugins.https_fetcher`) and must carry the name and the labels that
+were asked for: a valid signature proves the signer, not that this is the image
+that was asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from rkt.errors import FetchError, RktError, UsageError
+from rkt.fetching import DiscoveredEndpoints, FetchedImage, FetchSession
+from rkt.hookspecs import hookimpl
+from rkt.imageref import ImageRef
+from rkt.registry import FetcherRegistry
+from rkt_plugins.https_fetcher import default_http, fetch_remote_aci
+
+if TYPE_CHECKING:
+    from rkt.cli.context import GlobalOptions
+    from rkt_plugins.http_session import HttpSession
+
+LOG = logging.getLogger(__name__)
+
+#: public keys are a few KiB
+MAX_KEY_SIZE = 1 << 20
+
+HttpFactory = Callable[[FetchSession], "HttpSession"]
+
+
+def discover(
+    options: GlobalOptions, name: str, labels: dict[str, str], session: FetchSession
+) -> DiscoveredEndpoints:
+    """Ask each installed discovery method in turn; the first with ACI endpoints wins."""
+    registry = options.plugins.discovery
+    if not registry.names():
+        raise UsageError(
+            f'cannot fetch "{name}": no discovery method is installed to find it; '
+            "give a file, an https URL or an image ID instead"
+        )
+    first_error: RktError | None = None
+    keys_only: DiscoveredEndpoints | None = None
+    for method in registry.names():
+        discoverer = registry.get(method)
+        if discoverer is None:
+            continue
+        try:
+            endpoints = discoverer.discover(name, labels, session)
+        except RktError as exc:
+            first_error = first_error or exc
+            continue
+        if endpoints.aci:
+            return endpoints
+        keys_only = keys_only or endpoints
+    if keys_only is not None:
+        return keys_only
+    assert first_error is not None
+    raise first_error
+
+
+def _usable(options: GlobalOptions, endpoints: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """https endpoints first, then http ones if allowed; other schemes (hdfs...) skipped."""
+    https = [e for e in endpoints if urlsplit(e[0]).scheme == "https"]
+    http = [e for e in endpoints if urlsplit(e[0]).scheme == "http"]
+    return https + (http if options.is_insecure("http") else [])
+
+
+class NameFetcher:
+    """Implements :class:`rkt.fetching.Fetcher` for appc names (kind ``name``)."""
+
+    def __init__(self, http_factory: HttpFactory = default_http) -> None:
+        self._http_factory = http_factory
+
+    def fetch(self, ref: ImageRef, session: FetchSession) -> FetchedImage:
+        from rkt_plugins.discovery import host_labels
+
+        options = session.options
+        name = ref.name or ref.text
+        options.info(f"rkt: searching for app image {ref.text}")
+        endpoints = discover(options, name, dict(ref.labels), session)
+        candidates = _usable(options, endpoints.aci)
+        if not candidates:
+            if endpoints.aci:
+                found = ", ".join(aci for aci, _ in endpoints.aci)
+                raise FetchError(
+                    f'no usable ACI URL discovered for "{name}" (found: {found}; '
+                    "plain http needs --insecure-options=http)"
+                )
+            raise FetchError(f'meta discovery for "{name}" found no ac-discovery template')
+        http = self._http_factory(session)
+        try:
+            self._offer_keys(options, http, name, endpoints.keys)
+            # rkt sets os and arch to the host's when they are not asked for.
+            expected = {**host_labels(), **ref.labels}
+            errors: list[FetchError] = []
+            for aci_url, signature_url in candidates:
+                try:
+                    return fetch_remote_aci(
+                        session, http, aci_url, signature_url,
+                        expected_name=name, expected_labels=expected,
+                    )
+                except FetchError as exc:
+                    LOG.debug("endpoint %s failed: %s", aci_url, exc)
+                    errors.append(exc)
+            raise errors[0]
+        finally:
+            http.close()
+
+    # -- keys ------------------------------------------------------------------------
+    def _offer_keys(
+        self, options: GlobalOptions, http: HttpSession, name: str, key_urls: list[str]
+    ) -> None:
+        if options.is_insecure("image") or not key_urls:
+            return
+        if options.keystore.fingerprints_for(name):
+            options.debug_log(f'keys already exist for prefix "{name}", not fetching again')
+            return
+        if options.is_insecure("pubkey"):
+            options.warn("signing keys may be downloaded from an insecure connection")
+        try:
+            for url in key_urls:
+                self._offer_key(options, http, name, url)
+        except _NoTerminal:
+            options.info(f'To trust the key for "{name}", do one of the following:')
+            options.info(" - call rkt with --trust-keys-from-https")
+            options.info(f' - run: rkt trust --prefix "{name}"')
+            options.info(
+                "rkt: error reviewing key: unable to ask user to review fingerprint "
+                "due to lack of tty"
+            )
+        except RktError as exc:
+            # rkt 1.x: a key that cannot be fetched is reported; verification decides.
+            options.warn(f'cannot offer the discovered keys for "{name}": {exc}')
+
+    def _offer_key(self, options: GlobalOptions, http: HttpSession, name: str, url: str) -> None:
+        from rkt.keystore import describe_key
+
+        scheme = urlsplit(url).scheme.lower()
+        if scheme == "http" and not (options.is_insecure("pubkey") and http.allow_http):
+            options.warn(
+                f'not fetching key "{url}" over plain http '
+                "(needs --insecure-options=pubkey,http)"
+            )
+            return
+        if scheme not in ("https", "http"):
+            options.warn(f'not fetching key "{url}": unsupported URL scheme {scheme!r}')
+            return
+        verified_https = scheme == "https" and not options.is_insecure("tls")
+        unreviewed = options.trust_keys_from_https and verified_https
+        if not unreviewed and not _interactive():
+            raise _NoTerminal
+        page = http.get(url, what="key", limit=MAX_KEY_SIZE)
+        if page.status != 200:
+            raise http.status_error("key", url, page.status, page.reason)
+        if page.url.lower().startswith("http://"):
+            verified_https = False
+        description = describe_key(page.body, source=url)
+        if unreviewed and verified_https:
+            review = "without"
+        else:
+            from rkt.cli.trust import _show_key, _user_accepts
+
+            _show_key(options, name, url, description)
+            if not _user_accepts(options):
+                options.info(f'Not trusting "{url}"')
+                return
+            review = "after"
+        options.info(f'Trusting "{url}" for prefix "{name}" {review} fingerprint review.')
+        path = options.keystore.store_trusted_key(page.body, prefix=name, source=url)
+        options.info(f'Added key for prefix "{name}" at "{path}"')
+
+
+class _NoTerminal(Exception):
+    """Nobody can be asked to review a key."""
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+@hookimpl
+def rkt_register_fetchers(registry: FetcherRegistry) -> None:
+    registry.add("name", NameFetcher())
