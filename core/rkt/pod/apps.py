@@ -14,7 +14,9 @@ from pathlib import Path
 from rkt.errors import UsageError
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-_AC_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+#: appc-spec/types.md's AC Name and AC Identifier
+AC_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+AC_IDENTIFIER = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
 
 #: appc-spec/ace.md: the bounding set when an app has no capability isolator
 DEFAULT_CAPABILITIES = (
@@ -73,7 +75,7 @@ def parse_volume(text: str) -> VolumeSpec:
     """``NAME,kind=host,source=PATH[,readOnly=BOOL][,recursive=BOOL]`` or
     ``NAME,kind=empty[,mode=0755][,uid=0][,gid=0][,readOnly=BOOL]``."""
     name, values = _key_values(text, "--volume")
-    if not _AC_NAME.match(name):
+    if not AC_NAME.match(name):
         raise UsageError(f'--volume "{text}": invalid volume name "{name}"')
     kind = values.pop("kind", None)
     if kind not in ("host", "empty"):

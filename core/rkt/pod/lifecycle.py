@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rkt.errors import PodError, UsageError
 from rkt.pod.dirs import STARTED_FILE, Pod, PodStore, touch_now
@@ -28,7 +28,6 @@ from rkt.stage1 import RunOptions, Stage1Backend, Stage1Choice, select_stage1
 
 if TYPE_CHECKING:
     from rkt.cli.context import GlobalOptions
-    from rkt.schema.pod import PodManifest
 
 LOG = logging.getLogger(__name__)
 
@@ -40,12 +39,9 @@ class PreparedPod:
 
 
 def _resolve(options: GlobalOptions, image_id: str) -> ResolvedImage:
-    from rkt.schema.image import ImageManifest
-
     info = options.store.resolve(image_id)
-    manifest = ImageManifest.parse(options.store.manifest_bytes(info.id),
-                                   source=f"image {info.id}: manifest")
-    return ResolvedImage(info, manifest)
+    # validated when it was imported; see ResolvedImage
+    return ResolvedImage(info, json.loads(options.store.manifest_bytes(info.id)))
 
 
 def backend_for(options: GlobalOptions, stage1: ResolvedImage) -> Stage1Backend:
@@ -65,7 +61,7 @@ def create_pod(
 
     stage1 = _resolve(options, select_stage1(options, stage1_choice).id)
     backend = backend_for(options, stage1)
-    manifest: PodManifest
+    manifest: dict[str, Any]
     if request.pod_manifest is not None:
         manifest = _load_pod_manifest(options, request.pod_manifest)
     else:
@@ -83,13 +79,13 @@ def create_pod(
         pod.release()
         pods.delete(pod)
         raise
-    for runtime_app in manifest.apps or []:
-        if runtime_app.image.id:
-            options.store.touch(runtime_app.image.id)
+    for runtime_app in manifest["apps"]:
+        options.store.touch(runtime_app["image"]["id"])
     return PreparedPod(pod, backend)
 
 
-def _load_pod_manifest(options: GlobalOptions, path: Path) -> PodManifest:
+def _load_pod_manifest(options: GlobalOptions, path: Path) -> dict[str, Any]:
+    """A user's pod manifest: validated against the schema (it is input), reified."""
     from rkt.schema.pod import PodManifest
 
     try:
@@ -111,7 +107,8 @@ def _load_pod_manifest(options: GlobalOptions, path: Path) -> PodManifest:
             if image.app is None:
                 raise UsageError(f'pod manifest {path}: app "{app.name}" has nothing to run')
             app.app = image.app
-    return manifest
+    document: dict[str, Any] = json.loads(manifest.to_json())
+    return document
 
 
 def run_pod(options: GlobalOptions, prepared: PreparedPod, run_options: RunOptions,
@@ -136,8 +133,6 @@ def mark_prepared(prepared: PreparedPod) -> None:
 
 def open_prepared(options: GlobalOptions, uuid: str) -> PreparedPod:
     """Lock a pod in ``prepared/`` for ``run-prepared``."""
-    from rkt.schema.image import ImageManifest
-
     pods = PodStore(options.resolved_data_dir)
     pod = pods.find(uuid)
     if pod.phase != "prepared":
@@ -148,10 +143,7 @@ def open_prepared(options: GlobalOptions, uuid: str) -> PreparedPod:
     if pod.phase != "prepared":
         pod.release()
         raise PodError(f'pod "{pod.uuid}" is no longer prepared')
-    manifest = ImageManifest.parse((pod.path / "stage1" / "manifest").read_bytes(),
-                                   source="stage1 manifest")
-    backend = options.plugins.stage1_backend(stage1_backend_name(manifest))
-    return PreparedPod(pod, backend)
+    return PreparedPod(pod, backend_of(options, pod))
 
 
 def backend_of(options: GlobalOptions, pod: Pod) -> Stage1Backend:
@@ -159,10 +151,7 @@ def backend_of(options: GlobalOptions, pod: Pod) -> Stage1Backend:
         manifest = json.loads((pod.path / "stage1" / "manifest").read_text())
     except (OSError, ValueError) as exc:
         raise PodError(f'pod "{pod.uuid}" has no readable stage1 manifest') from exc
-    for annotation in manifest.get("annotations", []):
-        if annotation.get("name") == "coreos.com/rkt/stage1/backend":
-            return options.plugins.stage1_backend(annotation["value"])
-    raise PodError(f'pod "{pod.uuid}" has no stage1 backend recorded')
+    return options.plugins.stage1_backend(stage1_backend_name(manifest))
 
 
 def ensure_root(command: str) -> None:

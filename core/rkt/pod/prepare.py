@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from rkt import __version__
 from rkt.errors import ImageError, PodError, UsageError
 from rkt.pod.apps import (
+    AC_IDENTIFIER,
+    AC_NAME,
     DEFAULT_CAPABILITIES,
     AppRequest,
     VolumeSpec,
@@ -33,8 +35,6 @@ from rkt.pod.dirs import POD_MANIFEST, Pod
 from rkt.pod.supervisor import resolve_in_root
 
 if TYPE_CHECKING:
-    from rkt.schema.image import ImageManifest
-    from rkt.schema.pod import PodManifest
     from rkt.store import ImageInfo, ImageStore
 
 APPS_FILE = "apps.json"
@@ -61,8 +61,19 @@ class PodRequest:
 
 @dataclass
 class ResolvedImage:
+    """A stored image and its manifest.
+
+    The manifest is the plain JSON document: it was validated against the appc
+    schema when the image entered the store, so running a pod needs no schema
+    library at all (importing pydantic would cost more than starting the pod).
+    """
+
     info: ImageInfo
-    manifest: ImageManifest
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
 
 
 def _exists_in_root(root: Path, path: str) -> bool:
@@ -104,55 +115,71 @@ def _lookup_id(root: Path, database: str, name: str, what: str) -> int:
     raise PodError(f'{what} "{name}" is not a number and is not in the image\'s /etc/{database}')
 
 
+def _named(items: list[dict[str, Any]] | None, name: str) -> dict[str, Any] | None:
+    """The last entry called ``name`` in a list of {"name": ...} objects."""
+    found = None
+    for item in items or []:
+        if item.get("name") == name:
+            found = item
+    return found
+
+
 def _cap_name(name: str) -> str:
     upper = name.upper()
     return upper if upper.startswith("CAP_") else f"CAP_{upper}"
 
 
-def _capabilities(manifest_app: Any, insecure_caps: bool) -> list[str] | None:
+def _capabilities(app: dict[str, Any], insecure_caps: bool) -> list[str] | None:
     """The app's bounding set: the spec's default 14, shaped by its isolators."""
     if insecure_caps:
         return None  # keep every capability (--insecure-options=capabilities)
     caps = list(DEFAULT_CAPABILITIES)
-    retain = manifest_app.isolator("os/linux/capabilities-retain-set")
-    remove = manifest_app.isolator("os/linux/capabilities-remove-set")
+    retain = _named(app.get("isolators"), "os/linux/capabilities-retain-set")
+    remove = _named(app.get("isolators"), "os/linux/capabilities-remove-set")
     if retain is not None:
-        caps = [_cap_name(c) for c in retain.value.get("set", [])]
+        caps = [_cap_name(c) for c in retain["value"].get("set", [])]
     if remove is not None:
-        dropped = {_cap_name(c) for c in remove.value.get("set", [])}
+        dropped = {_cap_name(c) for c in remove["value"].get("set", [])}
         caps = [c for c in caps if c not in dropped]
     return caps
 
 
+def _check_request(request: AppRequest) -> None:
+    if request.name is not None and not AC_NAME.match(request.name):
+        raise UsageError(f'--name "{request.name}": not a valid app name (a-z, 0-9 and "-")')
+    if request.working_dir is not None and not request.working_dir.startswith("/"):
+        raise UsageError(f'--working-dir "{request.working_dir}": must be an absolute path')
+    for key in request.annotations:
+        if not AC_IDENTIFIER.match(key):
+            raise UsageError(f'--annotation "{key}": not a valid annotation name')
+
+
 def build_pod_manifest(
     images: list[ResolvedImage], request: PodRequest
-) -> tuple[PodManifest, list[str]]:
-    """The appc pod manifest for these images and flags, and the app names in order."""
-    from rkt.schema.pod import PodManifest
-
+) -> tuple[dict[str, Any], list[str]]:
+    """The appc pod manifest (as JSON data) for these images and flags, and the app names."""
     apps: list[dict[str, Any]] = []
     names: list[str] = []
     declared = {v.name for v in request.volumes}
     volumes = [v.to_manifest() for v in request.volumes]
     for resolved, app_request in zip(images, request.apps, strict=True):
-        manifest = resolved.manifest
-        name = app_request.name or app_name_from_image(manifest.name)
+        _check_request(app_request)
+        name = app_request.name or app_name_from_image(resolved.name)
         if name in names:
             raise UsageError(
                 f'two apps would be named "{name}"; give one a different --name'
             )
         names.append(name)
-        image_app = manifest.app
+        image_app = resolved.manifest.get("app")
         app: dict[str, Any] = (
-            json.loads(image_app.model_dump_json(by_alias=True, exclude_unset=True))
-            if image_app is not None else {"user": "0", "group": "0"}
+            json.loads(json.dumps(image_app)) if image_app else {"user": "0", "group": "0"}
         )
         if app_request.exec_ is not None:
             app["exec"] = list(app_request.exec_)
         if app_request.args is not None:
             app["exec"] = [*(app.get("exec") or [])[:1], *app_request.args]
         if not app.get("exec"):
-            raise UsageError(f'image "{manifest.name}" has no app to run; use --exec')
+            raise UsageError(f'image "{resolved.name}" has no app to run; use --exec')
         if app_request.user is not None:
             app["user"] = app_request.user
         if app_request.group is not None:
@@ -180,17 +207,18 @@ def build_pod_manifest(
             if volume_name not in declared:
                 raise UsageError(f'--mount: no volume named "{volume_name}" (add --volume)')
         # ace.md: a mount point with no volume gets an implicit empty one
-        for point in (image_app.mount_points if image_app else None) or []:
-            if point.name in mounted:
+        for point in app.get("mountPoints") or []:
+            if point["name"] in mounted:
                 continue
-            if point.name not in declared:
-                declared.add(point.name)
-                volumes.append(VolumeSpec(point.name, "empty",
-                                          read_only=point.read_only).to_manifest())
-            mounts.append({"volume": point.name, "path": point.path or "/" + point.name})
+            if point["name"] not in declared:
+                declared.add(point["name"])
+                volumes.append(VolumeSpec(point["name"], "empty",
+                                          read_only=point.get("readOnly", False)).to_manifest())
+            mounts.append({"volume": point["name"],
+                           "path": point.get("path") or "/" + point["name"]})
         runtime_app: dict[str, Any] = {
             "name": name,
-            "image": {"name": manifest.name, "id": resolved.info.id,
+            "image": {"name": resolved.name, "id": resolved.info.id,
                       "labels": [{"name": k, "value": v}
                                  for k, v in sorted(resolved.info.labels.items())]},
             "app": app,
@@ -212,7 +240,7 @@ def build_pod_manifest(
         document["userAnnotations"] = request.user_annotations
     if request.user_labels:
         document["userLabels"] = request.user_labels
-    return PodManifest.from_dict(document, source="pod manifest"), names
+    return document, names
 
 
 def copy_tree(source: Path, dest: Path) -> None:
@@ -230,14 +258,14 @@ def prepare_pod(
     pod: Pod,
     store: ImageStore,
     stage1: ResolvedImage,
-    manifest: PodManifest,
+    manifest: dict[str, Any],
     request: PodRequest,
     *,
     insecure: frozenset[str],
 ) -> None:
     """Fill the (locked) pod directory in ``prepare/``; raises on bad input."""
     path = pod.path
-    (path / POD_MANIFEST).write_text(manifest.to_json())
+    (path / POD_MANIFEST).write_text(json.dumps(manifest))
     os.chmod(path / POD_MANIFEST, 0o640)
 
     # stage1: a private copy of its (small) rendered tree is the pod's root
@@ -249,26 +277,27 @@ def prepare_pod(
     (path / "stage1TreeStoreID").write_text(stage1_tree.name)
     (stage1_dir / "rootfs" / "rkt" / "status").mkdir(parents=True, exist_ok=True)
 
-    volumes = {v.name: v for v in (manifest.volumes or [])}
     resolved_volumes: dict[str, dict[str, Any]] = {}
-    for volume in volumes.values():
-        if volume.kind == "host":
-            source = Path(volume.source or "")
+    for volume in manifest.get("volumes") or []:
+        name = volume["name"]
+        read_only = bool(volume.get("readOnly", False))
+        if volume["kind"] == "host":
+            source = Path(volume.get("source") or "")
             if not source.exists():
-                raise PodError(f'volume "{volume.name}": source {source} does not exist')
-            resolved_volumes[volume.name] = {
-                "kind": "host", "source": str(source), "read_only": volume.read_only,
-                "recursive": volume.recursive,
+                raise PodError(f'volume "{name}": source {source} does not exist')
+            resolved_volumes[name] = {
+                "kind": "host", "source": str(source), "read_only": read_only,
+                "recursive": bool(volume.get("recursive", True)),
             }
         else:
-            shared = path / "sharedVolumes" / volume.name
+            shared = path / "sharedVolumes" / name
             shared.mkdir(parents=True)
-            os.chmod(shared, volume.mode_bits)
-            os.chown(shared, volume.uid, volume.gid)
+            os.chmod(shared, int(str(volume.get("mode", "0755")), 8))
+            os.chown(shared, int(volume.get("uid", 0)), int(volume.get("gid", 0)))
             # relative to the pod directory, which moves from prepare/ to run/
-            resolved_volumes[volume.name] = {
-                "kind": "empty", "source": f"sharedVolumes/{volume.name}",
-                "read_only": volume.read_only, "recursive": True,
+            resolved_volumes[name] = {
+                "kind": "empty", "source": f"sharedVolumes/{name}",
+                "read_only": read_only, "recursive": True,
             }
 
     base_env: list[tuple[str, str]] = []
@@ -276,62 +305,67 @@ def prepare_pod(
         base_env += list(os.environ.items())
     apps: list[dict[str, Any]] = []
     overlay = not request.no_overlay
-    for runtime_app in manifest.apps or []:
-        assert runtime_app.image.id is not None and runtime_app.app is not None
-        tree = store.render(runtime_app.image.id)
-        info_dir = path / "appsinfo" / runtime_app.name
+    for runtime_app in manifest["apps"]:
+        app_name = runtime_app["name"]
+        image_id = runtime_app["image"]["id"]
+        image_name = runtime_app["image"].get("name") or image_id
+        tree = store.render(image_id)
+        info_dir = path / "appsinfo" / app_name
         info_dir.mkdir(parents=True)
         shutil.copyfile(tree / "manifest", info_dir / "manifest")
         (info_dir / "treeStoreID").write_text(tree.name)
         lower = tree / "rootfs"
-        app_root = stage1_dir / "rootfs" / "opt" / "stage2" / runtime_app.name
+        app_root = stage1_dir / "rootfs" / "opt" / "stage2" / app_name
         app_root.mkdir(parents=True)
         shutil.copyfile(tree / "manifest", app_root / "manifest")
         if overlay:
             (app_root / "rootfs").mkdir()
-            upper = path / "overlay" / tree.name / "upper" / runtime_app.name
-            work = path / "overlay" / tree.name / "work" / runtime_app.name
+            upper = path / "overlay" / tree.name / "upper" / app_name
+            work = path / "overlay" / tree.name / "work" / app_name
             upper.mkdir(parents=True)
             work.mkdir(parents=True)
         else:
             copy_tree(lower, app_root / "rootfs")
-        app = runtime_app.app
+        app: dict[str, Any] = runtime_app["app"]
         env: dict[str, str] = {}
         for key, value in base_env:
             env[key] = value
         env.update({
-            "PATH": DEFAULT_PATH, "AC_APP_NAME": runtime_app.name,
+            "PATH": DEFAULT_PATH, "AC_APP_NAME": app_name,
             "AC_METADATA_URL": "", "container": "rkt",
         })
-        env.update(app.env() if hasattr(app, "env") else {})
+        env.update({e["name"]: e["value"] for e in app.get("environment") or []})
         env.update(dict(request.set_env_file))
         env.update(dict(request.set_env))
-        exec_ = list(app.exec or [])
+        exec_ = list(app.get("exec") or [])
+        if not exec_:
+            raise PodError(f'app "{app_name}" has nothing to run')
         if not _find_in_root(lower, exec_[0], env.get("PATH", DEFAULT_PATH)):
-            covered = any(exec_[0].startswith(m.path.rstrip("/") + "/")
-                          for m in runtime_app.mounts or [])
+            covered = any(exec_[0].startswith(m["path"].rstrip("/") + "/")
+                          for m in runtime_app.get("mounts") or [])
             if not covered:
                 raise PodError(
-                    f'app "{runtime_app.name}": executable "{exec_[0]}" '
-                    f'not found in image "{runtime_app.image.name}"'
+                    f'app "{app_name}": executable "{exec_[0]}" '
+                    f'not found in image "{image_name}"'
                 )
-        uid = _lookup_id(lower, "passwd", app.user, "user")
-        gid = _lookup_id(lower, "group", app.group, "group")
+        uid = _lookup_id(lower, "passwd", str(app["user"]), "user")
+        gid = _lookup_id(lower, "group", str(app["group"]), "group")
         mounts = []
-        for mount in runtime_app.mounts or []:
-            resolved = resolved_volumes.get(mount.volume)
+        for mount in runtime_app.get("mounts") or []:
+            resolved = resolved_volumes.get(mount["volume"])
             if resolved is None:
-                raise PodError(f'app "{runtime_app.name}": no volume named "{mount.volume}"')
-            mounts.append({"volume": mount.volume, "target": mount.path,
+                raise PodError(f'app "{app_name}": no volume named "{mount["volume"]}"')
+            mounts.append({"volume": mount["volume"], "target": mount["path"],
                            "read_only": resolved["read_only"],
                            "recursive": resolved["recursive"]})
-        pre = app.event_handler("pre-start")
-        post = app.event_handler("post-stop")
-        no_new_privs = app.isolator("os/linux/no-new-privileges")
+        pre = _named(app.get("eventHandlers"), "pre-start")
+        post = _named(app.get("eventHandlers"), "post-stop")
+        no_new_privs = _named(app.get("isolators"), "os/linux/no-new-privileges")
+        working_directory = app.get("workingDirectory") or "/"
         apps.append({
-            "name": runtime_app.name,
-            "image_id": runtime_app.image.id,
-            "image_name": runtime_app.image.name,
+            "name": app_name,
+            "image_id": image_id,
+            "image_name": image_name,
             "tree": tree.name,
             "lower": str(lower),
             "overlay": overlay,
@@ -339,21 +373,21 @@ def prepare_pod(
             "env": list(env.items()),
             "uid": uid,
             "gid": gid,
-            "supplementary_gids": list(app.supplementary_gids or []),
-            "working_directory": app.working_directory or "/",
-            "read_only_rootfs": runtime_app.read_only_root_fs,
-            "pre_start": list(pre.exec) if pre else None,
-            "post_stop": list(post.exec) if post else None,
+            "supplementary_gids": list(app.get("supplementaryGIDs") or []),
+            "working_directory": working_directory,
+            "read_only_rootfs": bool(runtime_app.get("readOnlyRootFS", False)),
+            "pre_start": list(pre["exec"]) if pre else None,
+            "post_stop": list(post["exec"]) if post else None,
             "mounts": mounts,
             "capabilities": _capabilities(app, "capabilities" in insecure),
-            "no_new_privileges": bool(no_new_privs and no_new_privs.value is True),
+            "no_new_privileges": bool(no_new_privs and no_new_privs.get("value") is True),
         })
-        if not _exists_in_root(lower, app.working_directory or "/") and not any(
-            (app.working_directory or "/").startswith(m["target"]) for m in mounts
+        if not _exists_in_root(lower, working_directory) and not any(
+            working_directory.startswith(m["target"]) for m in mounts
         ):
             raise PodError(
-                f'app "{runtime_app.name}": working directory '
-                f'"{app.working_directory}" does not exist in the image'
+                f'app "{app_name}": working directory '
+                f'"{working_directory}" does not exist in the image'
             )
     document = {
         "version": 1, "uuid": pod.uuid, "rkt_version": __version__, "volumes": resolved_volumes,
@@ -374,11 +408,11 @@ def load_apps(pod: Pod) -> dict[str, Any]:
     return document
 
 
-def stage1_backend_name(manifest: ImageManifest) -> str:
-    backend = manifest.annotation(STAGE1_BACKEND_ANNOTATION)
-    if not backend:
+def stage1_backend_name(manifest: dict[str, Any]) -> str:
+    annotation = _named(manifest.get("annotations"), STAGE1_BACKEND_ANNOTATION)
+    if not annotation or not annotation.get("value"):
         raise ImageError(
-            f'image "{manifest.name}" is not a stage1 image: '
+            f'image "{manifest.get("name")}" is not a stage1 image: '
             f'it has no "{STAGE1_BACKEND_ANNOTATION}" annotation'
         )
-    return backend
+    return str(annotation["value"])
