@@ -19,18 +19,21 @@ install: install-system install-python
 install-system:
 	@scripts/apt-install $(RUNTIME_PACKAGES)
 
+# A regular (not editable) install: pip compiles the bytecode, and start-up does
+# not pay for an editable-install import hook. Developers use `pip install -e`.
 install-python:
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e . -e ./stage1_nspawn -e ./stage1_kvm
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check . ./stage1_nspawn ./stage1_kvm
 	ln -sf $(VENV)/bin/rkt $(BIN)/rkt
-	rkt install
+	$(VENV)/bin/rkt install
 
 install-test: install
 	@scripts/apt-install $(TEST_PACKAGES)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check '.[test]'
 
 demo: install
-	scripts/demo
+	RKT_PYTHON=$(VENV)/bin/python scripts/demo
 
 test: install-test
 	scripts/run-tests

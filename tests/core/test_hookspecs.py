@@ -33,3 +33,13 @@ def test_every_hookspec_is_implemented_or_exercised_in_tests() -> None:
     plugins = "\n".join(p.read_text() for p in (repo / "plugins").rglob("*.py"))
     for name in _specs():
         assert name in corpus or name in plugins, f"{name} is neither implemented nor tested"
+
+
+def test_hook_reference_in_docs_is_current() -> None:
+    import runpy
+
+    repo = TESTS.parent
+    generator = runpy.run_path(str(repo / "scripts" / "gen_hook_docs.py"))
+    assert (repo / "docs" / "hooks.md").read_text() == generator["render"](), (
+        "docs/hooks.md is stale: python scripts/gen_hook_docs.py > docs/hooks.md"
+    )
