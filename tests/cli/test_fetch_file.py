@@ -420,3 +420,39 @@ def test_config_prints_merged_configuration(rkt_env: RktEnv) -> None:
     (rkt_env.local_config / "auth.d" / "broken.json").write_text("{")
     result = rkt_env.run("config")
     assert_one_line_error(result, "broken.json", "not valid JSON")
+
+
+def test_image_verify_detects_and_repairs_a_changed_tree(
+    rkt_env: RktEnv, aci_builder: AciBuilder
+) -> None:
+    from rkt.store.cas import CasStore
+
+    image = aci_builder.build(files={"etc/greeting": "hi\n", "etc/other": "x\n"})
+    image_id = rkt_env.run("--insecure-options=image", "fetch", image, check=True).stdout.strip()
+    store = CasStore(rkt_env.data_dir)
+    tree = store.render(store.resolve(image_id).id)
+    ok = rkt_env.run("image", "verify", image_id)
+    assert ok.returncode == 0, ok.stderr
+    assert "successfully verified checksum for image" in ok.stdout
+    (tree / "rootfs" / "etc" / "greeting").unlink()
+    (tree / "rootfs" / "etc" / "other").write_text("tampered\n")
+    bad = rkt_env.run("image", "verify", image_id)
+    assert_one_line_error(bad, "differs from the image", "removed it")
+    assert not tree.exists()
+
+
+def test_image_gc_removes_unused_trees_and_old_images(
+    rkt_env: RktEnv, aci_builder: AciBuilder
+) -> None:
+    from rkt.store.cas import CasStore
+
+    image = aci_builder.build()
+    image_id = rkt_env.run("--insecure-options=image", "fetch", image, check=True).stdout.strip()
+    store = CasStore(rkt_env.data_dir)
+    tree = store.render(store.resolve(image_id).id)
+    kept = rkt_env.run("image", "gc", check=True).stdout  # default grace: 24h
+    assert f'removed treestore "{tree.name}"' in kept
+    assert "example.com/hello" in rkt_env.run("image", "list", check=True).stdout
+    gone = rkt_env.run("image", "gc", "--grace-period=0s", check=True).stdout
+    assert "successfully removed aci for image" in gone
+    assert "example.com/hello" not in rkt_env.run("image", "list", check=True).stdout

@@ -22,6 +22,8 @@ SUBCOMMANDS = {
     "extract": "Extract a stored image to a directory",
     "render": "Render a stored image, with its dependencies, to a directory",
     "fetch": "Fetch image(s) into the local store (same as rkt fetch)",
+    "gc": "Remove rendered trees no pod uses, and images unused for a grace period",
+    "verify": "Check stored images and their rendered trees against their IDs",
 }
 
 LIST_FIELDS = ("id", "name", "version", "size", "importtime", "lastused")
@@ -82,9 +84,19 @@ def _fetch_flags(parser: RktArgumentParser) -> None:
     fetch.add_arguments("fetch", parser)
 
 
+def _gc_flags(parser: RktArgumentParser) -> None:
+    parser.add_argument("--grace-period", default="24h0m0s",
+                        help="remove images not used for this long (default 24h0m0s)")
+
+
+def _verify_flags(parser: RktArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="ID, ID prefix or name")
+
+
 _SUBCOMMAND_FLAGS = {
     "list": _list_flags, "rm": _rm_flags, "cat-manifest": _cat_flags,
     "export": _export_flags, "extract": _dir_flags, "render": _dir_flags, "fetch": _fetch_flags,
+    "gc": _gc_flags, "verify": _verify_flags,
 }
 
 
@@ -110,7 +122,8 @@ def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
         raise UsageError("image: a subcommand is required: " + ", ".join(SUBCOMMANDS))
     handler = {
         "list": _list, "rm": _rm, "cat-manifest": _cat_manifest, "export": _export,
-        "extract": _extract, "render": _render, "fetch": _fetch,
+        "extract": _extract, "render": _render, "fetch": _fetch, "gc": _gc,
+        "verify": _verify,
     }[args.subcommand]
     return handler(options, args)
 
@@ -288,3 +301,74 @@ def _fetch(options: GlobalOptions, args: argparse.Namespace) -> int:
     from rkt.cli import fetch
 
     return fetch.run("fetch", options, args)
+
+
+# -- gc, verify ------------------------------------------------------------------------
+def _pods_in_use(options: GlobalOptions) -> tuple[set[str], set[str]]:
+    """(trees, images) referenced by pods that are not garbage, and by running ones."""
+    from rkt.pod.dirs import PodStore
+
+    trees: set[str] = set()
+    running_images: set[str] = set()
+    for pod in PodStore(options.resolved_data_dir).iter_pods():
+        if pod.phase == "garbage":
+            continue
+        for name in [pod.path / "stage1TreeStoreID",
+                     *(pod.path / "appsinfo").glob("*/treeStoreID")]:
+            try:
+                trees.add(name.read_text().strip())
+            except OSError:
+                continue
+        if pod.phase == "run" and pod.is_locked_by_other():
+            try:
+                apps = pod.manifest_json().get("apps") or []
+            except RktError:
+                continue
+            running_images.update(app["image"]["id"] for app in apps  # type: ignore[attr-defined]
+                                  if app.get("image", {}).get("id"))
+    return trees, running_images
+
+
+def _gc(options: GlobalOptions, args: argparse.Namespace) -> int:
+    from rkt.cli.pod_cmds import parse_duration
+    from rkt.locks import FileLock
+    from rkt.store.cas import CasStore
+
+    grace = parse_duration(args.grace_period)
+    store = options.store
+    if not isinstance(store, CasStore):
+        raise UsageError("image gc: only the built-in store can be garbage collected")
+    locks = options.resolved_data_dir / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    # rkt's prepareLock: no pod may pick a tree while we decide which ones are unused
+    with FileLock(locks / "prepareLock"):
+        trees_in_use, running = _pods_in_use(options)
+        for tree in sorted(store.trees.tree_dir.iterdir()):
+            if tree.name not in trees_in_use:
+                store.trees.remove_tree(tree.name)
+                print(f'removed treestore "{tree.name}"', file=options.stdout)
+        now = time.time()
+        for info in store.list_images():
+            if info.id in running or now - info.last_used < grace:
+                continue
+            store.remove(info.id)
+            print(f'successfully removed aci for image: "{info.id}" ("{info.name}")',
+                  file=options.stdout)
+        store.sweep_tmp()
+    return 0
+
+
+def _verify(options: GlobalOptions, args: argparse.Namespace) -> int:
+    from rkt.store.verify import verify_image
+
+    failed = 0
+    for text in args.images:
+        try:
+            info = options.store.lookup(text)
+            verify_image(options.store, info.id)  # type: ignore[arg-type]
+            print(f'successfully verified checksum for image: "{info.id}" ("{info.name}")',
+                  file=options.stdout)
+        except RktError as exc:
+            print(f"rkt: {exc}", file=options.stderr)
+            failed += 1
+    return 254 if failed else 0
