@@ -33,3 +33,8 @@ def broken_plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _install_dist("rkt-broken-plugin", tmp_path_factory.mktemp("broken-plugin"))
 
 
+
+
+@pytest.fixture(scope="session")
+def example_stage1_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _install_dist("rkt-example-stage1", tmp_path_factory.mktemp("example-stage1"))

@@ -458,3 +458,22 @@ def test_stage1_problems(env: RktEnv, busybox_image: Path, tmp_path: Path,
     one_line_error(run(env, "run", f"--stage1-path={fake}", busybox_image),
                    'stage1 backend "warp-drive" is not installed')
     assert pod_dirs(env) == []
+
+
+def test_third_party_stage1_from_an_installed_distribution(
+    env: RktEnv, busybox_image: Path, tmp_path: Path, example_stage1_path: Path
+) -> None:
+    from rkt.testing import pythonpath_with
+
+    images = tmp_path / "stage1-images"
+    extra = {**pythonpath_with(example_stage1_path), "RKT_STAGE1_IMAGES_DIR": str(images)}
+    built = env.run("install", env=extra)
+    assert built.returncode == 0, built.stderr
+    assert (images / "stage1-unshare.aci").is_file()
+    result = run(env, "run", "--stage1-name=coreos.com/rkt/stage1-unshare",
+                 "--hostname=unshared", busybox_image, "--exec=/bin/sh", "--", "-c",
+                 "echo pid=$$; hostname; exit 6", env=extra)
+    assert result.returncode == 6, result.stderr
+    assert result.stdout.split() == ["pid=2", "unshared"]  # PID 1 is the supervisor
+    uuid = env.run("list", "--no-legend", "--full", env=extra).stdout.split()[0]
+    assert "app-busybox=6" in env.run("status", uuid, env=extra).stdout

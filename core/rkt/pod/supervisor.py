@@ -410,6 +410,11 @@ def main(argv: list[str]) -> int:
         signal.signal(signum, on_signal)
     if spec.get("die_with_parent"):
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if spec.get("set_hostname"):
+        # for stage1s that give the pod a UTS namespace but set no hostname themselves
+        import socket
+
+        socket.sethostname(spec["hostname"])
     supervisor.start()
     ready = spec.get("ready_file")
     if ready:
