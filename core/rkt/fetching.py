@@ -219,10 +219,18 @@ def fetch_dependencies(
     otherwise it is fetched by name and labels through the ordinary pipeline
     (discovery, signature, name and label checks) and must then match the pin.
     """
+    import json
+
     from rkt.errors import ImageError, RktError
-    from rkt.schema.image import ImageManifest
 
     store = options.store
+    raw = store.manifest_bytes(info.id)
+    # Most images have no dependencies: say so without loading the schema library,
+    # whose import costs more than starting a pod (the manifest was validated at import).
+    if not json.loads(raw).get("dependencies"):
+        return
+    from rkt.schema.image import ImageManifest
+
     done = set() if _done is None else _done
     chain = (*_chain, info.id)
     if len(chain) > MAX_DEPENDENCY_DEPTH:
@@ -230,9 +238,7 @@ def fetch_dependencies(
             f'dependencies of image "{info.name}" are nested more than '
             f"{MAX_DEPENDENCY_DEPTH} deep"
         )
-    manifest = ImageManifest.parse(
-        store.manifest_bytes(info.id), source=f"image {info.id}: manifest"
-    )
+    manifest = ImageManifest.parse(raw, source=f"image {info.id}: manifest")
     for dependency in manifest.dependencies or ():
         labels = {label.name: label.value for label in dependency.labels or ()}
         wanted = dependency.image_name + "".join(f",{k}={v}" for k, v in labels.items())

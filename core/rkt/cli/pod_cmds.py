@@ -374,6 +374,7 @@ def _gc(options: GlobalOptions, args: argparse.Namespace) -> int:
         return 0
     # Sweep: exited pods past their grace period (counted from the mark, the rename's
     # ctime), and garbage at once.
+    now = time.time()
     failed = 0
     for pod in pods.iter_pods(("exited-garbage", "garbage")):
         try:

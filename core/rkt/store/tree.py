@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import json
 import logging
 import os
 import posixpath
@@ -78,29 +79,31 @@ def render_layers(store: ImageStore, image_id: str) -> list[Layer]:
     labels.
     """
     from rkt.errors import ImageError, ImageNotFoundError
-    from rkt.schema.image import ImageManifest
 
     layers: list[Layer] = []
 
     def visit(key: str, above: tuple[frozenset[str], ...], chain: tuple[str, ...]) -> None:
-        manifest = ImageManifest.parse(store.manifest_bytes(key), source=f"image {key}: manifest")
+        # Stored manifests were validated when imported: plain JSON is enough here, and
+        # rendering (on a pod's first run) does not pay for loading the schema library.
+        manifest = json.loads(store.manifest_bytes(key))
+        name = manifest.get("name")
         # appc-spec/aci.md: an empty pathWhitelist means the same as none.
-        own = manifest.path_whitelist or None
+        own = manifest.get("pathWhitelist") or None
         whitelists = above if own is None else (*above, _normalized(own))
-        for dependency in manifest.dependencies or ():
-            labels = {label.name: label.value for label in dependency.labels or ()}
+        for dependency in manifest.get("dependencies") or ():
+            labels = {label["name"]: label["value"] for label in dependency.get("labels") or ()}
             try:
-                if dependency.image_id:
-                    found = store.resolve(dependency.image_id).id
+                if dependency.get("imageID"):
+                    found = store.resolve(dependency["imageID"]).id
                 else:
-                    found = store.find_by_name(dependency.image_name, labels).id
+                    found = store.find_by_name(dependency["imageName"], labels).id
             except ImageNotFoundError as exc:
                 raise ImageNotFoundError(
-                    f'dependency "{dependency.image_name}" of image "{manifest.name}" is not '
+                    f'dependency "{dependency["imageName"]}" of image "{name}" is not '
                     f"in the store ({exc}); fetch the image again to get it"
                 ) from exc
             if found in chain:
-                raise ImageError(f'dependency cycle through image "{manifest.name}"')
+                raise ImageError(f'dependency cycle through image "{name}"')
             visit(found, whitelists, (*chain, found))
         layers.append(Layer(key, whitelists))
         if len(layers) > MAX_LAYERS:
