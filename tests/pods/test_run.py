@@ -477,3 +477,23 @@ def test_third_party_stage1_from_an_installed_distribution(
     assert result.stdout.split() == ["pid=2", "unshared"]  # PID 1 is the supervisor
     uuid = env.run("list", "--no-legend", "--full", env=extra).stdout.split()[0]
     assert "app-busybox=6" in env.run("status", uuid, env=extra).stdout
+
+
+def test_nomad_style_prepare_with_resource_flags(env: RktEnv, busybox_image: Path,
+                                                 tmp_path: Path) -> None:
+    """The flags Nomad's rkt driver passes to prepare, in its order."""
+    alloc = tmp_path / "alloc"
+    alloc.mkdir()
+    uuid = run(env, "prepare", f"--volume=a-t-alloc,kind=host,source={alloc}",
+               "--mount=volume=a-t-alloc,target=/alloc", "--set-env=NOMAD_TASK=t",
+               busybox_image, "--exec=/bin/sh", "--memory=268435456", "--cpu-shares=100",
+               "--oom-score-adj=500", "--", "-c",
+               "cat /proc/self/oom_score_adj; echo $NOMAD_TASK > /alloc/out").stdout.strip()
+    manifest = json.loads(env.run("cat-manifest", uuid).stdout)
+    names = {i["name"] for i in manifest["apps"][0]["app"]["isolators"]}
+    assert {"resource/memory", "os/linux/cpu-shares", "os/linux/oom-score-adj"} <= names
+    result = env.run("run-prepared", uuid)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "500"
+    assert (alloc / "out").read_text() == "t\n"
+    one_line_error(run(env, "prepare", busybox_image, "--memory=lots"), "--memory")

@@ -19,6 +19,7 @@ APP_FLAGS = {
     "--exec", "--user", "--group", "--supplementary-gids", "--working-dir", "--name",
     "--mount", "--signature", "--readonly-rootfs", "--annotation", "--environment",
     "--caps-retain", "--caps-remove", "--cap-retain", "--cap-remove",
+    "--memory", "--cpu", "--cpu-shares", "--oom-score-adj",
 }
 
 
@@ -39,6 +40,10 @@ def _add_app_flags(parser: RktArgumentParser) -> None:
                        help="NAME=VALUE for this app (highest precedence)")
     for flag in ("--caps-retain", "--caps-remove", "--cap-retain", "--cap-remove"):
         group.add_argument(flag, help="comma-separated capabilities")
+    group.add_argument("--memory", help="memory limit, e.g. 512M (recorded, not enforced yet)")
+    group.add_argument("--cpu", help="CPU limit, e.g. 500m (recorded, not enforced yet)")
+    group.add_argument("--cpu-shares", help="relative CPU weight (recorded, not enforced yet)")
+    group.add_argument("--oom-score-adj", help="the app's OOM score adjustment, -1000..1000")
 
 
 def add_arguments(command: str, parser: RktArgumentParser) -> None:
@@ -91,7 +96,7 @@ def _csv(value: str | None) -> list[str] | None:
 
 
 def _app_requests(parser_args: argparse.Namespace, images: list[ImageArgs]) -> list[object]:
-    from rkt.pod.apps import AppRequest, parse_env, parse_mount
+    from rkt.pod.apps import AppRequest, parse_env, parse_mount, resource_isolators
 
     app_parser = RktArgumentParser(prog="rkt run")
     _add_app_flags(app_parser)
@@ -128,6 +133,10 @@ def _app_requests(parser_args: argparse.Namespace, images: list[ImageArgs]) -> l
                          for e in (own.environment or parser_args.environment or [])],
             caps_retain=_csv(pick("caps_retain") or pick("cap_retain")),  # type: ignore[arg-type]
             caps_remove=_csv(pick("caps_remove") or pick("cap_remove")),  # type: ignore[arg-type]
+            isolators=resource_isolators(
+                pick("memory"), pick("cpu"), pick("cpu_shares"),  # type: ignore[arg-type]
+                pick("oom_score_adj"),  # type: ignore[arg-type]
+            ),
         ))
     return requests
 

@@ -167,6 +167,8 @@ class AppRequest:
     environment: list[tuple[str, str]] = field(default_factory=list)
     caps_retain: list[str] | None = None
     caps_remove: list[str] | None = None
+    #: isolators from --memory, --cpu, --cpu-shares, --oom-score-adj
+    isolators: list[dict[str, object]] = field(default_factory=list)
 
 
 def app_name_from_image(image_name: str) -> str:
@@ -174,3 +176,34 @@ def app_name_from_image(image_name: str) -> str:
     base = image_name.rstrip("/").rsplit("/", 1)[-1].lower()
     name = re.sub(r"[^a-z0-9]+", "-", base).strip("-")
     return name or "app"
+
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+def resource_isolators(
+    memory: str | None, cpu: str | None, cpu_shares: str | None, oom_score_adj: str | None
+) -> list[dict[str, object]]:
+    """rkt 1.x's per-app resource flags as appc isolators (what Nomad's driver passes)."""
+    isolators: list[dict[str, object]] = []
+    for flag, value, name in (("--memory", memory, "resource/memory"),
+                              ("--cpu", cpu, "resource/cpu")):
+        if value is None:
+            continue
+        if not _QUANTITY.match(value):
+            raise UsageError(f'{flag} "{value}": expected a quantity such as 512M, 1Gi or 500m')
+        isolators.append({"name": name, "value": {"request": value, "limit": value}})
+    for flag, value, name, low, high in (
+        ("--cpu-shares", cpu_shares, "os/linux/cpu-shares", 2, 262144),
+        ("--oom-score-adj", oom_score_adj, "os/linux/oom-score-adj", -1000, 1000),
+    ):
+        if value is None:
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            number = low - 1
+        if not low <= number <= high:
+            raise UsageError(f'{flag} "{value}": expected a whole number from {low} to {high}')
+        isolators.append({"name": name, "value": number})
+    return isolators

@@ -197,6 +197,10 @@ def build_pod_manifest(
                     "os/linux/capabilities-")]
                 isolators.append({"name": isolator_name, "value": {"set": caps}})
                 app["isolators"] = isolators
+        if app_request.isolators:
+            replaced = {i["name"] for i in app_request.isolators}
+            app["isolators"] = [i for i in app.get("isolators", [])
+                                if i["name"] not in replaced] + app_request.isolators
         if app_request.environment:
             env = {e["name"]: e["value"] for e in app.get("environment", [])}
             env.update(app_request.environment)
@@ -361,6 +365,7 @@ def prepare_pod(
         pre = _named(app.get("eventHandlers"), "pre-start")
         post = _named(app.get("eventHandlers"), "post-stop")
         no_new_privs = _named(app.get("isolators"), "os/linux/no-new-privileges")
+        oom_score_adj = _named(app.get("isolators"), "os/linux/oom-score-adj")
         working_directory = app.get("workingDirectory") or "/"
         apps.append({
             "name": app_name,
@@ -381,6 +386,7 @@ def prepare_pod(
             "mounts": mounts,
             "capabilities": _capabilities(app, "capabilities" in insecure),
             "no_new_privileges": bool(no_new_privs and no_new_privs.get("value") is True),
+            "oom_score_adj": oom_score_adj["value"] if oom_score_adj else None,
         })
         if not _exists_in_root(lower, working_directory) and not any(
             working_directory.startswith(m["target"]) for m in mounts

@@ -61,6 +61,7 @@ def build_runtime(
             "post_stop": app["post_stop"],
             "capabilities": app["capabilities"],
             "no_new_privileges": app["no_new_privileges"],
+            "oom_score_adj": app.get("oom_score_adj"),
             "mounts": [
                 {"source": volume_source(m["volume"], volumes[m["volume"]]),
                  "target": m["target"], "read_only": m["read_only"],

@@ -226,6 +226,9 @@ def _setup_filesystems(app: dict[str, Any], spec: dict[str, Any]) -> None:
 
 
 def drop_privileges(app: dict[str, Any]) -> None:
+    if app.get("oom_score_adj") is not None:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write(str(app["oom_score_adj"]))
     keep = app.get("capabilities")
     if keep is not None:
         wanted = {CAPABILITIES[name] for name in keep if name in CAPABILITIES}
