@@ -32,6 +32,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "rkt_plugins.discovery",
     "rkt_plugins.openpgp",
     "rkt_plugins.cas_store",
+    "rkt_plugins.docker",
 )
 
 PLUGIN_GROUP = "rkt.plugins"

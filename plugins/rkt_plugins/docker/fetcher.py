@@ -1,0 +1,309 @@
+"""``docker://`` images: pull from a registry, convert to an ACI, hand it to the store.
+
+What a fetch does, and what it skips when it can:
+
+1. parse the reference; refuse at once without ``--insecure-options=image``
+   (Docker images carry no signature, so nothing is downloaded to be refused later);
+2. ``GET /v2/`` and the manifest (a manifest list or OCI index picks the host's
+   platform, then the image manifest by digest);
+3. if the store already holds an image converted by these rules from this very
+   manifest (same name, version label and ``appc.io/docker/manifesthash``), that
+   image is returned: a re-fetch of an unchanged tag costs one manifest request;
+4. the config and the layers not in the layer cache (:mod:`.cache`) are downloaded
+   in parallel, each verified against its digest, while the layers already present
+   are applied base first (:mod:`.squash`); the ACI is written, the new blobs join
+   the cache, and the pipeline imports the ACI like any other image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rkt.errors import FetchError, ImageError, VerificationError
+from rkt.fetching import FetchedImage, FetchSession
+from rkt.imageref import ImageRef
+from rkt_plugins.docker.cache import BlobCache
+from rkt_plugins.docker.convert import (
+    ANNOTATION_CONVERTER,
+    ANNOTATION_MANIFEST_HASH,
+    CONVERTER_VERSION,
+    Origin,
+    created_epoch,
+    image_manifest,
+    manifest_bytes,
+)
+from rkt_plugins.docker.documents import (
+    INDEX_TYPES,
+    Descriptor,
+    ImageConfig,
+    ImageManifest,
+    digest_of,
+    host_platform,
+    parse_config,
+    parse_index,
+    parse_manifest,
+)
+from rkt_plugins.docker.progress import LayerProgress
+from rkt_plugins.docker.reference import (
+    DOCKER_HUB_ALIASES,
+    DockerReference,
+    parse_docker_reference,
+    strip_scheme,
+)
+from rkt_plugins.docker.registry import MAX_CONFIG_SIZE, Credentials, RegistryClient
+from rkt_plugins.docker.squash import Layer, build_aci
+from rkt_plugins.docker.transport import HttpClient
+
+if TYPE_CHECKING:
+    from rkt.config import Config
+    from rkt.store import ImageInfo, ImageStore
+
+LOG = logging.getLogger(__name__)
+
+#: parallel layer downloads (Docker's default is 3)
+MAX_DOWNLOADS = 4
+
+
+class _Cancelled(Exception):
+    """Stops a download thread after the fetch failed elsewhere."""
+
+
+def refuse_unsigned(session: FetchSession, origin: str) -> None:
+    """Docker images cannot be verified: refuse before any download unless insecure."""
+    if not session.options.is_insecure("image"):
+        # The same words as the pipeline's refusal of any unsignable image.
+        raise VerificationError(
+            f"signature verification for {origin} is not supported "
+            "(try --insecure-options=image)"
+        )
+
+
+def registry_credentials(config: Config, registry: str) -> Credentials | None:
+    """The ``dockerAuth`` entry for ``registry`` (local config over system, as loaded).
+
+    Entries are matched by host; ``https://``, a path (``https://index.docker.io/v1/``)
+    and any of Docker Hub's names are accepted for Docker Hub.
+    """
+    wanted = {registry} | (set(DOCKER_HUB_ALIASES) if registry in DOCKER_HUB_ALIASES else set())
+    for key, entry in config.docker_auth.items():
+        host = key.lower().split("://", 1)[-1].split("/", 1)[0]
+        if host in wanted:
+            return Credentials(entry.user, entry.password, str(entry.source))
+    return None
+
+
+def find_converted(store: ImageStore, origin: Origin) -> ImageInfo | None:
+    """A stored image converted by these rules from ``origin``'s manifest, if any."""
+    for info in reversed(store.list_images()):
+        if info.name != origin.name or info.labels.get("version") != origin.version:
+            continue
+        try:
+            manifest = json.loads(store.manifest_bytes(info.id))
+            notes = {
+                note["name"]: note["value"] for note in manifest.get("annotations") or ()
+            }
+        except (ImageError, ValueError, TypeError, KeyError, AttributeError):
+            continue
+        if (notes.get(ANNOTATION_MANIFEST_HASH) == origin.manifest_digest
+                and notes.get(ANNOTATION_CONVERTER) == CONVERTER_VERSION):
+            return info
+    return None
+
+
+def check_layer_count(image: ImageManifest, config: ImageConfig, where: str) -> None:
+    if config.diff_ids and len(config.diff_ids) != len(image.layers):
+        raise ImageError(
+            f"{where}: the config lists {len(config.diff_ids)} layers, the manifest "
+            f"{len(image.layers)}"
+        )
+
+
+class DockerFetcher:
+    """The fetcher for ``docker://`` and ``docker:`` image strings."""
+
+    def fetch(self, ref: ImageRef, session: FetchSession) -> FetchedImage:
+        docker_ref = parse_docker_reference(ref.text)
+        refuse_unsigned(session, docker_ref.url)
+        options = session.options
+        options.info(f"rkt: fetching image from {ref.text}")
+        if options.is_insecure("tls"):
+            options.warn("TLS verification has been disabled")
+        http = HttpClient(verify_tls=not options.is_insecure("tls"))
+        try:
+            client = RegistryClient(
+                docker_ref.registry, http,
+                credentials=registry_credentials(options.config, docker_ref.registry),
+                allow_http=options.is_insecure("http"),
+            )
+            client.connect(docker_ref.repository)
+            image, digest = self._image_manifest(client, docker_ref)
+            origin = Origin(
+                name=docker_ref.aci_name, version=docker_ref.version,
+                original_name=strip_scheme(ref.text), registry=docker_ref.registry,
+                repository=docker_ref.repository, tag=docker_ref.tag,
+                manifest_digest=digest, image_id=image.config.digest,
+            )
+            store = options.store
+            stored = find_converted(store, origin)
+            if stored is not None:
+                LOG.debug("%s is unchanged: reusing %s", docker_ref, stored.id)
+                return FetchedImage(
+                    path=store.blob_path(stored.id), origin=docker_ref.url, signable=False,
+                )
+            path = _Pull(client, docker_ref, image, origin, session).run()
+        finally:
+            http.close()
+        return FetchedImage(path=path, origin=docker_ref.url, signable=False, temporary=True)
+
+    @staticmethod
+    def _image_manifest(
+        client: RegistryClient, ref: DockerReference
+    ) -> tuple[ImageManifest, str]:
+        document = client.manifest(ref.repository, ref.reference, str(ref))
+        where = f'manifest of "{ref}"'
+        if document.media_type in INDEX_TYPES:
+            index = parse_index(document.data, document.media_type, where)
+            wanted = host_platform()
+            chosen = index.select(wanted)
+            if chosen is None:
+                have = ", ".join(index.platforms()) or "none"
+                raise FetchError(
+                    f'docker image "{ref}" has no image for {wanted.os}/{wanted.architecture} '
+                    f"(it has: {have})"
+                )
+            shown = f"{ref.registry}/{ref.repository}@{chosen.digest}"
+            document = client.manifest(ref.repository, chosen.digest, shown)
+            where = f'manifest of "{shown}"'
+            if document.media_type in INDEX_TYPES:
+                raise FetchError(f"{where} is another index: nested indexes are not supported")
+        try:
+            return parse_manifest(document.data, document.media_type, where), document.digest
+        except ImageError as exc:
+            raise FetchError(str(exc)) from exc
+
+
+class _Pull:
+    """Downloads and conversion of one image; owns the threads and the staged blobs."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        ref: DockerReference,
+        image: ImageManifest,
+        origin: Origin,
+        session: FetchSession,
+    ) -> None:
+        self.client = client
+        self.ref = ref
+        self.image = image
+        self.origin = origin
+        self.session = session
+        store = session.options.store
+        self.cache = BlobCache(store.data_dir, session.tmp_dir)
+        self.progress = LayerProgress(session.options.stderr)
+        self.cancelled = threading.Event()
+        self.downloads: dict[str, Future[None]] = {}
+
+    def run(self) -> Path:
+        image = self.image
+        executor: ThreadPoolExecutor | None = None
+        try:
+            missing = self.cache.lock_missing(
+                [image.config.digest, *(layer.digest for layer in image.layers)]
+            )
+            config = self._config(image.config, image.config.digest in missing)
+            where = f'image "{self.ref}"'
+            check_layer_count(image, config, where)
+            manifest = manifest_bytes(
+                image_manifest(self.origin, config, warn=self.session.options.warn), where
+            )
+            to_download = [
+                layer for layer in _unique(image.layers) if layer.digest in missing
+            ]
+            if to_download:
+                executor = ThreadPoolExecutor(
+                    max_workers=min(MAX_DOWNLOADS, len(to_download)),
+                    thread_name_prefix="docker-layer",
+                )
+                for layer in to_download:
+                    self.downloads[layer.digest] = executor.submit(self._download, layer)
+            getters = [
+                self._getter(index, layer, config) for index, layer in enumerate(image.layers)
+            ]
+            path = build_aci(self.session.tmp_dir, manifest, getters,
+                             epoch=created_epoch(config))
+            self.progress.finish()
+            try:
+                self.cache.commit()
+            except OSError as exc:
+                LOG.warning("cannot keep the downloaded layers: %s", exc)
+            return path
+        finally:
+            self.cancelled.set()
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+            self.cache.release()
+
+    def _config(self, descriptor: Descriptor, download: bool) -> ImageConfig:
+        where = f'config of "{self.ref}"'
+        if download:
+            data = self.client.blob_bytes(self.ref.repository, descriptor, "config")
+            self.cache.stage(descriptor.digest).write_bytes(data)
+        else:
+            path = self.cache.path(descriptor.digest)
+            data = path.read_bytes()[: MAX_CONFIG_SIZE + 1]
+            if digest_of(data, descriptor.digest.split(":")[0]) != descriptor.digest:
+                self.cache.evict(descriptor.digest)
+                raise FetchError(
+                    f"cached config {descriptor.digest} was corrupt and has been removed; "
+                    "fetch again"
+                )
+        try:
+            return parse_config(data, where)
+        except ImageError as exc:
+            raise FetchError(str(exc)) from exc
+
+    def _download(self, layer: Descriptor) -> None:
+        path = self.cache.stage(layer.digest)
+        label = layer.short
+
+        def advance(count: int) -> None:
+            if self.cancelled.is_set():
+                raise _Cancelled
+            self.progress.advance(label, count)
+
+        with open(path, "wb", buffering=0) as sink:
+            self.client.download(
+                self.ref.repository, layer, sink, "layer",
+                started=lambda: self.progress.add(label, layer.size), advance=advance,
+            )
+
+    def _getter(self, index: int, layer: Descriptor, config: ImageConfig) -> Callable[[], Layer]:
+        diff_id = config.diff_ids[index] if config.diff_ids else None
+
+        def get() -> Layer:
+            future = self.downloads.get(layer.digest)
+            if future is not None:
+                future.result()
+                path = self.cache.staged_or_cached(layer.digest)
+                return Layer(f"layer {layer.digest}", lambda: open(path, "rb"), None, diff_id)
+            path = self.cache.path(layer.digest)
+            return Layer(
+                f"cached layer {layer.digest}", lambda: open(path, "rb"), layer.digest, diff_id,
+                on_mismatch=lambda: self.cache.evict(layer.digest),
+            )
+
+        return get
+
+
+def _unique(layers: list[Descriptor]) -> list[Descriptor]:
+    seen: dict[str, Descriptor] = {}
+    for layer in layers:
+        seen.setdefault(layer.digest, layer)
+    return list(seen.values())

@@ -1,0 +1,471 @@
+"""A client for the Docker Registry HTTP API v2 and the OCI distribution spec.
+
+Pulling needs three requests: ``GET /v2/`` (is this a registry, which scheme, which
+authentication), ``GET /v2/<name>/manifests/<reference>`` and
+``GET /v2/<name>/blobs/<digest>``. Authentication follows the challenge in
+``WWW-Authenticate``: ``Basic`` sends the ``dockerAuth`` credentials; ``Bearer``
+asks the named token service (with those credentials, if any) for a token scoped to
+``repository:<name>:pull`` (the Docker token specification).
+
+Everything received is bounded and verified: manifests and configs have size
+limits, every blob is hashed while it streams and compared with its digest, and a
+blob longer than its descriptor says is cut off. Dropped connections are retried a
+bounded number of times; a blob download resumes where it stopped (``Range``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from rkt.errors import FetchError
+from rkt_plugins.docker.documents import ACCEPTED_MANIFESTS, Descriptor, digest_of, media_type_of
+from rkt_plugins.docker.transport import (
+    ConnectionProblem,
+    HttpClient,
+    HttpResponse,
+    TlsProblem,
+    env_attempts,
+)
+
+LOG = logging.getLogger(__name__)
+
+MAX_MANIFEST_SIZE = 4 << 20
+MAX_CONFIG_SIZE = 8 << 20
+MAX_TOKEN_RESPONSE = 1 << 20
+MAX_ERROR_BODY = 64 << 10
+RETRY_DELAY = 0.2
+_READ_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user: str
+    password: str
+    #: the auth.d file they came from, for error messages
+    source: str
+
+
+@dataclass(frozen=True)
+class ManifestDocument:
+    data: bytes
+    media_type: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class _Challenge:
+    scheme: str  # "basic" or "bearer"
+    params: dict[str, str]
+
+
+def parse_challenge(header: str) -> _Challenge | None:
+    """The first challenge of ``WWW-Authenticate`` (``Bearer realm="...",service="..."``)."""
+    scheme, _, rest = header.strip().partition(" ")
+    params: dict[str, str] = {}
+    pos = 0
+    while pos < len(rest):
+        while pos < len(rest) and rest[pos] in " ,":
+            pos += 1
+        eq = rest.find("=", pos)
+        if eq < 0:
+            break
+        key = rest[pos:eq].strip().lower()
+        pos = eq + 1
+        if pos < len(rest) and rest[pos] == '"':
+            end = pos + 1
+            value = []
+            while end < len(rest) and rest[end] != '"':
+                if rest[end] == "\\" and end + 1 < len(rest):
+                    end += 1
+                value.append(rest[end])
+                end += 1
+            params[key] = "".join(value)
+            pos = end + 1
+        else:
+            end = rest.find(",", pos)
+            end = len(rest) if end < 0 else end
+            params[key] = rest[pos:end].strip()
+            pos = end
+    if scheme.lower() not in ("basic", "bearer"):
+        return None
+    return _Challenge(scheme.lower(), params)
+
+
+def _error_detail(response: HttpResponse) -> str:
+    """The registry's own words from an error body (``{"errors": [{"message": ...}]}``)."""
+    try:
+        body = response.read_limited(MAX_ERROR_BODY) or b""
+        document = json.loads(body)
+        messages = [
+            str(error.get("message") or error.get("code"))
+            for error in document.get("errors", [])
+            if isinstance(error, dict)
+        ]
+        text = "; ".join(m for m in messages if m)
+    except (ConnectionProblem, ValueError, AttributeError, TypeError):
+        text = ""
+    finally:
+        response.close()
+    return " ".join(text.split())[:300]
+
+
+class RegistryClient:
+    """Pulls from one registry; thread-safe once :meth:`connect` has run."""
+
+    def __init__(
+        self,
+        registry: str,
+        http: HttpClient,
+        *,
+        credentials: Credentials | None = None,
+        allow_http: bool = False,
+    ) -> None:
+        self.registry = registry
+        self.http = http
+        self.credentials = credentials
+        self.allow_http = allow_http
+        self.base = f"https://{registry}"
+        self.attempts = env_attempts()
+        self._authorization: dict[str, str] = {}  # repository -> Authorization header
+
+    # -- connecting and authenticating -------------------------------------------------
+    def connect(self, repository: str) -> None:
+        """Ping ``/v2/``, choosing https (or http when allowed) and authenticating."""
+        try:
+            response = self._get(f"{self.base}/v2/", {})
+        except TlsProblem as exc:
+            if exc.certificate or not self.allow_http:
+                hint = (
+                    " (try --insecure-options=tls)" if exc.certificate
+                    else " (a plain-HTTP registry needs --insecure-options=http)"
+                )
+                raise FetchError(
+                    f"cannot connect to registry {self.registry} over https: {exc}{hint}"
+                ) from exc
+            LOG.debug("https to %s failed (%s); trying http", self.registry, exc)
+            self.base = f"http://{self.registry}"
+            try:
+                response = self._get(f"{self.base}/v2/", {})
+            except ConnectionProblem as http_exc:
+                raise FetchError(
+                    f"cannot connect to registry {self.registry}: {http_exc}"
+                ) from http_exc
+        except ConnectionProblem as exc:
+            hint = (
+                "" if self.allow_http
+                else " (a plain-HTTP registry needs --insecure-options=http)"
+            )
+            raise FetchError(
+                f"cannot connect to registry {self.registry}: {exc}{hint}"
+            ) from exc
+        with response:
+            if response.status == 401:
+                self._authenticate(response, repository)
+                return
+            if response.status == 404:
+                raise FetchError(
+                    f"{self.registry} is not a Docker registry (no /v2/ API: 404 Not Found)"
+                )
+            if response.status != 200:
+                raise FetchError(
+                    f"registry {self.registry} answered /v2/ with {response.status} "
+                    f"{response.reason}"
+                )
+            response.read_limited(MAX_ERROR_BODY)
+
+    def _authenticate(self, response: HttpResponse, repository: str) -> None:
+        challenge = parse_challenge(response.header("WWW-Authenticate") or "")
+        if challenge is None:
+            raise FetchError(
+                f"registry {self.registry} requires an authentication scheme rkt does not "
+                f"support: {(response.header('WWW-Authenticate') or 'none given')[:100]}"
+            )
+        if challenge.scheme == "basic":
+            if self.credentials is None:
+                raise self._needs_credentials()
+            import base64
+
+            pair = f"{self.credentials.user}:{self.credentials.password}".encode()
+            self._authorization[repository] = "Basic " + base64.b64encode(pair).decode()
+            return
+        self._authorization[repository] = "Bearer " + self._token(challenge, repository)
+
+    def _token(self, challenge: _Challenge, repository: str) -> str:
+        realm = challenge.params.get("realm", "")
+        realm_url = urllib.parse.urlsplit(realm)
+        if realm_url.scheme not in ("https", "http") or not realm_url.netloc:
+            raise FetchError(f"registry {self.registry} names an invalid token service {realm!r}")
+        if realm_url.scheme == "http" and not self.allow_http:
+            raise FetchError(
+                f"registry {self.registry} names a plain-HTTP token service {realm} "
+                "(allow it with --insecure-options=http)"
+            )
+        query = [("scope", f"repository:{repository}:pull")]
+        if "service" in challenge.params:
+            query.insert(0, ("service", challenge.params["service"]))
+        headers: dict[str, str] = {}
+        if self.credentials is not None:
+            import base64
+
+            query.append(("account", self.credentials.user))
+            pair = f"{self.credentials.user}:{self.credentials.password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        separator = "&" if realm_url.query else "?"
+        url = realm + separator + urllib.parse.urlencode(query)
+        try:
+            response = self._get(url, headers)
+        except ConnectionProblem as exc:
+            raise FetchError(
+                f"cannot get a token for registry {self.registry} from {realm}: {exc}"
+            ) from exc
+        with response:
+            if response.status in (401, 403):
+                if self.credentials is None:
+                    raise self._needs_credentials()
+                raise self._bad_credentials(response.status, response.reason)
+            if response.status != 200:
+                raise FetchError(
+                    f"token service {realm} of registry {self.registry} answered "
+                    f"{response.status} {response.reason}"
+                )
+            body = response.read_limited(MAX_TOKEN_RESPONSE)
+        try:
+            document = json.loads(body or b"")
+            token = document.get("token") or document.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
+            raise FetchError(f"token service {realm} of registry {self.registry} sent no token")
+        return token
+
+    def _needs_credentials(self) -> FetchError:
+        return FetchError(
+            f"registry {self.registry} requires authentication (401 Unauthorized); "
+            "add its credentials to a dockerAuth file in auth.d"
+        )
+
+    def _bad_credentials(self, status: int, reason: str) -> FetchError:
+        assert self.credentials is not None
+        return FetchError(
+            f'registry {self.registry} rejected the credentials of user '
+            f'"{self.credentials.user}" ({status} {reason}; from {self.credentials.source})'
+        )
+
+    # -- requests --------------------------------------------------------------------------
+    def _get(self, url: str, headers: dict[str, str]) -> HttpResponse:
+        """GET with bounded retries on dropped connections, 5xx and 429."""
+        delay = RETRY_DELAY
+        for attempt in range(1, self.attempts + 1):
+            try:
+                response = self.http.request("GET", url, headers, allow_downgrade=self.allow_http)
+            except TlsProblem:
+                raise
+            except ConnectionProblem as exc:
+                if attempt == self.attempts:
+                    raise
+                LOG.debug("GET %s failed (%s); retrying", url, exc)
+            else:
+                if (response.status < 500 and response.status != 429) or attempt == self.attempts:
+                    return response
+                LOG.debug("GET %s: %s; retrying", url, response.status)
+                response.close()
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def _repository_get(
+        self, repository: str, path: str, headers: dict[str, str]
+    ) -> HttpResponse:
+        url = f"{self.base}/v2/{repository}/{path}"
+        sent = dict(headers)
+        authorization = self._authorization.get(repository)
+        if authorization:
+            sent["Authorization"] = authorization
+        try:
+            response = self._get(url, sent)
+        except ConnectionProblem as exc:
+            raise FetchError(f"cannot reach registry {self.registry}: {exc}") from exc
+        if response.status == 401:
+            if authorization is None or authorization.startswith("Bearer"):
+                # A token can expire during a long pull, and the scope may need a
+                # new token: one fresh challenge is answered, never more.
+                self._authenticate(response, repository)
+                response.close()
+                sent["Authorization"] = self._authorization[repository]
+                try:
+                    response = self._get(url, sent)
+                except ConnectionProblem as exc:
+                    raise FetchError(f"cannot reach registry {self.registry}: {exc}") from exc
+            if response.status == 401:
+                response.close()
+                if self.credentials is None:
+                    raise self._needs_credentials()
+                raise self._bad_credentials(401, response.reason)
+        return response
+
+    def manifest(self, repository: str, reference: str, shown: str) -> ManifestDocument:
+        """The manifest (or index) ``reference`` of ``repository``; ``shown`` names it."""
+        response = self._repository_get(
+            repository, f"manifests/{reference}", {"Accept": ", ".join(ACCEPTED_MANIFESTS)}
+        )
+        with response:
+            if response.status == 404:
+                detail = _error_detail(response)
+                raise FetchError(
+                    f'docker image "{shown}" not found on registry {self.registry} '
+                    f"(404{': ' + detail if detail else ''})"
+                )
+            if response.status == 403:
+                raise FetchError(
+                    f'registry {self.registry} denied access to "{shown}" (403 Forbidden)'
+                )
+            if response.status != 200:
+                raise FetchError(
+                    f'registry {self.registry} answered {response.status} {response.reason} '
+                    f'for the manifest of "{shown}"'
+                )
+            try:
+                data = response.read_limited(MAX_MANIFEST_SIZE)
+            except ConnectionProblem as exc:
+                raise FetchError(f'manifest of "{shown}" was cut off: {exc}') from exc
+            if data is None:
+                raise FetchError(
+                    f'manifest of "{shown}" is larger than {MAX_MANIFEST_SIZE >> 20} MiB; refused'
+                )
+            content_type = response.header("Content-Type")
+        algorithm = reference.split(":", 1)[0] if ":" in reference else "sha256"
+        digest = digest_of(data, algorithm if algorithm in ("sha256", "sha512") else "sha256")
+        if ":" in reference and digest != reference:
+            raise FetchError(
+                f'manifest of "{shown}" does not match its digest {reference} (got {digest})'
+            )
+        from rkt.errors import ImageError
+
+        try:
+            media_type = media_type_of(data, content_type, f'manifest of "{shown}"')
+        except ImageError as exc:
+            raise FetchError(str(exc)) from exc
+        return ManifestDocument(data, media_type, digest)
+
+    def blob_bytes(
+        self, repository: str, descriptor: Descriptor, what: str, limit: int = MAX_CONFIG_SIZE
+    ) -> bytes:
+        """A small blob (an image config) in memory, verified."""
+        if descriptor.size > limit:
+            raise FetchError(
+                f"{what} {descriptor.digest} is larger than {limit >> 20} MiB; refused"
+            )
+        sink = io.BytesIO()
+        self.download(repository, descriptor, sink, what)
+        return sink.getvalue()
+
+    def download(
+        self,
+        repository: str,
+        descriptor: Descriptor,
+        sink: BinaryIO,
+        what: str,
+        *,
+        started: Callable[[], None] | None = None,
+        advance: Callable[[int], None] | None = None,
+    ) -> None:
+        """Stream a blob into ``sink``, verifying its size and digest as it arrives.
+
+        A connection that drops mid-blob is resumed with a ``Range`` request, at most
+        ``RKT_HTTP_ATTEMPTS`` times in all; a server that ignores ``Range`` is read again
+        from the start.
+        """
+        algorithm, _, expected_hex = descriptor.digest.partition(":")
+        hasher = hashlib.new(algorithm)
+        received = 0
+        buffer = bytearray(_READ_SIZE)
+        view = memoryview(buffer)
+        notified = False
+        last_problem = ""
+        for attempt in range(1, self.attempts + 1):
+            headers = {"Range": f"bytes={received}-"} if received else {}
+            with self._blob_response(repository, descriptor, headers, what) as response:
+                if received and response.status == 200:
+                    # No range support: start over.
+                    hasher = hashlib.new(algorithm)
+                    sink.seek(0)
+                    sink.truncate(0)
+                    if advance is not None:
+                        advance(-received)
+                    received = 0
+                if not notified and started is not None:
+                    started()
+                    notified = True
+                try:
+                    while True:
+                        count = response.readinto(view)
+                        if not count:
+                            break
+                        received += count
+                        if received > descriptor.size:
+                            raise FetchError(
+                                f"{what} {descriptor.digest} from {self.registry} is longer "
+                                f"than the {descriptor.size} bytes its descriptor gives"
+                            )
+                        piece = view[:count]
+                        hasher.update(piece)
+                        sink.write(piece)
+                        if advance is not None:
+                            advance(count)
+                except ConnectionProblem as exc:
+                    last_problem = str(exc)
+                    LOG.debug("download of %s dropped at %d bytes: %s", descriptor.digest,
+                              received, exc)
+                    if attempt < self.attempts:
+                        time.sleep(RETRY_DELAY * attempt)
+                    continue
+            if received < descriptor.size:
+                last_problem = f"connection closed after {received} of {descriptor.size} bytes"
+                continue
+            break
+        else:
+            raise FetchError(
+                f"download of {what} {descriptor.digest} from {self.registry} failed "
+                f"{self.attempts} times: {last_problem}"
+            )
+        got = hasher.hexdigest()
+        if got != expected_hex:
+            raise FetchError(
+                f"{what} {descriptor.digest} from {self.registry} does not match its digest "
+                f"(got {algorithm}:{got})"
+            )
+
+    @contextmanager
+    def _blob_response(
+        self, repository: str, descriptor: Descriptor, headers: dict[str, str], what: str
+    ) -> Iterator[HttpResponse]:
+        response = self._repository_get(repository, f"blobs/{descriptor.digest}", headers)
+        try:
+            if response.status == 404:
+                raise FetchError(
+                    f"{what} {descriptor.digest} not found in {self.registry}/{repository} (404)"
+                )
+            if response.status == 206:
+                start = (response.header("Content-Range") or "").removeprefix("bytes ")
+                if not start.startswith(headers.get("Range", "bytes=").removeprefix("bytes=")):
+                    raise FetchError(
+                        f"registry {self.registry} resumed {what} {descriptor.digest} at the "
+                        f"wrong offset ({start[:40]})"
+                    )
+            elif response.status != 200:
+                raise FetchError(
+                    f"registry {self.registry} answered {response.status} {response.reason} "
+                    f"for {what} {descriptor.digest}"
+                )
+            yield response
+        finally:
+            response.close()

@@ -1,0 +1,49 @@
+"""Shared pieces of the docker fetcher's tests: the registries' handle and checks."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from rkt.testing import RktEnv
+from rkt.testing.docker_registry import RegistryServer, TestCA, TokenServer
+
+USER = "myuser"
+PASSWORD = "sekr3tstuff"
+#: short timeouts and few attempts so that failure tests finish quickly
+FAST = {"RKT_HTTP_TIMEOUT": "5", "RKT_HTTP_ATTEMPTS": "2"}
+
+
+@dataclass
+class Registries:
+    ca: TestCA
+    open: RegistryServer
+    basic: RegistryServer
+    token: RegistryServer
+    tokens: TokenServer
+    work: Path
+
+    def env(self, rkt_env: RktEnv) -> RktEnv:
+        """``rkt_env`` set up to trust the test CA."""
+        rkt_env.env["REQUESTS_CA_BUNDLE"] = str(self.ca.bundle)
+        rkt_env.env.update(FAST)
+        return rkt_env
+
+
+def assert_clean_failure(
+    result: subprocess.CompletedProcess[str], env: RktEnv, before: list[str], *fragments: str
+) -> str:
+    """A non-zero exit whose last stderr line is ``rkt: <error>`` holding ``fragments``,
+    no traceback, and a store exactly as it was."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines, "no error message"
+    error = lines[-1]
+    assert error.startswith("rkt: ") and "internal error" not in error, result.stderr
+    for fragment in fragments:
+        assert fragment in error, error
+    assert result.stdout == ""
+    assert env.store_snapshot() == before
+    return error
