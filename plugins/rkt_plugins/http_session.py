@@ -246,7 +246,7 @@ class HttpSession:
             except requests.exceptions.SSLError as exc:
                 raise FetchError(
                     f"cannot fetch {what} {current}: TLS certificate verification failed "
-                    f"({reason(exc)}; --insecure-options=tls skips it)"
+                    f"({_tls_reason(exc)}; --insecure-options=tls skips it)"
                 ) from exc
             except requests.exceptions.Timeout as exc:
                 raise _Retry(f"no answer within {self.timeout:g}s") from exc
@@ -271,15 +271,22 @@ class HttpSession:
     def _pause(self, attempt: int) -> None:
         time.sleep(min(RETRY_DELAY * 2 ** (attempt - 1), MAX_RETRY_DELAY))
 
-    def status_error(self, what: str, url: str, status: int, reason_text: str) -> FetchError:
-        """The one-line error for an answer the caller cannot use."""
+    def status_error(
+        self, what: str, url: str, status: int, reason_text: str, *,
+        answered_by: str | None = None,
+    ) -> FetchError:
+        """The one-line error for an answer the caller cannot use.
+
+        ``answered_by`` is the URL that gave the answer, after redirects.
+        """
         message = f"cannot fetch {what} {url}: HTTP {status} {reason_text}".rstrip()
         if status == 401:
-            host = host_of(url)
-            entry = self.auth_for(url)
+            source = answered_by or url
+            host = host_of(source)
+            entry = self.auth_for(source)
             if entry is None:
                 hint = f"no credentials for {host} in auth.d"
-                if urlsplit(url).scheme != "https":
+                if urlsplit(source).scheme != "https":
                     hint = "credentials are only sent over https"
             else:
                 hint = f"{host} refused the credentials from {entry.source}"
@@ -426,7 +433,8 @@ class HttpSession:
                     failure = f"HTTP {status} {response.reason}"
                     continue
                 else:
-                    raise self.status_error(what, url, status, response.reason or "")
+                    raise self.status_error(what, url, status, response.reason or "",
+                                            answered_by=response.url)
                 result.final_url = response.url
                 try:
                     received = self._copy_body(response, out, received, progress)
@@ -505,6 +513,13 @@ def _count(size: int | None) -> str:
 
 def _limit_text(limit: int) -> str:
     return f"{limit // 1024} KiB" if limit < 1 << 20 else f"{limit >> 20} MiB"
+
+
+def _tls_reason(exc: BaseException) -> str:
+    text = reason(exc)
+    # "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: <why> (_ssl.c:1006)"
+    found = re.search(r"certificate verify failed: (.*?)(?: \(_ssl\.c:\d+\))?$", text)
+    return found.group(1) if found else text
 
 
 def reason(exc: BaseException) -> str:

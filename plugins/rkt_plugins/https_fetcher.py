@@ -108,10 +108,13 @@ def fetch_remote_aci(
     options.info(f"rkt: fetching image from {aci_url}")
     signature: bytes | None = None
     deferred = False
+    # With an ETag the image is asked for first: a 304 needs no signature at all.
+    asked = False
     if verify and session.signature_file is not None:
         signature = _read_signature_file(session.signature_file)
     elif verify and etag is None:
         signature, deferred = _download_signature(options, http, signature_url)
+        asked = True
 
     progress = ProgressBar("Downloading ACI", None, options.stderr)
     download = http.download(aci_url, session.tmp_dir, what="image", etag=etag,
@@ -125,8 +128,8 @@ def fetch_remote_aci(
         options.info(f"rkt: {aci_url} has not changed: using the stored image")
         return FetchedImage.unchanged(cached[0], aci_url, remote)
     try:
-        if verify and signature is None and session.signature_file is None:
-            # A changed image (after a conditional request) or a deferred signature.
+        if verify and session.signature_file is None and (deferred or not asked):
+            # A deferred signature, or a changed image after a conditional request.
             signature, deferred = _download_signature(options, http, signature_url)
             if deferred:
                 raise FetchError(
@@ -170,7 +173,8 @@ def _download_signature(
         return None, True
     if page.status in (404, 410):
         return None, False
-    raise http.status_error("signature", url, page.status, page.reason)
+    raise http.status_error("signature", url, page.status, page.reason,
+                            answered_by=page.url)
 
 
 class HttpsFetcher:

@@ -162,7 +162,8 @@ class NameFetcher:
             raise _NoTerminal
         page = http.get(url, what="key", limit=MAX_KEY_SIZE)
         if page.status != 200:
-            raise http.status_error("key", url, page.status, page.reason)
+            raise http.status_error("key", url, page.status, page.reason,
+                                    answered_by=page.url)
         if page.url.lower().startswith("http://"):
             verified_https = False
         description = describe_key(page.body, source=url)

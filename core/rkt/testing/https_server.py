@@ -176,6 +176,11 @@ class HttpsServer:
     ) -> None:
         self.stop()
 
+    @property
+    def ca(self) -> Any:
+        """The ``trustme.CA`` behind the certificate (share it with another server)."""
+        return self._ca
+
     # -- addresses ---------------------------------------------------------------------
     @property
     def port(self) -> int:
