@@ -117,6 +117,7 @@ class HttpsServer:
         self.workdir = Path(workdir) if workdir is not None else Path(
             tempfile.mkdtemp(prefix="rkt-https-")
         )
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.routes: dict[tuple[str | None, str], Route] = {}
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()

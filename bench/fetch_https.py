@@ -1,0 +1,72 @@
+"""Issue 4's benchmark: ``rkt fetch https://...`` of a ~200 MB signed ACI from a loopback
+HTTPS server, against ``curl URL | gzip -dc | sha512sum`` of the same URL, same run.
+
+rkt downloads the ACI and its signature, verifies the signature, then decompresses,
+hashes, checks and stores the image; the baseline only downloads, decompresses and
+hashes (in three processes, in parallel). Target: ratio <= 1.3.
+
+    python bench/fetch_https.py [results.json]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from common import Env, build_corpus_aci, compare, report, sh, workdir
+
+from rkt.testing.gpg import GpgHome
+from rkt.testing.https_server import HttpsServer
+
+
+def main() -> list[dict[str, object]]:
+    base = workdir("rkt-bench-https-")
+    results = []
+    try:
+        image = base / "corpus.aci"
+        raw = build_corpus_aci(image)
+        print(f"corpus: {raw.stat().st_size / 1e6:.0f} MB uncompressed, "
+              f"{image.stat().st_size / 1e6:.0f} MB gzip", flush=True)
+        raw.unlink()
+        with GpgHome(base / "gnupg") as gpg:
+            fingerprint = gpg.generate_key("bench <bench@example.com>")
+            key = base / "key.asc"
+            key.write_bytes(gpg.export_public(fingerprint))
+            signature = gpg.sign_detached(fingerprint, image)
+        with HttpsServer(workdir=base / "server") as server:
+            server.serve("/corpus.aci", image)
+            server.serve("/corpus.aci.asc", signature)
+            url = f"{server.url}/corpus.aci"
+            env = Env(base / "env")
+            env.rkt("trust", "--prefix", "bench.example/corpus", "--skip-fingerprint-review",
+                    str(key))
+            client_env = {**_environ(), **server.env()}
+
+            def fetch() -> None:
+                env.rkt("fetch", url, env=client_env)
+
+            def curl() -> None:
+                sh(f"curl -sSf --cacert {server.ca_bundle} {url} | gzip -dc | sha512sum")
+
+            ours, baseline = compare(fetch, curl, setup=env.reset_data)
+            results.append(report("fetch 200 MB signed ACI over https", ours, baseline,
+                                  "curl|gzip -dc|sha512sum", 1.3))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return results
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+if __name__ == "__main__":
+    out = main()
+    if len(sys.argv) > 1:
+        Path(sys.argv[1]).write_text(json.dumps(out, indent=2))
+    subprocess.run(["sync"], check=False)
