@@ -258,6 +258,10 @@ def _oci_image(
     try:
         layout = json.loads(files.read("oci-layout", 1 << 16, "oci-layout"))
         version = layout.get("imageLayoutVersion") if isinstance(layout, dict) else None
+    except ImageError:
+        raise ImageError(
+            f"{files.describe} is not an OCI image layout (no oci-layout file)"
+        ) from None
     except (ValueError, UnicodeDecodeError):
         version = None
     if not isinstance(version, str):
@@ -331,11 +335,11 @@ def _opener(files: _Files, name: str) -> Callable[[], BinaryIO]:
 
 
 def _name_from_path(path: Path) -> str:
+    """``hello.oci.tar.gz`` -> ``hello``."""
     stem = path.name
-    for suffix in (".tar.gz", ".tgz", ".tar.zst", ".tar.xz", ".tar", ".oci"):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
+    suffixes = (".gz", ".tgz", ".zst", ".xz", ".bz2", ".tar", ".oci")
+    while any(stem.endswith(suffix) and stem != suffix for suffix in suffixes):
+        stem = next(stem[: -len(s)] for s in suffixes if stem.endswith(s))
     return sanitize_ac_identifier(stem) or "image"
 
 

@@ -12,9 +12,9 @@ The mapping (``../shared/reference/rkt-behaviour.md`` section 8):
 * ``appc.io/docker/*`` annotations record where the image came from, plus
   ``authors``, ``created`` and ``docker-comment``.
 
-Beyond docker2aci, ``appc.io/docker/converter`` names this converter's version: a
-stored image is reused for an unchanged Docker manifest only when it was converted
-by the same rules.
+A stored image is reused for an unchanged Docker manifest only when it was
+converted by the same rules: :data:`CONVERTER_VERSION` is part of what the remote
+cache remembers.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from rkt_plugins.docker.documents import ImageConfig
 CONVERTER_VERSION = "rkt-python-docker/1"
 
 ANNOTATION_PREFIX = "appc.io/docker/"
-ANNOTATION_MANIFEST_HASH = ANNOTATION_PREFIX + "manifesthash"
-ANNOTATION_CONVERTER = ANNOTATION_PREFIX + "converter"
 
 #: Docker's GOARCH (and arm variant) to appc arch (appc ``types/labels.go``).
 _ARCH = {
@@ -188,7 +186,6 @@ def image_manifest(
         ("manifesthash", origin.manifest_digest),
         ("entrypoint", json.dumps(entrypoint) if entrypoint else ""),
         ("cmd", json.dumps(cmd) if cmd else ""),
-        ("converter", CONVERTER_VERSION),
     ]
     notes = [{"name": ANNOTATION_PREFIX + key, "value": value} for key, value in annotations
              if value]

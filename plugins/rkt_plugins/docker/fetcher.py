@@ -17,7 +17,6 @@ What a fetch does, and what it skips when it can:
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -26,12 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rkt.errors import FetchError, ImageError, VerificationError
-from rkt.fetching import FetchedImage, FetchSession
+from rkt.fetching import FetchedImage, FetchSession, RemoteRecord
 from rkt.imageref import ImageRef
 from rkt_plugins.docker.cache import BlobCache
 from rkt_plugins.docker.convert import (
-    ANNOTATION_CONVERTER,
-    ANNOTATION_MANIFEST_HASH,
     CONVERTER_VERSION,
     Origin,
     created_epoch,
@@ -62,7 +59,7 @@ from rkt_plugins.docker.transport import HttpClient
 
 if TYPE_CHECKING:
     from rkt.config import Config
-    from rkt.store import ImageInfo, ImageStore
+    from rkt.store import ImageStore
 
 LOG = logging.getLogger(__name__)
 
@@ -98,22 +95,26 @@ def registry_credentials(config: Config, registry: str) -> Credentials | None:
     return None
 
 
-def find_converted(store: ImageStore, origin: Origin) -> ImageInfo | None:
-    """A stored image converted by these rules from ``origin``'s manifest, if any."""
-    for info in reversed(store.list_images()):
-        if info.name != origin.name or info.labels.get("version") != origin.version:
-            continue
-        try:
-            manifest = json.loads(store.manifest_bytes(info.id))
-            notes = {
-                note["name"]: note["value"] for note in manifest.get("annotations") or ()
-            }
-        except (ImageError, ValueError, TypeError, KeyError, AttributeError):
-            continue
-        if (notes.get(ANNOTATION_MANIFEST_HASH) == origin.manifest_digest
-                and notes.get(ANNOTATION_CONVERTER) == CONVERTER_VERSION):
-            return info
-    return None
+def remote_etag(manifest_digest: str) -> str:
+    """What the remote cache keeps for a converted image: the Docker manifest it came
+    from and the rules it was converted by (the image changes when either does)."""
+    return f"{manifest_digest} {CONVERTER_VERSION}"
+
+
+def stored_conversion(store: ImageStore, url: str, manifest_digest: str | None) -> str | None:
+    """The ID of the stored image last converted from ``url``, if it is still in the
+    store and (when ``manifest_digest`` is given) came from that manifest."""
+    row = store.cached_remote(url)
+    if row is None:
+        return None
+    etag, image_id = row
+    digest, _, converter = (etag or "").partition(" ")
+    if converter != CONVERTER_VERSION or (manifest_digest and digest != manifest_digest):
+        return None
+    try:
+        return store.resolve(image_id).id
+    except ImageError:
+        return None
 
 
 def check_layer_count(image: ImageManifest, config: ImageConfig, where: str) -> None:
@@ -131,6 +132,13 @@ class DockerFetcher:
         docker_ref = parse_docker_reference(ref.text)
         refuse_unsigned(session, docker_ref.url)
         options = session.options
+        store = options.store
+        url = docker_ref.url
+        if session.pull_policy == "new":
+            # rkt 1.x: "new" fetches only what the store does not have yet.
+            known = stored_conversion(store, url, None)
+            if known is not None:
+                return FetchedImage.unchanged(known, url)
         options.info(f"rkt: fetching image from {ref.text}")
         if options.is_insecure("tls"):
             options.warn("TLS verification has been disabled")
@@ -143,23 +151,23 @@ class DockerFetcher:
             )
             client.connect(docker_ref.repository)
             image, digest = self._image_manifest(client, docker_ref)
+            remote = RemoteRecord(url, remote_etag(digest))
+            unchanged = stored_conversion(store, url, digest)
+            if unchanged is not None:
+                LOG.debug("%s is unchanged: reusing %s", docker_ref, unchanged)
+                return FetchedImage.unchanged(unchanged, url, remote)
             origin = Origin(
                 name=docker_ref.aci_name, version=docker_ref.version,
                 original_name=strip_scheme(ref.text), registry=docker_ref.registry,
                 repository=docker_ref.repository, tag=docker_ref.tag,
                 manifest_digest=digest, image_id=image.config.digest,
             )
-            store = options.store
-            stored = find_converted(store, origin)
-            if stored is not None:
-                LOG.debug("%s is unchanged: reusing %s", docker_ref, stored.id)
-                return FetchedImage(
-                    path=store.blob_path(stored.id), origin=docker_ref.url, signable=False,
-                )
             path = _Pull(client, docker_ref, image, origin, session).run()
         finally:
             http.close()
-        return FetchedImage(path=path, origin=docker_ref.url, signable=False, temporary=True)
+        return FetchedImage(
+            path=path, origin=url, signable=False, temporary=True, remote=remote
+        )
 
     @staticmethod
     def _image_manifest(
