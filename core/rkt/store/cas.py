@@ -232,7 +232,10 @@ class CasStore:
             if all(info.labels.get(key) == value for key, value in labels.items())
         ]
         if not candidates:
-            wanted = name + "".join(f",{k}={v}" for k, v in sorted(labels.items()))
+            version = f":{labels['version']}" if "version" in labels else ""
+            wanted = name + version + "".join(
+                f",{k}={v}" for k, v in sorted(labels.items()) if k != "version"
+            )
             raise ImageNotFoundError(f'no image named "{wanted}" in the store')
         if "version" not in labels:
             latest = [info for info in candidates if info.latest]
