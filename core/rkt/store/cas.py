@@ -21,9 +21,11 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -72,7 +74,10 @@ class _HashingTee:
     """Everything read through it is hashed and written to the blob being built.
 
     The archive is validated by reading through this object, so the bytes that
-    are checked, hashed and stored are the same bytes, in one pass.
+    are checked, hashed and stored are the same bytes, in one pass. Hashing and
+    writing happen on a second thread while this one decompresses and parses the
+    next chunk: SHA-512, zlib and file writes all release the GIL, so an import
+    uses two cores instead of adding the three costs up.
     """
 
     def __init__(self, source: BinaryIO, sink: IO[bytes]) -> None:
@@ -80,18 +85,46 @@ class _HashingTee:
         self._sink = sink
         self.hash = hashlib.sha512()
         self.size = 0
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._error: BaseException | None = None
+        self._worker = threading.Thread(target=self._consume, name="rkt-import", daemon=True)
+        self._worker.start()
+
+    def _consume(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining so the reader never blocks on a full queue
+            try:
+                self.hash.update(data)
+                self._sink.write(data)
+            except BaseException as exc:  # surfaced by the reader (ENOSPC, EIO)
+                self._error = exc
 
     def read(self, size: int = -1) -> bytes:
+        if self._error is not None:
+            raise self._error
         data = self._source.read(size if size and size > 0 else CHUNK)
         if data:
-            self.hash.update(data)
-            self._sink.write(data)
+            self._queue.put(bytes(data))
             self.size += len(data)
         return data
 
     def drain(self) -> None:
         while self.read(CHUNK):
             pass
+
+    def finish(self) -> None:
+        """Wait for the hash and the blob to be complete; raise what the worker hit."""
+        self._queue.put(None)
+        self._worker.join()
+        if self._error is not None:
+            raise self._error
+
+    def abandon(self) -> None:
+        if self._worker.is_alive():
+            self._error = self._error or RuntimeError("import abandoned")
+            self._queue.put(None)
+            self._worker.join()
 
 
 def _no_space(exc: OSError) -> bool:
@@ -142,8 +175,12 @@ class CasStore:
                         progress.total = os.fstat(raw.fileno()).st_size
                     counted = _CountingReader(raw, progress)
                     tee = _HashingTee(open_decompressed(counted), sink)  # type: ignore[arg-type,unused-ignore]
-                    manifest_bytes = scan_aci(tee)  # type: ignore[arg-type,unused-ignore]
-                    tee.drain()
+                    try:
+                        manifest_bytes = scan_aci(tee)  # type: ignore[arg-type,unused-ignore]
+                        tee.drain()
+                        tee.finish()
+                    finally:
+                        tee.abandon()
                 sink.flush()
                 os.fsync(sink.fileno())
             except FileNotFoundError as exc:
