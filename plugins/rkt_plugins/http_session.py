@@ -56,6 +56,8 @@ MAX_REDIRECTS = 10
 #: first pause between attempts (doubled each time, at most :data:`MAX_RETRY_DELAY`)
 RETRY_DELAY = 0.2
 MAX_RETRY_DELAY = 2.0
+#: a discovery page, signature or key must arrive whole within this many timeouts
+SMALL_DOCUMENT_TIMEOUTS = 2
 #: bytes per read while downloading
 CHUNK = 1 << 20
 #: answers worth asking again: the server may do better a moment later
@@ -323,16 +325,32 @@ class HttpSession:
 
     def _read_small(self, response: requests.Response, url: str, what: str, limit: int) -> bytes:
         import requests
+        import urllib3
 
         data = bytearray()
+        # Each read waits at most the timeout; a server dripping a byte at a time must
+        # not stretch a small document forever either.
+        deadline = time.monotonic() + SMALL_DOCUMENT_TIMEOUTS * self.timeout
         try:
-            for chunk in response.iter_content(64 * 1024):
+            while True:
+                # read1: whatever one read brings, so the deadline is checked as the
+                # bytes trickle in (read() would wait for the whole amount)
+                chunk = response.raw.read1(64 * 1024, decode_content=True)
+                if not chunk:
+                    break
                 data += chunk
                 if len(data) > limit:
                     raise FetchError(
                         f"cannot fetch {what} {url}: larger than {_limit_text(limit)}"
                     )
-        except requests.exceptions.RequestException as exc:
+                if time.monotonic() > deadline:
+                    raise _Retry(
+                        f"answer not complete after {SMALL_DOCUMENT_TIMEOUTS * self.timeout:g}s"
+                    )
+        except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+            raise _Retry(f"no data for {self.timeout:g}s") from exc
+        except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException,
+                OSError) as exc:
             raise _Retry(f"connection lost: {reason(exc)}") from exc
         return bytes(data)
 

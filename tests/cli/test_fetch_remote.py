@@ -101,6 +101,12 @@ def site(gpg: Any, signing_key: tuple[str, Path],
         unsigned = _busybox_image(directory, "localhost/unsigned", "v1.0.0",
                                   exec_=["/bin/true"])
         site.publish("localhost/unsigned", "v1.0.0", unsigned, None)
+        # a publisher whose key URL is plain http
+        site.publish("localhost/httpkey", "v1.0.0", hello, sign(hello), keys=None)
+        server.serve("/httpkey", '<html><head><meta name="ac-discovery" content="localhost/'
+                     'httpkey https://localhost/images/{name}-{version}-{os}-{arch}.{ext}">'
+                     '<meta name="ac-discovery-pubkeys" content="localhost/httpkey '
+                     'http://localhost/keys/publisher.gpg"></head></html>')
         _publish_dependencies(site, directory, sign)
         server.redirect("/loop", "https://localhost/loop2?ac-discovery=1")
         server.redirect("/loop2", "https://localhost/loop?ac-discovery=1")
@@ -342,6 +348,69 @@ def test_trust_keys_from_https_on_fetch(env: RktEnv, site: Site) -> None:
     site.server.clear_log()
     env.run("--trust-keys-from-https", "fetch", "localhost/hello:v1.0.0", check=True)
     assert site.server.requests_for("/keys/publisher.gpg") == []
+
+
+def test_key_url_over_plain_http_is_refused(env: RktEnv, site: Site) -> None:
+    _one_line_error(
+        env.run("trust", "--prefix", "localhost/httpkey", input="yes\n"),
+        'refusing to fetch key "http://localhost/keys/publisher.gpg" over plain http; '
+        "use https, or --insecure-allow-http",
+    )
+    assert _trusted(env) == []
+    before = env.store_snapshot()
+    result = env.run("--trust-keys-from-https", "fetch", "localhost/httpkey:v1.0.0")
+    assert result.returncode == 254
+    assert (
+        'rkt: warning: not fetching key "http://localhost/keys/publisher.gpg" over plain '
+        "http (needs --insecure-options=pubkey,http)" in result.stderr
+    )
+    assert "signature made by unknown entity" in result.stderr.splitlines()[-1]
+    assert _trusted(env) == [] and env.store_snapshot() == before
+
+
+def test_fetch_asks_about_the_key_on_a_terminal(env: RktEnv, site: Site) -> None:
+    status, output = _run_on_terminal(env, ["fetch", "localhost/hello:v1.0.0"],
+                                      answer=("Are you sure", "yes\n"))
+    assert status == 0, output
+    assert f"GPG key fingerprint is: {format_fingerprint(site.fingerprint)}" in output
+    assert 'Trusting "https://localhost/keys/publisher.gpg" for prefix "localhost/hello" ' \
+        "after fingerprint review." in output
+    assert _trusted(env) == [f"prefix.d/localhost/hello/{site.fingerprint.lower()}"]
+    assert len(_image_ids(env)) == 1
+
+
+def _run_on_terminal(env: RktEnv, args: list[str], answer: tuple[str, str]) -> tuple[int, str]:
+    """Run rkt on a pseudo-terminal, typing ``answer[1]`` once ``answer[0]`` shows."""
+    import os
+    import pty
+    import select
+    import time
+
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [env.rkt_binary(), *env.global_flags(), *args], stdin=secondary, stdout=secondary,
+        stderr=secondary, env={**os.environ, **env.env}, close_fds=True,
+    )
+    os.close(secondary)
+    output, answered = bytearray(), False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not answered and answer[0].encode() in output:
+            os.write(primary, answer[1].encode())
+            answered = True
+        ready, _, _ = select.select([primary], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        elif process.poll() is not None:
+            break
+    os.close(primary)
+    return process.wait(timeout=30), output.decode(errors="replace")
 
 
 @pytest.mark.parametrize(

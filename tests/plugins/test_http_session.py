@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -308,3 +309,28 @@ def test_unknown_ca_and_insecure_tls(
 )
 def test_parse_max_age(header: str | None, seconds: int) -> None:
     assert parse_max_age(header) == seconds
+
+
+def test_small_document_dripping_slowly_is_bounded(tmp_path: Path, srv: HttpsServer) -> None:
+    def drip(handler: Any, recorded: Recorded) -> None:
+        recorded.status = 200
+        handler.send_response(200)
+        handler.send_header("Content-Length", "50")
+        handler.end_headers()
+        for _ in range(50):
+            try:
+                handler.wfile.write(b"x")
+                handler.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.2)
+
+    srv.serve("/page", handler=drip)
+    started = time.monotonic()
+    with pytest.raises(FetchError) as caught:
+        _http(tmp_path, timeout=0.5, attempts=2).get(f"{srv.url}/page", what="discovery page",
+                                                     limit=1000)
+    assert time.monotonic() - started < 5
+    assert str(caught.value) == (
+        f"cannot fetch discovery page {srv.url}/page: answer not complete after 1s (2 attempts)"
+    )
