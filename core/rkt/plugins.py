@@ -14,7 +14,8 @@ import importlib
 import logging
 import os
 from collections.abc import Iterable
-from importlib.metadata import entry_points
+from functools import cache
+from typing import Any
 from types import ModuleType
 
 import pluggy
@@ -39,6 +40,14 @@ PLUGIN_GROUP = "rkt.plugins"
 STAGE1_GROUP = "rkt.stage1"
 DISABLE_AUTOLOAD_ENV = "RKT_DISABLE_PLUGIN_AUTOLOAD"
 DISABLE_PLUGINS_ENV = "RKT_DISABLE_PLUGINS"
+
+
+@cache
+def _entry_points() -> Any:  # 3.11's SelectableGroups; .select(group=...) gives EntryPoints
+    """Every installed entry point, read once per process (reading them is not free)."""
+    from importlib.metadata import entry_points
+
+    return entry_points()
 
 
 def _env_flag(name: str) -> bool:
@@ -73,7 +82,7 @@ def new_plugin_manager(
     if autoload is None:
         autoload = not _env_flag(DISABLE_AUTOLOAD_ENV)
     if autoload:
-        for ep in entry_points(group=PLUGIN_GROUP):
+        for ep in _entry_points().select(group=PLUGIN_GROUP):
             if ep.name in blocked_names or pm.has_plugin(ep.name):
                 continue
             try:
@@ -104,4 +113,4 @@ def _register(pm: pluggy.PluginManager, plugin: ModuleType | object, name: str) 
 
 def installed_stage1_backends() -> list[str]:
     """Names in the ``rkt.stage1`` entry-point group, without importing any of them."""
-    return sorted({ep.name for ep in entry_points(group=STAGE1_GROUP)})
+    return sorted({ep.name for ep in _entry_points().select(group=STAGE1_GROUP)})

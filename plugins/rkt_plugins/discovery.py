@@ -21,10 +21,8 @@ anything still in braces, or without ``{ext}``, is skipped.
 from __future__ import annotations
 
 import logging
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from typing import TYPE_CHECKING
 
 from rkt.errors import FetchError, UsageError
@@ -52,6 +50,8 @@ HttpFactory = Callable[[FetchSession], "HttpSession"]
 
 def host_labels() -> dict[str, str]:
     """The ``os`` and ``arch`` labels of this machine, in appc's spelling."""
+    import platform
+
     machine = platform.machine().lower()
     return {"os": platform.system().lower(), "arch": _ARCHES.get(machine, machine)}
 
@@ -63,33 +63,33 @@ class MetaTag:
     value: str
 
 
-class _MetaParser(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[MetaTag] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag != "meta":
-            return
-        values = {key.lower(): value or "" for key, value in attrs}
-        name = values.get("name", "")
-        if not name.startswith("ac-"):
-            return
-        # appc/spec splits content on the first space: "PREFIX URL".
-        prefix, _, value = values.get("content", "").strip().partition(" ")
-        value = value.strip()
-        if prefix and value:
-            self.tags.append(MetaTag(name, prefix, value))
-
-    handle_startendtag = handle_starttag
-
-
 def parse_meta_tags(html: str) -> list[MetaTag]:
     """Every ``<meta name="ac-...">`` tag of a page, in document order."""
-    parser = _MetaParser()
+    # Imported here: plugins load on every rkt command, discovery runs on few.
+    from html.parser import HTMLParser
+
+    tags: list[MetaTag] = []
+
+    class MetaParser(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag != "meta":
+                return
+            values = {key.lower(): value or "" for key, value in attrs}
+            name = values.get("name", "")
+            if not name.startswith("ac-"):
+                return
+            # appc/spec splits content on the first space: "PREFIX URL".
+            prefix, _, value = values.get("content", "").strip().partition(" ")
+            value = value.strip()
+            if prefix and value:
+                tags.append(MetaTag(name, prefix, value))
+
+        handle_startendtag = handle_starttag
+
+    parser = MetaParser(convert_charrefs=True)
     parser.feed(html)
     parser.close()
-    return parser.tags
+    return tags
 
 
 def render_template(template: str, name: str, labels: dict[str, str], ext: str) -> str | None:
