@@ -55,7 +55,7 @@ from rkt_plugins.docker.reference import (
     sanitize_ac_identifier,
 )
 from rkt_plugins.docker.registry import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE
-from rkt_plugins.docker.squash import Layer, build_aci
+from rkt_plugins.docker.squash import Layer, PlainLayer, decompress_layer, squash_layers
 
 REF_NAME = "org.opencontainers.image.ref.name"
 _MAX_LINK_HOPS = 8
@@ -322,12 +322,13 @@ def _build(
     session: FetchSession, origin: Origin, config: ImageConfig, layers: list[Layer], where: str
 ) -> Path:
     manifest = manifest_bytes(image_manifest(origin, config, warn=session.options.warn), where)
-    return build_aci(session.tmp_dir, manifest, [_ready(layer) for layer in layers],
-                     epoch=created_epoch(config))
+    jobs = [_unpack(layer, session.tmp_dir) for layer in layers]
+    return squash_layers(session.tmp_dir, manifest, jobs, range(len(jobs)),
+                         epoch=created_epoch(config))
 
 
-def _ready(layer: Layer) -> Callable[[], Layer]:
-    return lambda: layer
+def _unpack(layer: Layer, tmp_dir: Path) -> Callable[[], PlainLayer]:
+    return lambda: decompress_layer(layer, tmp_dir)
 
 
 def _opener(files: _Files, name: str) -> Callable[[], BinaryIO]:

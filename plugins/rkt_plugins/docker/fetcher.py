@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,7 +53,7 @@ from rkt_plugins.docker.reference import (
     strip_scheme,
 )
 from rkt_plugins.docker.registry import MAX_CONFIG_SIZE, Credentials, RegistryClient
-from rkt_plugins.docker.squash import Layer, build_aci
+from rkt_plugins.docker.squash import Layer, PlainLayer, decompress_layer, squash_layers
 from rkt_plugins.docker.transport import HttpClient
 
 if TYPE_CHECKING:
@@ -62,10 +61,6 @@ if TYPE_CHECKING:
     from rkt.store import ImageStore
 
 LOG = logging.getLogger(__name__)
-
-#: parallel layer downloads (Docker's default is 3)
-MAX_DOWNLOADS = 4
-
 
 class _Cancelled(Exception):
     """Stops a download thread after the fetch failed elsewhere."""
@@ -216,11 +211,9 @@ class _Pull:
         self.cache = BlobCache(store.data_dir, session.tmp_dir)
         self.progress = LayerProgress(session.options.stderr)
         self.cancelled = threading.Event()
-        self.downloads: dict[str, Future[None]] = {}
 
     def run(self) -> Path:
         image = self.image
-        executor: ThreadPoolExecutor | None = None
         try:
             missing = self.cache.lock_missing(
                 [image.config.digest, *(layer.digest for layer in image.layers)]
@@ -231,21 +224,20 @@ class _Pull:
             manifest = manifest_bytes(
                 image_manifest(self.origin, config, warn=self.session.options.warn), where
             )
-            to_download = [
-                layer for layer in _unique(image.layers) if layer.digest in missing
-            ]
-            if to_download:
-                executor = ThreadPoolExecutor(
-                    max_workers=min(MAX_DOWNLOADS, len(to_download)),
-                    thread_name_prefix="docker-layer",
-                )
-                for layer in to_download:
-                    self.downloads[layer.digest] = executor.submit(self._download, layer)
-            getters = [
-                self._getter(index, layer, config) for index, layer in enumerate(image.layers)
-            ]
-            path = build_aci(self.session.tmp_dir, manifest, getters,
-                             epoch=created_epoch(config))
+            # One job per distinct layer: download it if needed, then unpack it; the
+            # jobs run in parallel while the main thread applies the layers in order.
+            jobs: list[Callable[[], PlainLayer]] = []
+            job_of: dict[tuple[str, str | None], int] = {}
+            order = []
+            for index, layer in enumerate(image.layers):
+                diff_id = config.diff_ids[index] if config.diff_ids else None
+                key = (layer.digest, diff_id)
+                if key not in job_of:
+                    job_of[key] = len(jobs)
+                    jobs.append(self._job(layer, diff_id, download=layer.digest in missing))
+                order.append(job_of[key])
+            path = squash_layers(self.session.tmp_dir, manifest, jobs, order,
+                                 epoch=created_epoch(config), cancelled=self.cancelled)
             self.progress.finish()
             try:
                 self.cache.commit()
@@ -254,8 +246,6 @@ class _Pull:
             return path
         finally:
             self.cancelled.set()
-            if executor is not None:
-                executor.shutdown(wait=True, cancel_futures=True)
             self.cache.release()
 
     def _config(self, descriptor: Descriptor, download: bool) -> ImageConfig:
@@ -277,41 +267,35 @@ class _Pull:
         except ImageError as exc:
             raise FetchError(str(exc)) from exc
 
-    def _download(self, layer: Descriptor) -> None:
-        path = self.cache.stage(layer.digest)
-        label = layer.short
-
-        def advance(count: int) -> None:
-            if self.cancelled.is_set():
-                raise _Cancelled
-            self.progress.advance(label, count)
-
-        with open(path, "wb", buffering=0) as sink:
-            self.client.download(
-                self.ref.repository, layer, sink, "layer",
-                started=lambda: self.progress.add(label, layer.size), advance=advance,
-            )
-
-    def _getter(self, index: int, layer: Descriptor, config: ImageConfig) -> Callable[[], Layer]:
-        diff_id = config.diff_ids[index] if config.diff_ids else None
-
-        def get() -> Layer:
-            future = self.downloads.get(layer.digest)
-            if future is not None:
-                future.result()
-                path = self.cache.staged_or_cached(layer.digest)
-                return Layer(f"layer {layer.digest}", lambda: open(path, "rb"), None, diff_id)
+    def _job(self, layer: Descriptor, diff_id: str | None, *, download: bool
+             ) -> Callable[[], PlainLayer]:
+        tmp_dir = self.session.tmp_dir
+        if not download:
             path = self.cache.path(layer.digest)
-            return Layer(
-                f"cached layer {layer.digest}", lambda: open(path, "rb"), layer.digest, diff_id,
-                on_mismatch=lambda: self.cache.evict(layer.digest),
-            )
+            return lambda: decompress_layer(Layer(
+                f"cached layer {layer.digest}", lambda: open(path, "rb"), layer.digest,
+                diff_id, on_mismatch=lambda: self.cache.evict(layer.digest),
+            ), tmp_dir)
 
-        return get
+        def download_and_unpack() -> PlainLayer:
+            # One pass: the bytes are verified and kept for the cache as they arrive,
+            # and unpacked at the same time.
+            staged = self.cache.stage(layer.digest)
+            label = layer.short
 
+            def advance(count: int) -> None:
+                if self.cancelled.is_set():
+                    raise _Cancelled
+                self.progress.advance(label, count)
 
-def _unique(layers: list[Descriptor]) -> list[Descriptor]:
-    seen: dict[str, Descriptor] = {}
-    for layer in layers:
-        seen.setdefault(layer.digest, layer)
-    return list(seen.values())
+            with open(staged, "wb") as tee:
+                return decompress_layer(Layer(
+                    f"layer {layer.digest}",
+                    lambda: self.client.open_blob(
+                        self.ref.repository, layer, "layer", tee=tee,
+                        started=lambda: self.progress.add(label, layer.size), advance=advance,
+                    ),  # type: ignore[arg-type, return-value]
+                    None, diff_id,
+                ), tmp_dir)
+
+        return download_and_unpack

@@ -21,8 +21,7 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -374,80 +373,30 @@ class RegistryClient:
         descriptor: Descriptor,
         sink: BinaryIO,
         what: str,
+    ) -> None:
+        """Stream a blob into ``sink``, verified (see :class:`BlobStream`)."""
+        with self.open_blob(repository, descriptor, what) as stream:
+            while chunk := stream.read(_READ_SIZE):
+                sink.write(chunk)
+
+    def open_blob(
+        self,
+        repository: str,
+        descriptor: Descriptor,
+        what: str,
         *,
+        tee: BinaryIO | None = None,
         started: Callable[[], None] | None = None,
         advance: Callable[[int], None] | None = None,
-    ) -> None:
-        """Stream a blob into ``sink``, verifying its size and digest as it arrives.
+    ) -> BlobStream:
+        """A blob as a stream, verified as it is read (see :class:`BlobStream`)."""
+        return BlobStream(self, repository, descriptor, what, tee=tee, started=started,
+                          advance=advance)
 
-        A connection that drops mid-blob is resumed with a ``Range`` request, at most
-        ``RKT_HTTP_ATTEMPTS`` times in all; a server that ignores ``Range`` is read again
-        from the start.
-        """
-        algorithm, _, expected_hex = descriptor.digest.partition(":")
-        hasher = hashlib.new(algorithm)
-        received = 0
-        buffer = bytearray(_READ_SIZE)
-        view = memoryview(buffer)
-        notified = False
-        last_problem = ""
-        for attempt in range(1, self.attempts + 1):
-            headers = {"Range": f"bytes={received}-"} if received else {}
-            with self._blob_response(repository, descriptor, headers, what) as response:
-                if received and response.status == 200:
-                    # No range support: start over.
-                    hasher = hashlib.new(algorithm)
-                    sink.seek(0)
-                    sink.truncate(0)
-                    if advance is not None:
-                        advance(-received)
-                    received = 0
-                if not notified and started is not None:
-                    started()
-                    notified = True
-                try:
-                    while True:
-                        count = response.readinto(view)
-                        if not count:
-                            break
-                        received += count
-                        if received > descriptor.size:
-                            raise FetchError(
-                                f"{what} {descriptor.digest} from {self.registry} is longer "
-                                f"than the {descriptor.size} bytes its descriptor gives"
-                            )
-                        piece = view[:count]
-                        hasher.update(piece)
-                        sink.write(piece)
-                        if advance is not None:
-                            advance(count)
-                except ConnectionProblem as exc:
-                    last_problem = str(exc)
-                    LOG.debug("download of %s dropped at %d bytes: %s", descriptor.digest,
-                              received, exc)
-                    if attempt < self.attempts:
-                        time.sleep(RETRY_DELAY * attempt)
-                    continue
-            if received < descriptor.size:
-                last_problem = f"connection closed after {received} of {descriptor.size} bytes"
-                continue
-            break
-        else:
-            raise FetchError(
-                f"download of {what} {descriptor.digest} from {self.registry} failed "
-                f"{self.attempts} times: {last_problem}"
-            )
-        got = hasher.hexdigest()
-        if got != expected_hex:
-            raise FetchError(
-                f"{what} {descriptor.digest} from {self.registry} does not match its digest "
-                f"(got {algorithm}:{got})"
-            )
-
-    @contextmanager
-    def _blob_response(
+    def _blob_request(
         self, repository: str, descriptor: Descriptor, headers: dict[str, str], what: str
-    ) -> Iterator[HttpResponse]:
+    ) -> HttpResponse:
+        """The response to a blob request, checked: 200, or 206 at the asked offset."""
         response = self._repository_get(repository, f"blobs/{descriptor.digest}", headers)
         try:
             if response.status == 404:
@@ -466,6 +415,155 @@ class RegistryClient:
                     f"registry {self.registry} answered {response.status} {response.reason} "
                     f"for {what} {descriptor.digest}"
                 )
-            yield response
-        finally:
+        except BaseException:
             response.close()
+            raise
+        return response
+
+
+class BlobStream:
+    """A blob read straight from the registry, for a consumer that unpacks as it reads.
+
+    Every byte is hashed, and copied to ``tee`` (the layer cache's staging file) when
+    one is given; more bytes than the descriptor's size are refused, and reading to
+    the end checks the digest (:class:`FetchError` if it differs). A connection that
+    drops mid-blob is resumed with a ``Range`` request, ``RKT_HTTP_ATTEMPTS`` tries in
+    all; a server that ignores ``Range`` resends the blob, whose first bytes are then
+    skipped. The consumer sees each byte once, in order, whatever happened below.
+    """
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        repository: str,
+        descriptor: Descriptor,
+        what: str,
+        *,
+        tee: BinaryIO | None = None,
+        started: Callable[[], None] | None = None,
+        advance: Callable[[int], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._repository = repository
+        self._descriptor = descriptor
+        self._what = what
+        self._tee = tee
+        self._started = started
+        self._advance = advance
+        algorithm, _, self._expected = descriptor.digest.partition(":")
+        self._hash = hashlib.new(algorithm)
+        self._algorithm = algorithm
+        self._received = 0
+        self._attempt = 0
+        self._last_problem = ""
+        self._response: HttpResponse | None = None
+        self._verified = False
+
+    @property
+    def _name(self) -> str:
+        return f"{self._what} {self._descriptor.digest}"
+
+    def _open(self) -> HttpResponse:
+        client = self._client
+        while True:
+            self._attempt += 1
+            if self._attempt > client.attempts:
+                raise FetchError(
+                    f"download of {self._name} from {client.registry} failed "
+                    f"{client.attempts} times: {self._last_problem}"
+                )
+            if self._attempt > 1:
+                time.sleep(RETRY_DELAY * (self._attempt - 1))
+            headers = {"Range": f"bytes={self._received}-"} if self._received else {}
+            try:
+                response = client._blob_request(
+                    self._repository, self._descriptor, headers, self._what
+                )
+            except ConnectionProblem as exc:
+                self._last_problem = str(exc)
+                continue
+            skip = self._received if (self._received and response.status == 200) else 0
+            try:
+                while skip:
+                    dropped = response.read(min(skip, _READ_SIZE))
+                    if not dropped:
+                        raise ConnectionProblem("connection closed while resending")
+                    skip -= len(dropped)
+            except ConnectionProblem as exc:
+                response.close()
+                self._last_problem = str(exc)
+                continue
+            if self._started is not None:
+                self._started()
+                self._started = None
+            return response
+
+    def read(self, size: int = -1) -> bytes:
+        size = _READ_SIZE if size is None or size < 0 else size
+        descriptor = self._descriptor
+        while True:
+            if self._received >= descriptor.size:
+                self._finish()
+                return b""
+            if self._response is None:
+                self._response = self._open()
+            try:
+                data = self._response.read(min(size, descriptor.size - self._received))
+            except ConnectionProblem as exc:
+                self._last_problem = str(exc)
+                LOG.debug("download of %s dropped at %d bytes: %s", descriptor.digest,
+                          self._received, exc)
+                self._drop_response()
+                continue
+            if not data:
+                self._last_problem = (
+                    f"connection closed after {self._received} of {descriptor.size} bytes"
+                )
+                self._drop_response()
+                continue
+            self._received += len(data)
+            self._hash.update(data)
+            if self._tee is not None:
+                self._tee.write(data)
+            if self._advance is not None:
+                self._advance(len(data))
+            return data
+
+    def _finish(self) -> None:
+        if self._verified:
+            return
+        response, self._response = self._response, None
+        if response is not None:
+            # A byte beyond the descriptor's size means the blob is not the one named.
+            try:
+                extra = response.read(1)
+            except ConnectionProblem:
+                extra = b""  # every byte the descriptor promised has arrived
+            response.close()
+            if extra:
+                raise FetchError(
+                    f"{self._name} from {self._client.registry} is longer than the "
+                    f"{self._descriptor.size} bytes its descriptor gives"
+                )
+        got = self._hash.hexdigest()
+        if got != self._expected:
+            raise FetchError(
+                f"{self._name} from {self._client.registry} does not match its digest "
+                f"(got {self._algorithm}:{got})"
+            )
+        self._verified = True
+
+    def _drop_response(self) -> None:
+        if self._response is not None:
+            self._response.close()
+            self._response = None
+
+    def close(self) -> None:
+        self._drop_response()
+
+    def __enter__(self) -> BlobStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
