@@ -1,20 +1,24 @@
-"""Downloaded Docker blobs (layers and configs), kept by digest for the next fetch.
+"""What a Docker fetch keeps for the next one: image configs, and unpacked layers.
 
 Layout, next to the image store's own directories::
 
-    <dir>/cas/docker/blobs/sha256/<hex>      verified blobs, exactly as downloaded
-    <dir>/cas/imagelocks/docker-sha256-<hex> one flock per digest
+    <dir>/cas/docker/blobs/sha256/<hex>       image configs, exactly as downloaded
+    <dir>/cas/docker/layers/sha256/<hex>      layers as plain tars, named by diff_id
+    <dir>/cas/imagelocks/docker-<kind>-sha256-<hex>   one flock per entry
 
-A fetch stages what it downloads in the store's ``tmp`` directory and moves the
-blobs here (an atomic rename) only once the whole image has converted: a failed
-fetch leaves the store exactly as it was. Each digest a fetch has to download is
-locked (in sorted order, so two fetches cannot deadlock) from the moment it is
-found missing until the blob is in place; a concurrent fetch of an image that
-shares the layer waits, then finds it here instead of downloading it again.
+Layers are kept uncompressed, as Docker itself keeps them (unpacked): converting
+an image whose layers are here costs no decompression at all, the squash reads the
+cached tars in place, and a layer pushed once with gzip and once with zstd is one
+entry. Each is named by its ``diff_id`` (the SHA-256 of the plain tar, from the
+image config), verified when it is written and again whenever it is used; one that
+no longer matches is removed, so that the next fetch downloads it again.
 
-Blobs are immutable once renamed into place, so reading needs no lock; a reader
-still re-verifies the digest as it streams a blob (:mod:`.squash`), and a blob that
-fails is removed so that the next fetch downloads it again.
+A fetch stages what it downloads in the store's ``tmp`` directory and moves it here
+(an atomic rename) only once the whole image has converted: a failed fetch leaves
+the store exactly as it was. Each entry a fetch has to download is locked, configs
+first, each kind in sorted order (one global order, so two fetches cannot
+deadlock), from the moment it is found missing until it is in place; a concurrent
+fetch of an image that shares it waits, then finds it here.
 """
 
 from __future__ import annotations
@@ -26,49 +30,50 @@ from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
-from rkt.locks import FileLock, key_lock
+from rkt.locks import key_lock
 
 LOG = logging.getLogger(__name__)
+
+#: the kinds of entries, as directory names
+CONFIGS = "blobs"
+LAYERS = "layers"
 
 
 class BlobCache:
     def __init__(self, data_dir: Path, tmp_dir: Path) -> None:
-        self.root = data_dir / "cas" / "docker" / "blobs"
+        self.root = data_dir / "cas" / "docker"
         self.lock_dir = data_dir / "cas" / "imagelocks"
         self.tmp_dir = tmp_dir
         self._locks = ExitStack()
-        self._staged: dict[str, Path] = {}
+        self._staged: dict[tuple[str, str], Path] = {}
 
-    def path(self, digest: str) -> Path:
+    def path(self, kind: str, digest: str) -> Path:
         algorithm, _, hexdigest = digest.partition(":")
-        return self.root / algorithm / hexdigest
+        return self.root / kind / algorithm / hexdigest
 
-    def has(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+    def has(self, kind: str, digest: str) -> bool:
+        return self.path(kind, digest).is_file()
 
-    def lock_missing(self, digests: Iterable[str]) -> list[str]:
-        """Lock the digests not cached yet; return those still missing once locked."""
-        missing = sorted({d for d in digests if not self.has(d)})
+    def lock_missing(self, kind: str, digests: Iterable[str]) -> set[str]:
+        """Lock the entries not cached yet; return those still missing once locked."""
+        missing = sorted({d for d in digests if not self.has(kind, d)})
         for digest in missing:
-            lock: FileLock = key_lock(self.lock_dir, "docker-" + digest.replace(":", "-"))
-            self._locks.enter_context(lock)
-        return [d for d in missing if not self.has(d)]
+            name = f"docker-{kind}-{digest.replace(':', '-')}"
+            self._locks.enter_context(key_lock(self.lock_dir, name))
+        return {d for d in missing if not self.has(kind, d)}
 
-    def stage(self, digest: str) -> Path:
-        """A new temp file to download ``digest`` into; committed by :meth:`commit`."""
-        path = self.tmp_dir / f"docker-blob-{digest.replace(':', '-')}-{os.getpid()}"
+    def stage(self, kind: str, digest: str) -> Path:
+        """A temp file to write the entry into; moved into place by :meth:`commit`."""
+        path = self.tmp_dir / f"docker-{kind}-{digest.replace(':', '-')}-{os.getpid()}"
         path.unlink(missing_ok=True)
-        self._staged[digest] = path
+        self._staged[(kind, digest)] = path
         return path
 
-    def staged_or_cached(self, digest: str) -> Path:
-        return self._staged.get(digest) or self.path(digest)
-
     def commit(self) -> None:
-        """Move every staged blob into the cache, then release the locks."""
+        """Move every staged entry into the cache, then release the locks."""
         try:
-            for digest, staged in self._staged.items():
-                target = self.path(digest)
+            for (kind, digest), staged in self._staged.items():
+                target = self.path(kind, digest)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.chmod(staged, 0o644)
                 os.rename(staged, target)
@@ -76,11 +81,11 @@ class BlobCache:
         finally:
             self.release()
 
-    def evict(self, digest: str) -> None:
-        """Forget a cached blob that failed verification."""
-        LOG.warning("removing corrupt cached blob %s", digest)
+    def evict(self, kind: str, digest: str) -> None:
+        """Forget an entry that failed verification."""
+        LOG.warning("removing corrupt cached %s %s", kind, digest)
         with contextlib.suppress(FileNotFoundError):
-            self.path(digest).unlink()
+            self.path(kind, digest).unlink()
 
     def release(self) -> None:
         """Drop staged files and locks (after a failure, or after :meth:`commit`)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +64,7 @@ class Platform:
 
 
 def host_platform() -> Platform:
-    machine = platform.machine().lower()
+    machine = os.uname().machine.lower()
     arch, variant = _HOST_ARCH.get(machine, (machine, None))
     return Platform("linux", arch, variant)
 

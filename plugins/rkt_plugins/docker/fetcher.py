@@ -18,42 +18,27 @@ What a fetch does, and what it skips when it can:
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rkt.errors import FetchError, ImageError, VerificationError
 from rkt.fetching import FetchedImage, FetchSession, RemoteRecord
 from rkt.imageref import ImageRef
-from rkt_plugins.docker.cache import BlobCache
-from rkt_plugins.docker.convert import (
-    CONVERTER_VERSION,
-    Origin,
-    created_epoch,
-    image_manifest,
-    manifest_bytes,
-)
+from rkt_plugins.docker.convert import CONVERTER_VERSION, Origin
 from rkt_plugins.docker.documents import (
     INDEX_TYPES,
-    Descriptor,
     ImageConfig,
     ImageManifest,
-    digest_of,
     host_platform,
-    parse_config,
     parse_index,
     parse_manifest,
 )
-from rkt_plugins.docker.progress import LayerProgress
 from rkt_plugins.docker.reference import (
     DOCKER_HUB_ALIASES,
     DockerReference,
     parse_docker_reference,
     strip_scheme,
 )
-from rkt_plugins.docker.registry import MAX_CONFIG_SIZE, Credentials, RegistryClient
-from rkt_plugins.docker.squash import Layer, PlainLayer, decompress_layer, squash_layers
+from rkt_plugins.docker.registry import Credentials, RegistryClient
 from rkt_plugins.docker.transport import HttpClient
 
 if TYPE_CHECKING:
@@ -61,10 +46,6 @@ if TYPE_CHECKING:
     from rkt.store import ImageStore
 
 LOG = logging.getLogger(__name__)
-
-class _Cancelled(Exception):
-    """Stops a download thread after the fetch failed elsewhere."""
-
 
 def refuse_unsigned(session: FetchSession, origin: str) -> None:
     """Docker images cannot be verified: refuse before any download unless insecure."""
@@ -157,7 +138,9 @@ class DockerFetcher:
                 repository=docker_ref.repository, tag=docker_ref.tag,
                 manifest_digest=digest, image_id=image.config.digest,
             )
-            path = _Pull(client, docker_ref, image, origin, session).run()
+            from rkt_plugins.docker.pull import ImagePull
+
+            path = ImagePull(client, docker_ref, image, origin, session).run()
         finally:
             http.close()
         return FetchedImage(
@@ -189,113 +172,3 @@ class DockerFetcher:
             return parse_manifest(document.data, document.media_type, where), document.digest
         except ImageError as exc:
             raise FetchError(str(exc)) from exc
-
-
-class _Pull:
-    """Downloads and conversion of one image; owns the threads and the staged blobs."""
-
-    def __init__(
-        self,
-        client: RegistryClient,
-        ref: DockerReference,
-        image: ImageManifest,
-        origin: Origin,
-        session: FetchSession,
-    ) -> None:
-        self.client = client
-        self.ref = ref
-        self.image = image
-        self.origin = origin
-        self.session = session
-        store = session.options.store
-        self.cache = BlobCache(store.data_dir, session.tmp_dir)
-        self.progress = LayerProgress(session.options.stderr)
-        self.cancelled = threading.Event()
-
-    def run(self) -> Path:
-        image = self.image
-        try:
-            missing = self.cache.lock_missing(
-                [image.config.digest, *(layer.digest for layer in image.layers)]
-            )
-            config = self._config(image.config, image.config.digest in missing)
-            where = f'image "{self.ref}"'
-            check_layer_count(image, config, where)
-            manifest = manifest_bytes(
-                image_manifest(self.origin, config, warn=self.session.options.warn), where
-            )
-            # One job per distinct layer: download it if needed, then unpack it; the
-            # jobs run in parallel while the main thread applies the layers in order.
-            jobs: list[Callable[[], PlainLayer]] = []
-            job_of: dict[tuple[str, str | None], int] = {}
-            order = []
-            for index, layer in enumerate(image.layers):
-                diff_id = config.diff_ids[index] if config.diff_ids else None
-                key = (layer.digest, diff_id)
-                if key not in job_of:
-                    job_of[key] = len(jobs)
-                    jobs.append(self._job(layer, diff_id, download=layer.digest in missing))
-                order.append(job_of[key])
-            path = squash_layers(self.session.tmp_dir, manifest, jobs, order,
-                                 epoch=created_epoch(config), cancelled=self.cancelled)
-            self.progress.finish()
-            try:
-                self.cache.commit()
-            except OSError as exc:
-                LOG.warning("cannot keep the downloaded layers: %s", exc)
-            return path
-        finally:
-            self.cancelled.set()
-            self.cache.release()
-
-    def _config(self, descriptor: Descriptor, download: bool) -> ImageConfig:
-        where = f'config of "{self.ref}"'
-        if download:
-            data = self.client.blob_bytes(self.ref.repository, descriptor, "config")
-            self.cache.stage(descriptor.digest).write_bytes(data)
-        else:
-            path = self.cache.path(descriptor.digest)
-            data = path.read_bytes()[: MAX_CONFIG_SIZE + 1]
-            if digest_of(data, descriptor.digest.split(":")[0]) != descriptor.digest:
-                self.cache.evict(descriptor.digest)
-                raise FetchError(
-                    f"cached config {descriptor.digest} was corrupt and has been removed; "
-                    "fetch again"
-                )
-        try:
-            return parse_config(data, where)
-        except ImageError as exc:
-            raise FetchError(str(exc)) from exc
-
-    def _job(self, layer: Descriptor, diff_id: str | None, *, download: bool
-             ) -> Callable[[], PlainLayer]:
-        tmp_dir = self.session.tmp_dir
-        if not download:
-            path = self.cache.path(layer.digest)
-            return lambda: decompress_layer(Layer(
-                f"cached layer {layer.digest}", lambda: open(path, "rb"), layer.digest,
-                diff_id, on_mismatch=lambda: self.cache.evict(layer.digest),
-            ), tmp_dir)
-
-        def download_and_unpack() -> PlainLayer:
-            # One pass: the bytes are verified and kept for the cache as they arrive,
-            # and unpacked at the same time.
-            staged = self.cache.stage(layer.digest)
-            label = layer.short
-
-            def advance(count: int) -> None:
-                if self.cancelled.is_set():
-                    raise _Cancelled
-                self.progress.advance(label, count)
-
-            with open(staged, "wb") as tee:
-                return decompress_layer(Layer(
-                    f"layer {layer.digest}",
-                    lambda: self.client.open_blob(
-                        self.ref.repository, layer, "layer", tee=tee,
-                        started=lambda: self.progress.add(label, layer.size), advance=advance,
-                    ),  # type: ignore[arg-type, return-value]
-                    None, diff_id,
-                ), tmp_dir)
-
-        return download_and_unpack

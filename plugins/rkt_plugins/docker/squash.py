@@ -103,10 +103,13 @@ class Layer:
 
 @dataclass
 class PlainLayer:
-    """A layer decompressed to a plain tar file (deleted by :class:`SquashedTree`)."""
+    """A layer as a plain tar file."""
 
     describe: str
     path: Path
+    #: a temp file of this conversion, deleted with the :class:`SquashedTree`
+    #: (False for the layer cache's files)
+    owned: bool = True
 
 
 class _HashingReader:
@@ -137,17 +140,22 @@ class _HashingReader:
             raise ImageError(f"{what} does not match its digest {digest} (got {got})")
 
 
-def decompress_layer(layer: Layer, tmp_dir: Path) -> PlainLayer:
-    """Decompress ``layer`` to a new plain tar in ``tmp_dir``, verifying its compressed
-    digest and its ``diff_id``; safe to call from a worker thread."""
-    fd, name = tempfile.mkstemp(prefix="docker-layer-", suffix=".tar", dir=tmp_dir)
+def decompress_layer(layer: Layer, tmp_dir: Path, *, out: Path | None = None) -> PlainLayer:
+    """Decompress ``layer`` to a plain tar, verifying its compressed digest and its
+    ``diff_id``; safe to call from a worker thread. The tar is a new temp file in
+    ``tmp_dir``, or ``out`` (which the caller owns)."""
+    if out is None:
+        fd, name = tempfile.mkstemp(prefix="docker-layer-", suffix=".tar", dir=tmp_dir)
+    else:
+        name = str(out)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        with os.fdopen(fd, "wb") as out, layer.open() as raw:
+        with os.fdopen(fd, "wb") as sink, layer.open() as raw:
             compressed = _HashingReader(raw, layer.digest)
             try:
                 plain = _HashingReader(open_decompressed(compressed), layer.diff_id)  # type: ignore[arg-type]
                 while chunk := plain.read(_COPY_CHUNK):
-                    out.write(chunk)
+                    sink.write(chunk)
             except RktError as exc:
                 # Bytes that are not what the digest promised explain any error
                 # better (a corrupt cached blob first fails as "corrupt gzip data").
@@ -165,7 +173,21 @@ def decompress_layer(layer: Layer, tmp_dir: Path) -> PlainLayer:
     except BaseException:
         os.unlink(name)
         raise
-    return PlainLayer(layer.describe, Path(name))
+    return PlainLayer(layer.describe, Path(name), owned=out is None)
+
+
+def verified_layer(
+    describe: str, path: Path, diff_id: str, on_mismatch: Callable[[], None] | None = None
+) -> PlainLayer:
+    """A cached plain layer, after checking it still hashes to its ``diff_id``."""
+    try:
+        with open(path, "rb") as handle:
+            reader = _HashingReader(handle, diff_id)
+            reader.drain()
+    except OSError as exc:
+        raise StoreError(f"cannot read {describe}: {exc.strerror or exc}") from exc
+    reader.check(diff_id, describe, on_mismatch)
+    return PlainLayer(describe, path, owned=False)
 
 
 # -- the tree ----------------------------------------------------------------------------------
@@ -210,7 +232,7 @@ class SquashedTree:
         self._paths: list[Path] = []
 
     def close(self) -> None:
-        """Close and delete the plain layers."""
+        """Close the plain layers, deleting the temporary ones."""
         for fd in self._fds:
             os.close(fd)
         for path in self._paths:
@@ -226,7 +248,8 @@ class SquashedTree:
 
     # -- applying a layer ------------------------------------------------------------
     def apply(self, layer: PlainLayer) -> None:
-        self._paths.append(layer.path)
+        if layer.owned:
+            self._paths.append(layer.path)
         fd = os.open(layer.path, os.O_RDONLY | os.O_CLOEXEC)
         self._fds.append(fd)
         reader = TarReader(FileSource(fd), DEFAULT_LIMITS)
@@ -627,7 +650,7 @@ def squash_layers(
     """Run ``jobs`` (each produces one plain layer) on worker threads, and apply their
     layers in ``order`` (indexes into ``jobs``) as each becomes ready; see
     :func:`build_aci`. On failure, ``cancelled`` is set for the jobs still running, and
-    every plain layer made is deleted."""
+    every temporary plain layer made is deleted."""
     executor = ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(jobs))),
                                   thread_name_prefix="docker-layer")
     futures = [executor.submit(job) for job in jobs]
@@ -641,4 +664,6 @@ def squash_layers(
         executor.shutdown(wait=True)
         for future in futures:
             if future.done() and not future.cancelled() and future.exception() is None:
-                future.result().path.unlink(missing_ok=True)
+                made = future.result()
+                if made.owned:
+                    made.path.unlink(missing_ok=True)
