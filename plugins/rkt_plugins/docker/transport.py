@@ -11,6 +11,8 @@ the system store; ``--insecure-options=tls`` turns checking off. ``RKT_HTTP_TIME
 (seconds per connect or read) and ``RKT_HTTP_ATTEMPTS`` (tries of a request) apply.
 Redirects keep the ``Authorization`` header only on the same host, since registries
 redirect blob downloads to storage that must not see the registry's credentials.
+Proxies come from ``https_proxy`` / ``http_proxy`` / ``no_proxy``; https goes through
+them with ``CONNECT``, so certificates are still checked end to end.
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ class HttpClient:
         self.timeout = env_timeout() if timeout is None else timeout
         self._context: ssl.SSLContext | None = None
         self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
+        self._proxies: dict[tuple[str, str, int], tuple[str, int, str | None] | None] = {}
         self._lock = threading.Lock()
 
     def request(
@@ -229,6 +232,12 @@ class HttpClient:
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
+        proxy = self._proxy(key)
+        if proxy is not None and scheme == "http":
+            # Through a plain-HTTP proxy the request names the whole URL.
+            path = f"http://{parts.netloc}{path}"
+            if proxy[2]:
+                headers = {**headers, "Proxy-Authorization": proxy[2]}
         # A pooled connection may have been closed by the server meanwhile: then
         # the request is sent once more on a fresh one (safe: only GETs are sent).
         for fresh in (False, True):
@@ -265,13 +274,53 @@ class HttpClient:
                 if idle:
                     return idle.pop()
         scheme, host, port = key
+        proxy = self._proxy(key)
         if scheme == "https":
             if self._context is None:
                 self._context = tls_context(self.verify_tls)
-            return http.client.HTTPSConnection(
-                host, port, timeout=self.timeout, context=self._context
+            if proxy is None:
+                return http.client.HTTPSConnection(
+                    host, port, timeout=self.timeout, context=self._context
+                )
+            # CONNECT through the proxy; TLS (and the certificate check) is end to end.
+            tunnelled = http.client.HTTPSConnection(
+                proxy[0], proxy[1], timeout=self.timeout, context=self._context
             )
+            tunnelled.set_tunnel(
+                host, port, headers={"Proxy-Authorization": proxy[2]} if proxy[2] else None
+            )
+            return tunnelled
+        if proxy is not None:
+            return http.client.HTTPConnection(proxy[0], proxy[1], timeout=self.timeout)
         return http.client.HTTPConnection(host, port, timeout=self.timeout)
+
+    def _proxy(self, key: tuple[str, str, int]) -> tuple[str, int, str | None] | None:
+        """(host, port, Proxy-Authorization) of the proxy for ``key``, if one applies.
+
+        ``https_proxy`` / ``http_proxy`` / ``no_proxy`` (either case), as curl, Go
+        programs (rkt 1.x) and requests read them.
+        """
+        if key in self._proxies:
+            return self._proxies[key]
+        found: tuple[str, int, str | None] | None = None
+        if any(name.lower().endswith("_proxy") for name in os.environ):
+            import urllib.request
+            from urllib.parse import unquote
+
+            scheme, host, port = key
+            proxies = urllib.request.getproxies_environment()
+            proxy = proxies.get(scheme)
+            if proxy and not urllib.request.proxy_bypass(f"{host}:{port}"):
+                parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+                authorization = None
+                if parts.username:
+                    import base64
+
+                    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+                    authorization = "Basic " + base64.b64encode(pair.encode()).decode()
+                found = (parts.hostname or "", parts.port or 80, authorization)
+        self._proxies[key] = found
+        return found
 
     def _release(self, key: tuple[str, str, int], connection: http.client.HTTPConnection) -> None:
         with self._lock:

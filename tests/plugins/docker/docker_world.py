@@ -28,6 +28,8 @@ class Registries:
         """``rkt_env`` set up to trust the test CA."""
         rkt_env.env["REQUESTS_CA_BUNDLE"] = str(self.ca.bundle)
         rkt_env.env.update(FAST)
+        # the registries are on loopback, whatever proxy the machine uses
+        rkt_env.env.update({"no_proxy": "localhost,127.0.0.1", "NO_PROXY": "localhost,127.0.0.1"})
         return rkt_env
 
 

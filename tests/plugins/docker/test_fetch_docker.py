@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import pty
 import re
+import select
+import socket
+import socketserver
+import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -599,6 +606,24 @@ def test_corrupt_cached_layer_is_caught(rkt_env: RktEnv, registries: Registries)
     assert len(downloads(again.stderr)) == 1
 
 
+def test_pull_policy_new_needs_no_registry(rkt_env: RktEnv, tmp_path: Path,
+                                           busybox_layers: list[bytes]) -> None:
+    ca = TestCA(tmp_path / "ca")
+    rkt_env.env["REQUESTS_CA_BUNDLE"] = str(ca.bundle)
+    with RegistryServer(tmp_path / "reg", ca).start() as registry:
+        registry.push_layers("library/once:latest", busybox_layers,
+                             image_config(busybox_layers))
+        url = f"docker://{registry.host}/library/once"
+        first = rkt_env.run("--insecure-skip-verify", "fetch", url, check=True)
+    # the registry is gone: "new" uses the stored image, "update" has to ask
+    again = rkt_env.run("--insecure-skip-verify", "fetch", "--pull-policy=new", url)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout
+    update = rkt_env.run("--insecure-skip-verify", "fetch", url, env={"RKT_HTTP_ATTEMPTS": "1"})
+    assert update.returncode != 0
+    assert f"cannot connect to registry {registry.host}" in update.stderr
+
+
 def test_layer_cache_survives_image_removal(rkt_env: RktEnv, registries: Registries) -> None:
     env = registries.env(rkt_env)
     url = f"docker://{registries.open.host}/library/busybox"
@@ -607,3 +632,109 @@ def test_layer_cache_survives_image_removal(rkt_env: RktEnv, registries: Registr
     again = env.run("--insecure-skip-verify", "fetch", url, check=True)
     assert downloads(again.stderr) == []  # converted again from the cached layer
     assert again.stdout.strip() == image_id  # the same bytes: the same image ID
+
+
+def _run_on_terminal(env: RktEnv, *args: str) -> tuple[int, str]:
+    """Run rkt with stdin, stdout and stderr on a pseudo-terminal; (status, output)."""
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [env.rkt_binary(), *env.global_flags(), *args],
+        stdin=secondary, stdout=secondary, stderr=secondary,
+        env={**os.environ, **env.env, "COLUMNS": "100"}, close_fds=True,
+    )
+    os.close(secondary)
+    output = bytearray()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([primary], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        elif process.poll() is not None:
+            break
+    os.close(primary)
+    return process.wait(timeout=30), output.decode(errors="replace")
+
+
+def test_a_progress_bar_per_layer_on_a_terminal(rkt_env: RktEnv, registries: Registries,
+                                               whiteout_layers: list[bytes]) -> None:
+    config = image_config(whiteout_layers)
+    registries.open.push_image("library/bars:latest", whiteout_layers, config, registries.work)
+    env = registries.env(rkt_env)
+    status, output = _run_on_terminal(
+        env, "--insecure-skip-verify", "fetch", f"docker://{registries.open.host}/library/bars")
+    assert status == 0, output
+    bars = set(re.findall(r"Downloading layer ([0-9a-f]{12}): \[=+\] ", output))
+    assert len(bars) == 3, output
+    assert "\x1b[" in output  # redrawn in place
+    assert not downloads(output.replace("\r\n", "\n"))  # no plain lines on a terminal
+
+
+class _ConnectProxy(socketserver.ThreadingTCPServer):
+    """A minimal HTTP CONNECT proxy that records what it was asked."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str | None]] = []
+        super().__init__(("127.0.0.1", 0), _ConnectHandler)
+
+
+class _ConnectHandler(socketserver.StreamRequestHandler):
+    server: _ConnectProxy
+
+    def handle(self) -> None:
+        request = self.rfile.readline().decode().split()
+        authorization = None
+        while (line := self.rfile.readline().decode()) not in ("\r\n", "\n", ""):
+            name, _, value = line.partition(":")
+            if name.lower() == "proxy-authorization":
+                authorization = value.strip()
+        self.server.requests.append((" ".join(request[:2]), authorization))
+        host, _, port = request[1].rpartition(":")
+        upstream = socket.create_connection((host, int(port)))
+        self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self.wfile.flush()
+
+        def pump(source: socket.socket, target: socket.socket) -> None:
+            try:
+                while data := source.recv(65536):
+                    target.sendall(data)
+            except OSError:
+                pass
+            finally:
+                target.close()
+
+        thread = threading.Thread(target=pump, args=(upstream, self.connection), daemon=True)
+        thread.start()
+        pump(self.connection, upstream)
+        thread.join(timeout=10)
+
+
+def test_https_proxy(rkt_env: RktEnv, registries: Registries) -> None:
+    env = registries.env(rkt_env)
+    proxy = _ConnectProxy()
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = proxy.server_address[1]
+        result = env.run("--insecure-skip-verify", "fetch",
+                         f"docker://{registries.open.host}/library/busybox",
+                         env={"https_proxy": f"http://proxyuser:pa%40ss@127.0.0.1:{port}",
+                              "no_proxy": "", "NO_PROXY": ""})
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert result.returncode == 0, result.stderr
+    assert proxy.requests, "the proxy was not used"
+    import base64
+
+    expected = "Basic " + base64.b64encode(b"proxyuser:pa@ss").decode()
+    assert all(request == (f"CONNECT {registries.open.host}", expected)
+               for request in proxy.requests), proxy.requests
