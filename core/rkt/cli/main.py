@@ -7,14 +7,16 @@ imports that one command module. ``rkt version`` and ``rkt help`` load no plugin
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
-from rkt.cli.context import GlobalOptions, RktArgumentParser, add_global_flags
+if TYPE_CHECKING:
+    import argparse
+
+    from rkt.cli.context import RktArgumentParser
 
 #: command name -> (module, one-line summary). Nested commands (``rkt image list``)
 #: are dispatched by their group module.
@@ -43,6 +45,10 @@ USAGE = "rkt [global flags] COMMAND [flags] [args]"
 
 
 def _root_parser() -> RktArgumentParser:
+    import argparse
+
+    from rkt.cli.context import RktArgumentParser, add_global_flags
+
     parser = RktArgumentParser(prog="rkt", usage=USAGE, add_help=False)
     add_global_flags(parser, top_level=True)
     parser.add_argument("-h", "--help", action="store_true", dest="help")
@@ -103,6 +109,13 @@ def _fail(message: str, code: int, debug: bool) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0] and "version".startswith(argv[0]):
+        # The fast path for a plain `rkt version`, which schedulers run every few
+        # seconds: no argument parser, no option objects.
+        from rkt.cli.version import print_version
+
+        print_version(sys.stdout)
+        raise SystemExit(0)
     debug = any(a == "--debug" or a.startswith("--debug=t") for a in argv)
     try:
         code = _dispatch(_root_parser().parse_args(argv), argv)
@@ -138,6 +151,8 @@ def _dispatch(ns: argparse.Namespace, argv: list[str]) -> int:
     # also knows the global flags (rkt's are "persistent": allowed after the command).
     position = argv.index(ns.command)
     before, after = argv[:position], argv[position + 1 :]
+    from rkt.cli.context import GlobalOptions, RktArgumentParser, add_global_flags
+
     module = importlib.import_module(COMMANDS[command][0])
     parser = RktArgumentParser(prog=f"rkt {command}", description=COMMANDS[command][1])
     add_global_flags(parser, top_level=False)

@@ -1,13 +1,30 @@
-"""``rkt version``: what Nomad's fingerprinting reads; imports no plugin."""
+"""``rkt version``: what Nomad's driver fingerprints every 30 s; imports no plugin.
+
+Its output names rkt's and appc's versions in rkt 1.x's format, which Nomad
+parses with ``rkt [vV]ersion[:]? (\\d[.\\d]+)`` and ``appc [vV]ersion[:]? (\\d[.\\d]+)``.
+"""
 
 from __future__ import annotations
 
-import argparse
-import platform
+import os
 import sys
+from typing import IO, TYPE_CHECKING
 
 from rkt import APPC_VERSION, __version__
-from rkt.cli.context import GlobalOptions, RktArgumentParser
+
+if TYPE_CHECKING:
+    import argparse
+
+    from rkt.cli.context import GlobalOptions, RktArgumentParser
+
+
+def print_version(out: IO[str]) -> None:
+    machine = os.uname().machine
+    python = f"{sys.implementation.name} {sys.version.split()[0]}"
+    out.write(
+        f"rkt Version: {__version__}\nappc Version: {APPC_VERSION}\n"
+        f"Python Version: {python}\nOS/Arch: {sys.platform}/{machine}\n"
+    )
 
 
 def add_arguments(command: str, parser: RktArgumentParser) -> None:
@@ -16,12 +33,5 @@ def add_arguments(command: str, parser: RktArgumentParser) -> None:
 
 def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
     del command, args
-    python = f"{platform.python_implementation()} {platform.python_version()}"
-    lines = [
-        f"rkt Version: {__version__}",
-        f"appc Version: {APPC_VERSION}",
-        f"Python Version: {python}",
-        f"OS/Arch: {sys.platform}/{platform.machine()}",
-    ]
-    print("\n".join(lines), file=options.stdout)
+    print_version(options.stdout)
     return 0
