@@ -6,13 +6,14 @@ What a fetch does, and what it skips when it can:
    (Docker images carry no signature, so nothing is downloaded to be refused later);
 2. ``GET /v2/`` and the manifest (a manifest list or OCI index picks the host's
    platform, then the image manifest by digest);
-3. if the store already holds an image converted by these rules from this very
-   manifest (same name, version label and ``appc.io/docker/manifesthash``), that
-   image is returned: a re-fetch of an unchanged tag costs one manifest request;
-4. the config and the layers not in the layer cache (:mod:`.cache`) are downloaded
-   in parallel, each verified against its digest, while the layers already present
-   are applied base first (:mod:`.squash`); the ACI is written, the new blobs join
-   the cache, and the pipeline imports the ACI like any other image.
+3. if the store's remote cache says the image stored for this reference was
+   converted from this very manifest by these rules (:func:`stored_conversion`),
+   that image is returned as it is: a re-fetch of an unchanged tag costs one
+   manifest request, and with ``--pull-policy=new`` not even that;
+4. otherwise :mod:`.pull` takes over: the config and the layers the cache
+   (:mod:`.cache`) lacks are downloaded in parallel and verified, each layer
+   unpacked as it arrives, and the layers are squashed base first into an ACI
+   (:mod:`.squash`), which the pipeline imports like any other image.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from rkt.store import ImageStore
 
 LOG = logging.getLogger(__name__)
+
 
 def refuse_unsigned(session: FetchSession, origin: str) -> None:
     """Docker images cannot be verified: refuse before any download unless insecure."""

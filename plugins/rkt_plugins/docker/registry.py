@@ -15,6 +15,7 @@ bounded number of times; a blob download resumes where it stopped (``Range``).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from rkt.errors import FetchError
+from rkt.errors import FetchError, ImageError
 from rkt_plugins.docker.documents import ACCEPTED_MANIFESTS, Descriptor, digest_of, media_type_of
 from rkt_plugins.docker.transport import (
     ConnectionProblem,
@@ -191,8 +192,6 @@ class RegistryClient:
         if challenge.scheme == "basic":
             if self.credentials is None:
                 raise self._needs_credentials()
-            import base64
-
             pair = f"{self.credentials.user}:{self.credentials.password}".encode()
             self._authorization[repository] = "Basic " + base64.b64encode(pair).decode()
             return
@@ -213,8 +212,6 @@ class RegistryClient:
             query.insert(0, ("service", challenge.params["service"]))
         headers: dict[str, str] = {}
         if self.credentials is not None:
-            import base64
-
             query.append(("account", self.credentials.user))
             pair = f"{self.credentials.user}:{self.credentials.password}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
@@ -347,8 +344,6 @@ class RegistryClient:
             raise FetchError(
                 f'manifest of "{shown}" does not match its digest {reference} (got {digest})'
             )
-        from rkt.errors import ImageError
-
         try:
             media_type = media_type_of(data, content_type, f'manifest of "{shown}"')
         except ImageError as exc:

@@ -289,6 +289,26 @@ def test_second_tag_downloads_only_its_new_layer(rkt_env: RktEnv, layered: dict[
     assert len(list((env.data_dir / "cas/docker/blobs/sha256").iterdir())) == 2  # configs
 
 
+def test_concurrent_fetches_share_the_layer_cache(
+    rkt_env: RktEnv, layered: dict[str, str], registries: Registries
+) -> None:
+    env = registries.env(rkt_env)
+    env.run("image", "list", check=True)  # create the store before the race
+    command = [env.rkt_binary(), *env.global_flags(), "--insecure-skip-verify", "fetch"]
+    merged = {**os.environ, **env.env}
+    processes = [
+        subprocess.Popen([*command, layered[tag]], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=merged)
+        for tag in ("v1", "v2")
+    ]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    # Four distinct layers between the two images: each downloaded exactly once.
+    fetched = [digest for _, stderr in outputs for digest in downloads(stderr)]
+    assert len(fetched) == len(set(fetched)) == 4, outputs
+    assert len(list((env.data_dir / "cas/docker/layers/sha256").iterdir())) == 4
+
+
 # -- registry documents: indexes, OCI, compression ------------------------------------------------
 def test_manifest_list_picks_the_host_platform(rkt_env: RktEnv, registries: Registries,
                                                busybox_layers: list[bytes]) -> None:
