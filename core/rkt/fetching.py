@@ -174,7 +174,8 @@ def _fetch_one(
                 return store.resolve(cached[1])
             except ImageNotFoundError:
                 pass
-    if pull_policy == "never" and ref.kind != "file":
+    # "never" leaves the decision to fetchers that keep their own cache keys (docker)
+    if pull_policy == "never" and ref.kind not in ("file", "docker"):
         raise ImageNotFoundError(f'image "{text}" is not in the store and --pull-policy=never')
     fetcher = plugins.fetcher(ref.kind)
     if fetcher is None:

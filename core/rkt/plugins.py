@@ -15,8 +15,8 @@ import logging
 import os
 from collections.abc import Iterable
 from functools import cache
-from typing import Any
 from types import ModuleType
+from typing import Any
 
 import pluggy
 

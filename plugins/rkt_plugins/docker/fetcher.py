@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from rkt.errors import FetchError, ImageError, VerificationError
+from rkt.errors import FetchError, ImageError, ImageNotFoundError, VerificationError
 from rkt.fetching import FetchedImage, FetchSession, RemoteRecord
 from rkt.imageref import ImageRef
 from rkt_plugins.docker.convert import CONVERTER_VERSION, Origin
@@ -112,11 +112,16 @@ class DockerFetcher:
         options = session.options
         store = options.store
         url = docker_ref.url
-        if session.pull_policy == "new":
-            # rkt 1.x: "new" fetches only what the store does not have yet.
+        if session.pull_policy in ("new", "never"):
+            # rkt 1.x: "new" fetches only what the store does not have yet, "never"
+            # nothing at all.
             known = stored_conversion(store, url, None)
             if known is not None:
                 return FetchedImage.unchanged(known, url)
+            if session.pull_policy == "never":
+                raise ImageNotFoundError(
+                    f'image "{ref.text}" is not in the store and --pull-policy=never'
+                )
         options.info(f"rkt: fetching image from {ref.text}")
         if options.is_insecure("tls"):
             options.warn("TLS verification has been disabled")

@@ -642,6 +642,13 @@ def test_pull_policy_new_needs_no_registry(rkt_env: RktEnv, tmp_path: Path,
     update = rkt_env.run("--insecure-skip-verify", "fetch", url, env={"RKT_HTTP_ATTEMPTS": "1"})
     assert update.returncode != 0
     assert f"cannot connect to registry {registry.host}" in update.stderr
+    never = rkt_env.run("--insecure-skip-verify", "fetch", "--pull-policy=never", url)
+    assert never.returncode == 0, never.stderr
+    assert never.stdout == first.stdout
+    unknown = rkt_env.run("--insecure-skip-verify", "fetch", "--pull-policy=never",
+                          f"docker://{registry.host}/library/other")
+    assert unknown.returncode == 254
+    assert "not in the store and --pull-policy=never" in unknown.stderr
 
 
 def test_layer_cache_survives_image_removal(rkt_env: RktEnv, registries: Registries) -> None:
