@@ -6,6 +6,7 @@ never calls ``pm.hook.*`` itself. Each registry hook runs once, on first use.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
@@ -76,6 +77,10 @@ class Plugins:
     @cached_property
     def stage1_backends(self) -> Stage1Registry:
         return self._fill(Stage1Registry(), "rkt_register_stage1_backends")
+
+    def image_gc(self, data_dir: Path, grace_period: float, report: Callable[[str], None]) -> None:
+        """Let every plugin collect its own cached data (``rkt_image_gc``)."""
+        self.pm.hook.rkt_image_gc(data_dir=data_dir, grace_period=grace_period, report=report)
 
     # -- typed lookups -------------------------------------------------------------
     def fetcher(self, kind: str) -> Fetcher | None:

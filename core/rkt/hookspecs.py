@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
     from rkt.registry import (
         DiscoveryRegistry,
         FetcherRegistry,
@@ -103,4 +106,19 @@ def rkt_register_stage1_backends(registry: Stage1Registry) -> None:
     implements :class:`rkt.stage1.Stage1Backend`.
 
     :param registry: the stage1 registry; ``registry.add(name, backend_factory)``.
+    """
+
+
+@hookspec
+def rkt_image_gc(data_dir: Path, grace_period: float, report: Callable[[str], None]) -> None:
+    """Remove the plugin's own cached data that no longer needs keeping.
+
+    Called by ``rkt image gc`` after it has removed unused rendered trees and
+    images, with the store's lock held, so no fetch runs meanwhile. A plugin that
+    keeps a cache of its own under the data directory (the Docker fetcher keeps
+    layers) removes what has not been used for ``grace_period`` seconds.
+
+    :param data_dir: the data directory (``--dir``) whose store is collected.
+    :param grace_period: remove what was last used longer ago than this, in seconds.
+    :param report: call with one line per removed thing, for the user.
     """

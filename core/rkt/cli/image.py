@@ -354,6 +354,9 @@ def _gc(options: GlobalOptions, args: argparse.Namespace) -> int:
             store.remove(info.id)
             print(f'successfully removed aci for image: "{info.id}" ("{info.name}")',
                   file=options.stdout)
+        options.plugins.image_gc(
+            options.resolved_data_dir, grace, lambda line: print(line, file=options.stdout)
+        )
         store.sweep_tmp()
     return 0
 

@@ -23,6 +23,9 @@ from rkt.hookspecs import hookimpl
 from rkt.registry import FetcherRegistry
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
     from rkt.fetching import FetchedImage, FetchSession
     from rkt.imageref import ImageRef
 
@@ -46,6 +49,15 @@ class _LazyFetcher:
         fetcher = getattr(importlib.import_module(module_name), class_name)()
         result: FetchedImage = fetcher.fetch(ref, session)
         return result
+
+
+@hookimpl
+def rkt_image_gc(data_dir: Path, grace_period: float, report: Callable[[str], None]) -> None:
+    """Remove cached layers and configs that no fetch has used within the grace period."""
+    from rkt_plugins.docker.cache import BlobCache
+
+    for removed in BlobCache(data_dir, data_dir / "cas" / "tmp").sweep(grace_period):
+        report(f"removed docker {removed}")
 
 
 @hookimpl

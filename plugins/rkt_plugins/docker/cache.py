@@ -81,6 +81,35 @@ class BlobCache:
         finally:
             self.release()
 
+    def used(self, kind: str, digest: str) -> Path:
+        """The entry's path, marked as just used (its mtime), for :meth:`sweep`."""
+        path = self.path(kind, digest)
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)
+        return path
+
+    def sweep(self, older_than: float) -> list[str]:
+        """Remove entries unused for ``older_than`` seconds; skip any being used now."""
+        import time
+
+        from rkt.locks import FileLock, LockBusy
+
+        removed: list[str] = []
+        cutoff = time.time() - older_than
+        for kind in (CONFIGS, LAYERS):
+            for path in sorted((self.root / kind).glob("*/*")):
+                digest = f"{path.parent.name}:{path.name}"
+                name = f"docker-{kind}-{digest.replace(':', '-')}"
+                self.lock_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    with FileLock(self.lock_dir / name, blocking=False):
+                        if path.stat().st_mtime < cutoff:
+                            path.unlink()
+                            removed.append(f"{'layer' if kind == LAYERS else 'config'} {digest}")
+                except (LockBusy, FileNotFoundError):
+                    continue
+        return removed
+
     def evict(self, kind: str, digest: str) -> None:
         """Forget an entry that failed verification."""
         LOG.warning("removing corrupt cached %s %s", kind, digest)

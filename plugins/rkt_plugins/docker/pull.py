@@ -110,7 +110,7 @@ class ImagePull:
             data = self.client.blob_bytes(self.ref.repository, descriptor, "config")
             self.cache.stage(CONFIGS, descriptor.digest).write_bytes(data)
         else:
-            path = self.cache.path(CONFIGS, descriptor.digest)
+            path = self.cache.used(CONFIGS, descriptor.digest)
             data = path.read_bytes()[: MAX_CONFIG_SIZE + 1]
             if digest_of(data, descriptor.digest.split(":")[0]) != descriptor.digest:
                 self.cache.evict(CONFIGS, descriptor.digest)
@@ -128,7 +128,7 @@ class ImagePull:
         cache = self.cache
         if cached:
             assert diff_id is not None
-            path = cache.path(LAYERS, diff_id)
+            path = cache.used(LAYERS, diff_id)
             return lambda: verified_layer(
                 f"cached layer {diff_id}", path, diff_id,
                 on_mismatch=lambda: cache.evict(LAYERS, diff_id),

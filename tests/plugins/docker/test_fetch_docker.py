@@ -661,6 +661,23 @@ def test_layer_cache_survives_image_removal(rkt_env: RktEnv, registries: Registr
     assert again.stdout.strip() == image_id  # the same bytes: the same image ID
 
 
+def test_image_gc_removes_cached_layers_past_the_grace_period(
+    rkt_env: RktEnv, registries: Registries
+) -> None:
+    env = registries.env(rkt_env)
+    url = f"docker://{registries.open.host}/library/busybox"
+    env.run("--insecure-skip-verify", "fetch", url, check=True)
+    layers = rkt_env.data_dir / "cas" / "docker" / "layers"
+    assert list(layers.glob("*/*"))
+    kept = env.run("image", "gc", check=True).stdout  # used just now: within 24h
+    assert "removed docker layer" not in kept
+    gone = env.run("image", "gc", "--grace-period=0s", check=True).stdout
+    assert "removed docker layer sha256:" in gone
+    assert list(layers.glob("*/*")) == []
+    again = env.run("--insecure-skip-verify", "fetch", url, check=True)
+    assert len(downloads(again.stderr)) == 1
+
+
 def _run_on_terminal(env: RktEnv, *args: str) -> tuple[int, str]:
     """Run rkt with stdin, stdout and stderr on a pseudo-terminal; (status, output)."""
     primary, secondary = pty.openpty()
