@@ -369,48 +369,14 @@ def test_key_url_over_plain_http_is_refused(env: RktEnv, site: Site) -> None:
 
 
 def test_fetch_asks_about_the_key_on_a_terminal(env: RktEnv, site: Site) -> None:
-    status, output = _run_on_terminal(env, ["fetch", "localhost/hello:v1.0.0"],
-                                      answer=("Are you sure", "yes\n"))
+    status, output = env.run_on_terminal("fetch", "localhost/hello:v1.0.0",
+                                         answer=("Are you sure", "yes\n"))
     assert status == 0, output
     assert f"GPG key fingerprint is: {format_fingerprint(site.fingerprint)}" in output
     assert 'Trusting "https://localhost/keys/publisher.gpg" for prefix "localhost/hello" ' \
         "after fingerprint review." in output
     assert _trusted(env) == [f"prefix.d/localhost/hello/{site.fingerprint.lower()}"]
     assert len(_image_ids(env)) == 1
-
-
-def _run_on_terminal(env: RktEnv, args: list[str], answer: tuple[str, str]) -> tuple[int, str]:
-    """Run rkt on a pseudo-terminal, typing ``answer[1]`` once ``answer[0]`` shows."""
-    import os
-    import pty
-    import select
-    import time
-
-    primary, secondary = pty.openpty()
-    process = subprocess.Popen(
-        [env.rkt_binary(), *env.global_flags(), *args], stdin=secondary, stdout=secondary,
-        stderr=secondary, env={**os.environ, **env.env}, close_fds=True,
-    )
-    os.close(secondary)
-    output, answered = bytearray(), False
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if not answered and answer[0].encode() in output:
-            os.write(primary, answer[1].encode())
-            answered = True
-        ready, _, _ = select.select([primary], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-        elif process.poll() is not None:
-            break
-    os.close(primary)
-    return process.wait(timeout=30), output.decode(errors="replace")
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,6 @@ fetch the store holds exactly what it held before.
 from __future__ import annotations
 
 import os
-import pty
-import select
 import subprocess
 import time
 from collections.abc import Iterator
@@ -353,33 +351,6 @@ def test_unknown_certificate_authority(env: RktEnv, world: World) -> None:
 
 
 # -- the terminal --------------------------------------------------------------------------
-def _run_on_terminal(env: RktEnv, *args: str) -> tuple[int, str]:
-    """Run rkt with stdin, stdout and stderr on a pseudo-terminal; return (status, output)."""
-    primary, secondary = pty.openpty()
-    process = subprocess.Popen(
-        [env.rkt_binary(), *env.global_flags(), *args],
-        stdin=secondary, stdout=secondary, stderr=secondary,
-        env={**os.environ, **env.env, "COLUMNS": "100"}, close_fds=True,
-    )
-    os.close(secondary)
-    output = bytearray()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([primary], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-        elif process.poll() is not None:
-            break
-    os.close(primary)
-    return process.wait(timeout=30), output.decode(errors="replace")
-
-
 def test_progress_bar_only_on_a_terminal(
     env: RktEnv, world: World, tmp_path: Path
 ) -> None:
@@ -389,7 +360,7 @@ def test_progress_bar_only_on_a_terminal(
                     files={"blob": os.urandom(3_000_000)})
     world.server.serve("/big.aci", big)
     url = world.url("/big.aci")
-    status, output = _run_on_terminal(env, "--insecure-options=image", "fetch", url)
+    status, output = env.run_on_terminal("--insecure-options=image", "fetch", url)
     assert status == 0, output
     size = human_size(big.stat().st_size)
     assert size.endswith(" MB")

@@ -83,6 +83,46 @@ class RktEnv:
             )
         return result
 
+    def run_on_terminal(
+        self,
+        *args: str | os.PathLike[str],
+        answer: tuple[str, str] | None = None,
+        timeout: float = 60,
+    ) -> tuple[int, str]:
+        """Run ``rkt <global flags> ARGS`` with stdin, stdout and stderr on a
+        pseudo-terminal (so progress bars and prompts appear); return (status, output).
+        With ``answer=(prompt, reply)``, type ``reply`` once ``prompt`` shows."""
+        import pty
+        import select
+        import time
+
+        primary, secondary = pty.openpty()
+        process = subprocess.Popen(
+            [self.rkt_binary(), *self.global_flags(), *map(str, args)],
+            stdin=secondary, stdout=secondary, stderr=secondary,
+            env={**os.environ, **self.env, "COLUMNS": "100"}, close_fds=True,
+        )
+        os.close(secondary)
+        output, answered = bytearray(), answer is None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not answered and answer is not None and answer[0].encode() in output:
+                os.write(primary, answer[1].encode())
+                answered = True
+            ready, _, _ = select.select([primary], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(primary, 65536)
+                except OSError:  # EIO: every writer has closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            elif process.poll() is not None:
+                break
+        os.close(primary)
+        return process.wait(timeout=30), output.decode(errors="replace")
+
     @staticmethod
     def rkt_binary() -> str:
         candidate = Path(sys.executable).with_name("rkt")

@@ -33,8 +33,8 @@ from rkt_plugins.docker.transport import (
     HttpClient,
     HttpResponse,
     TlsProblem,
-    env_attempts,
 )
+from rkt_plugins.http_session import env_attempts
 
 LOG = logging.getLogger(__name__)
 

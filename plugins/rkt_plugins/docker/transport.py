@@ -27,16 +27,11 @@ from collections.abc import Mapping
 from email.message import Message
 from urllib.parse import urljoin, urlsplit
 
-from rkt.errors import FetchError, UsageError
+from rkt.errors import FetchError
+from rkt_plugins.http_session import env_timeout  # the same knobs as every download
 
 LOG = logging.getLogger(__name__)
 
-#: seconds to connect, and between two reads of a response
-DEFAULT_TIMEOUT = 30.0
-#: tries of one request (connection failures, 5xx, 429) before giving up
-DEFAULT_ATTEMPTS = 3
-TIMEOUT_ENV = "RKT_HTTP_TIMEOUT"
-ATTEMPTS_ENV = "RKT_HTTP_ATTEMPTS"
 MAX_REDIRECTS = 5
 USER_AGENT = "rkt-python (docker fetcher)"
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -53,24 +48,6 @@ class TlsProblem(ConnectionProblem):
         super().__init__(message)
         #: the server's certificate was refused (as opposed to a protocol failure)
         self.certificate = certificate
-
-
-def env_timeout() -> float:
-    raw = os.environ.get(TIMEOUT_ENV, "")
-    try:
-        value = float(raw) if raw else DEFAULT_TIMEOUT
-    except ValueError as exc:
-        raise UsageError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds") from exc
-    return value if value > 0 else DEFAULT_TIMEOUT
-
-
-def env_attempts() -> int:
-    raw = os.environ.get(ATTEMPTS_ENV, "")
-    try:
-        value = int(raw) if raw else DEFAULT_ATTEMPTS
-    except ValueError as exc:
-        raise UsageError(f"{ATTEMPTS_ENV}={raw!r}: expected a whole number") from exc
-    return max(1, value)
 
 
 def tls_context(verify: bool) -> ssl.SSLContext:

@@ -11,14 +11,11 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import pty
 import re
-import select
 import socket
 import socketserver
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -678,40 +675,13 @@ def test_image_gc_removes_cached_layers_past_the_grace_period(
     assert len(downloads(again.stderr)) == 1
 
 
-def _run_on_terminal(env: RktEnv, *args: str) -> tuple[int, str]:
-    """Run rkt with stdin, stdout and stderr on a pseudo-terminal; (status, output)."""
-    primary, secondary = pty.openpty()
-    process = subprocess.Popen(
-        [env.rkt_binary(), *env.global_flags(), *args],
-        stdin=secondary, stdout=secondary, stderr=secondary,
-        env={**os.environ, **env.env, "COLUMNS": "100"}, close_fds=True,
-    )
-    os.close(secondary)
-    output = bytearray()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([primary], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-        elif process.poll() is not None:
-            break
-    os.close(primary)
-    return process.wait(timeout=30), output.decode(errors="replace")
-
-
 def test_a_progress_bar_per_layer_on_a_terminal(rkt_env: RktEnv, registries: Registries,
                                                whiteout_layers: list[bytes]) -> None:
     config = image_config(whiteout_layers)
     registries.open.push_image("library/bars:latest", whiteout_layers, config, registries.work)
     env = registries.env(rkt_env)
-    status, output = _run_on_terminal(
-        env, "--insecure-skip-verify", "fetch", f"docker://{registries.open.host}/library/bars")
+    status, output = env.run_on_terminal(
+        "--insecure-skip-verify", "fetch", f"docker://{registries.open.host}/library/bars")
     assert status == 0, output
     bars = set(re.findall(r"Downloading layer ([0-9a-f]{12}): \[=+\] ", output))
     assert len(bars) == 3, output
