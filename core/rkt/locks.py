@@ -18,19 +18,25 @@ class LockBusy(Exception):
 
 
 class FileLock:
-    """An exclusive or shared flock on ``path`` (a file, created if missing, or a dir)."""
+    """An exclusive or shared flock on ``path``: a file (created if missing, unless
+    ``create`` is false) or a directory (a pod's lock is on its directory)."""
 
-    def __init__(self, path: Path, *, shared: bool = False, blocking: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, shared: bool = False, blocking: bool = True, create: bool = True
+    ) -> None:
         self.path = path
         self.shared = shared
         self.blocking = blocking
+        self.create = create
         self.fd: int | None = None
 
     def acquire(self) -> FileLock:
         if self.path.is_dir():
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        else:
+        elif self.create:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        else:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # FileNotFoundError
         operation = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         if not self.blocking:
             operation |= fcntl.LOCK_NB

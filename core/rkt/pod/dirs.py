@@ -21,8 +21,6 @@ crashed process releases its lock. Losing a rename race (ENOENT) is normal.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import re
@@ -34,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rkt.errors import PodError, PodNotFoundError
+from rkt.locks import FileLock, LockBusy
 
 PHASES = ("embryo", "prepare", "prepared", "run", "exited-garbage", "garbage")
 _UUID_PREFIX = re.compile(r"^[0-9a-f-]{1,36}$")
@@ -67,24 +66,17 @@ class Pod:
     # -- locking -------------------------------------------------------------------
     def lock(self, *, shared: bool = False, blocking: bool = False) -> bool:
         """Take the pod lock; False if someone else holds it (non-blocking)."""
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (
-            0 if blocking else fcntl.LOCK_NB
-        )
         try:
-            fcntl.flock(fd, operation)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return False
-            raise
+            lock = FileLock(self.path, shared=shared, blocking=blocking, create=False).acquire()
+        except LockBusy:
+            return False
         self.release()
-        self.lock_fd = fd
+        self.lock_fd = lock.fd
         return True
 
     def release(self) -> None:
         if self.lock_fd is not None:
-            os.close(self.lock_fd)
+            os.close(self.lock_fd)  # closing the fd releases the flock
             self.lock_fd = None
 
     def is_locked_by_other(self) -> bool:
@@ -92,16 +84,12 @@ class Pod:
         if self.lock_fd is not None:
             return False
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except OSError:
+            FileLock(self.path, shared=True, blocking=False, create=False).acquire().release()
+        except LockBusy:
             return True
-        finally:
-            os.close(fd)
+        except FileNotFoundError:
+            pass
+        return False
 
     def move(self, phase: str) -> None:
         """Atomically move the pod to another phase (the lock, on the dir, moves along)."""
