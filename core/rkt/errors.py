@@ -18,6 +18,7 @@ so that no foreign exception reaches the user.
     │   ├── ManifestError       manifest is not JSON or fails the appc schema
     │   └── ImageNotFoundError  no such image in the store
     ├── VerificationError       signature missing, bad, or by an untrusted key
+    │   └── UnknownSignerError  made by a key that is not trusted for anything
     ├── KeystoreError           a key could not be read, parsed or stored
     ├── FetchError              an image or signature could not be retrieved
     ├── StoreError              the local store is unusable (disk full, corrupt index)
@@ -73,6 +74,10 @@ class ImageNotFoundError(ImageError):
 
 class VerificationError(RktError):
     """A signature is missing, malformed, over other bytes, or made by an untrusted key."""
+
+
+class UnknownSignerError(VerificationError):
+    """The signature was made by a key that is trusted for no prefix at all."""
 
 
 class KeystoreError(RktError):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from rkt.errors import ImageNotFoundError, UsageError, VerificationError
+from rkt.errors import ImageNotFoundError, UnknownSignerError, UsageError, VerificationError
 from rkt.imageref import ImageRef, parse_image_ref
 
 if TYPE_CHECKING:
@@ -298,7 +298,14 @@ def import_fetched(
         )
     else:
         keys = options.keystore.all_keys()
-        signer = options.plugins.verifier().verify(fetched.path, fetched.signature, keys)
+        try:
+            signer = options.plugins.verifier().verify(fetched.path, fetched.signature, keys)
+        except UnknownSignerError as exc:
+            name = fetched.expected_name or _claimed_name(fetched.path)
+            prefix = f'"{name}"' if name else "IMAGE-NAME-PREFIX"
+            raise UnknownSignerError(
+                f"{exc}; if you trust that key, add it with: rkt trust --prefix {prefix} KEYFILE"
+            ) from exc
 
     def accept(manifest: ImageManifest) -> None:
         _check_expected(fetched, manifest)
@@ -316,6 +323,26 @@ def import_fetched(
         for uid in signer.user_ids or (signer.fingerprint,):
             options.info(f"  {uid}")
     return info
+
+
+def _claimed_name(path: Path) -> str | None:
+    """The name an image that failed verification claims, for the hint only.
+
+    Read with the same hostile-input-safe scan as any import and never trusted:
+    it only tells the user which prefix the trust command would be for.
+    """
+    import json
+
+    from rkt.aci.archive import scan_aci
+    from rkt.aci.compression import open_decompressed
+    from rkt.errors import RktError
+
+    try:
+        with open(path, "rb") as raw:
+            name = json.loads(scan_aci(open_decompressed(raw))).get("name")
+    except (RktError, OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and name.isprintable() and len(name) < 256 else None
 
 
 def _check_expected(fetched: FetchedImage, manifest: ImageManifest) -> None:

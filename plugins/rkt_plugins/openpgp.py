@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rkt.errors import KeystoreError, VerificationError
+from rkt.errors import KeystoreError, UnknownSignerError, VerificationError
 from rkt.fetching import Signer
 from rkt.hookspecs import hookimpl
 from rkt.keystore import TrustedKey, first_line, format_fingerprint, parse_certificate
@@ -48,9 +48,9 @@ class OpenPGPVerifier:
         issuers = {h for h in (sig.issuer_fingerprint, sig.issuer_key_id) if h}
         candidates = [cert for cert in certs if issuers & _key_handles(cert)] if issuers else certs
         if not candidates:
-            raise VerificationError(
-                f"openpgp: signature made by unknown entity ({_describe_issuer(sig)}); "
-                "if you trust that key, add it with: rkt trust --prefix IMAGE-NAME-PREFIX KEYFILE"
+            # the pipeline adds how to trust it, naming the image's prefix
+            raise UnknownSignerError(
+                f"openpgp: signature made by unknown entity ({_describe_issuer(sig)})"
             )
         try:
             result = pysequoia.verify(

@@ -136,7 +136,8 @@ def test_untrusted_key_is_refused_and_nothing_stored(
     sign(gpg, other_key[0], image)
     before = rkt_env.store_snapshot()
     result = rkt_env.run("fetch", image)
-    assert_one_line_error(result, "openpgp: signature made by unknown entity")
+    assert_one_line_error(result, "openpgp: signature made by unknown entity",
+                          'add it with: rkt trust --prefix "example.com/hello" KEYFILE')
     assert rkt_env.store_snapshot() == before
 
 
