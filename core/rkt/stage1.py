@@ -20,12 +20,13 @@ import platform
 import shutil
 import tarfile
 import tempfile
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rkt import __version__
-from rkt.errors import Stage1Error, UsageError
+from rkt.errors import ImageNotFoundError, Stage1Error, UsageError
 
 if TYPE_CHECKING:
     from rkt.cli.context import GlobalOptions
@@ -189,13 +190,19 @@ def import_trusted_stage1(options: GlobalOptions, path: Path) -> ImageInfo:
     etag = f"{info.st_size}-{info.st_mtime_ns}"
     cached = store.cached_remote(url)
     if cached is not None and cached[0] == etag:
-        try:
+        with suppress(ImageNotFoundError):  # removed since: import it again
             return store.resolve(cached[1])
-        except Exception:
-            pass
     image = import_fetched(options, FetchedImage(path=path, origin=str(path)), verify=False)
     store.record_remote(url, etag, image.id)
     return image
+
+
+def _bundled(directory: Path, name: str) -> Path | None:
+    """``stage1-<flavor>.aci`` in the stage1 images directory, for rkt's own names."""
+    if not name.startswith(STAGE1_NAME_PREFIX):
+        return None
+    path = directory / f"stage1-{name.removeprefix(STAGE1_NAME_PREFIX)}.aci"
+    return path if path.exists() else None
 
 
 def select_stage1(options: GlobalOptions, choice: Stage1Choice) -> ImageInfo:
@@ -220,12 +227,13 @@ def select_stage1(options: GlobalOptions, choice: Stage1Choice) -> ImageInfo:
     if name is None:
         configured = options.config.stage1
         if configured.get("name"):
-            try:
+            with suppress(ImageNotFoundError):
                 return options.store.find_by_name(
                     configured["name"], {"version": configured["version"]}
                 )
-            except Exception:
-                pass
+            bundled = _bundled(directory, configured["name"])
+            if bundled is not None:
+                return import_trusted_stage1(options, bundled)
         if configured.get("location"):
             location = configured["location"]
             if not (location.startswith("/") or "://" in location):
@@ -240,13 +248,12 @@ def select_stage1(options: GlobalOptions, choice: Stage1Choice) -> ImageInfo:
         name = stage1_image_name(DEFAULT_BACKEND)
     name, _, version = name.partition(":")
     labels = {"version": version} if version else {}
-    if name.startswith(STAGE1_NAME_PREFIX):
-        bundled = directory / f"stage1-{name.removeprefix(STAGE1_NAME_PREFIX)}.aci"
-        if bundled.exists():
-            return import_trusted_stage1(options, bundled)
+    bundled = _bundled(directory, name)
+    if bundled is not None:
+        return import_trusted_stage1(options, bundled)
     try:
         return options.store.find_by_name(name, labels)
-    except Exception as exc:
+    except ImageNotFoundError as exc:
         raise Stage1Error(
             f'stage1 image "{name}" is not in the store nor in {directory}'
         ) from exc

@@ -497,3 +497,20 @@ def test_nomad_style_prepare_with_resource_flags(env: RktEnv, busybox_image: Pat
     assert result.stdout.strip() == "500"
     assert (alloc / "out").read_text() == "t\n"
     one_line_error(run(env, "prepare", busybox_image, "--memory=lots"), "--memory")
+
+
+def test_default_stage1_from_stage1_d_config(env: RktEnv, busybox_image: Path) -> None:
+    import socket
+
+    from rkt import __version__
+
+    (env.local_config / "stage1.d").mkdir()
+    (env.local_config / "stage1.d" / "fly.json").write_text(json.dumps({
+        "rktKind": "stage1", "rktVersion": "v1",
+        "name": "coreos.com/rkt/stage1-fly", "version": __version__,
+    }))
+    result = run(env, "run", busybox_image, "--exec=/bin/hostname")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == socket.gethostname()  # fly shares the host's UTS
+    pod_manifest = next((env.data_dir / "pods" / "run").glob("*/stage1/manifest"))
+    assert json.loads(pod_manifest.read_text())["name"] == "coreos.com/rkt/stage1-fly"
