@@ -316,7 +316,8 @@ def import_fetched(
 
     progress = ProgressBar("Importing ACI", None, options.stderr)
     info = options.store.import_file(
-        fetched.path, accept=accept, origin=fetched.origin, progress=progress
+        fetched.path, accept=accept, origin=fetched.origin, progress=progress,
+        adopt=fetched.temporary,
     )
     if signer is not None:
         options.info("rkt: signature verified:")

@@ -78,8 +78,12 @@ class ImageStore(Protocol):
         accept: AcceptManifest,
         origin: str,
         progress: ProgressBar | None = None,
+        adopt: bool = False,
     ) -> ImageInfo:
         """Import an ACI file (any supported compression) in one streaming pass.
+
+        ``adopt`` says the file is a private temporary one the store may take over
+        (a plain tar can then become the blob by a rename instead of a copy).
 
         ``accept`` sees the parsed manifest before anything is committed; if it
         raises, the store is left exactly as it was.

@@ -80,7 +80,7 @@ class _HashingTee:
     uses two cores instead of adding the three costs up.
     """
 
-    def __init__(self, source: BinaryIO, sink: IO[bytes]) -> None:
+    def __init__(self, source: BinaryIO, sink: IO[bytes] | None) -> None:
         self._source = source
         self._sink = sink
         self.hash = hashlib.sha512()
@@ -96,7 +96,8 @@ class _HashingTee:
                 continue  # keep draining so the reader never blocks on a full queue
             try:
                 self.hash.update(data)
-                self._sink.write(data)
+                if self._sink is not None:
+                    self._sink.write(data)
             except BaseException as exc:  # surfaced by the reader (ENOSPC, EIO)
                 self._error = exc
 
@@ -125,6 +126,17 @@ class _HashingTee:
             self._error = self._error or RuntimeError("import abandoned")
             self._queue.put(None)
             self._worker.join()
+
+
+def _is_plain_tar(path: Path) -> bool:
+    from rkt.aci.compression import Compression, detect
+    from rkt.errors import ArchiveError
+
+    try:
+        with open(path, "rb") as raw:
+            return detect(raw.read(512)) is Compression.NONE
+    except (OSError, ArchiveError):
+        return False
 
 
 def _no_space(exc: OSError) -> bool:
@@ -163,48 +175,71 @@ class CasStore:
         accept: AcceptManifest,
         origin: str,
         progress: ProgressBar | None = None,
+        adopt: bool = False,
     ) -> ImageInfo:
+        """Import ``path``; with ``adopt``, a plain tar that is a private file in the
+        store's tmp directory becomes the blob itself (renamed, not copied)."""
+        if adopt and path.parent == self.tmp_dir and _is_plain_tar(path):
+            # Hashed and validated where it is; the rename is the commit.
+            manifest_bytes, tee = self._read(path, None, origin, progress)
+            return self._accept_and_commit(path, manifest_bytes, tee, accept, origin)
+        with self._temp_file("import-") as (tmp_path, sink):
+            manifest_bytes, tee = self._read(path, sink, origin, progress)
+            return self._accept_and_commit(tmp_path, manifest_bytes, tee, accept, origin)
+
+    def _read(
+        self, path: Path, sink: IO[bytes] | None, origin: str, progress: ProgressBar | None
+    ) -> tuple[bytes, _HashingTee]:
+        """One pass over ``path``: decompress, validate, hash (and copy to ``sink``)."""
         from rkt.aci.archive import scan_aci
         from rkt.aci.compression import open_decompressed
-        from rkt.schema.image import ImageManifest
 
-        with self._temp_file("import-") as (tmp_path, sink):
-            try:
-                with open(path, "rb") as raw:
-                    if progress is not None and progress.total is None:
-                        progress.total = os.fstat(raw.fileno()).st_size
-                    counted = _CountingReader(raw, progress)
-                    tee = _HashingTee(open_decompressed(counted), sink)  # type: ignore[arg-type,unused-ignore]
-                    try:
-                        manifest_bytes = scan_aci(tee)  # type: ignore[arg-type,unused-ignore]
-                        tee.drain()
-                        tee.finish()
-                    finally:
-                        tee.abandon()
+        try:
+            with open(path, "rb") as raw:
+                if progress is not None and progress.total is None:
+                    progress.total = os.fstat(raw.fileno()).st_size
+                counted = _CountingReader(raw, progress)
+                tee = _HashingTee(open_decompressed(counted), sink)  # type: ignore[arg-type,unused-ignore]
+                try:
+                    manifest_bytes = scan_aci(tee)  # type: ignore[arg-type,unused-ignore]
+                    tee.drain()
+                    tee.finish()
+                finally:
+                    tee.abandon()
+                if sink is None:
+                    os.fsync(raw.fileno())  # the file itself becomes the blob
+            if sink is not None:
                 sink.flush()
                 os.fsync(sink.fileno())
-            except FileNotFoundError as exc:
-                raise UsageError(f"no such file: {path}") from exc
-            except IsADirectoryError as exc:
-                raise UsageError(f"{path} is a directory, not an ACI file") from exc
-            except OSError as exc:
-                if _no_space(exc):
-                    raise StoreError(f"no space left on device while importing {origin}") from exc
-                raise StoreError(f"cannot import {origin}: {exc.strerror or exc}") from exc
-            finally:
-                if progress is not None:
-                    progress.finish()
-            manifest = ImageManifest.parse(manifest_bytes, source=f"{origin}: manifest")
-            accept(manifest)
-            image_id = key_from_digest(tee.hash.hexdigest())
-            info = ImageInfo(
-                id=image_id,
-                name=manifest.name,
-                labels={label.name: label.value for label in manifest.labels or ()},
-                size=tee.size,
-                latest=manifest.label("version") in (None, "latest"),
-            )
-            return self._commit(info, tmp_path, manifest_bytes)
+        except FileNotFoundError as exc:
+            raise UsageError(f"no such file: {path}") from exc
+        except IsADirectoryError as exc:
+            raise UsageError(f"{path} is a directory, not an ACI file") from exc
+        except OSError as exc:
+            if _no_space(exc):
+                raise StoreError(f"no space left on device while importing {origin}") from exc
+            raise StoreError(f"cannot import {origin}: {exc.strerror or exc}") from exc
+        finally:
+            if progress is not None:
+                progress.finish()
+        return manifest_bytes, tee
+
+    def _accept_and_commit(
+        self, blob: Path, manifest_bytes: bytes, tee: _HashingTee, accept: AcceptManifest,
+        origin: str,
+    ) -> ImageInfo:
+        from rkt.schema.image import ImageManifest
+
+        manifest = ImageManifest.parse(manifest_bytes, source=f"{origin}: manifest")
+        accept(manifest)
+        info = ImageInfo(
+            id=key_from_digest(tee.hash.hexdigest()),
+            name=manifest.name,
+            labels={label.name: label.value for label in manifest.labels or ()},
+            size=tee.size,
+            latest=manifest.label("version") in (None, "latest"),
+        )
+        return self._commit(info, blob, manifest_bytes)
 
     @contextmanager
     def _temp_file(self, prefix: str) -> Iterator[tuple[Path, IO[bytes]]]:
