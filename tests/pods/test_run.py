@@ -514,3 +514,64 @@ def test_default_stage1_from_stage1_d_config(env: RktEnv, busybox_image: Path) -
     assert result.stdout.strip() == socket.gethostname()  # fly shares the host's UTS
     pod_manifest = next((env.data_dir / "pods" / "run").glob("*/stage1/manifest"))
     assert json.loads(pod_manifest.read_text())["name"] == "coreos.com/rkt/stage1-fly"
+
+
+@STAGE1S
+def test_event_handlers_and_implicit_empty_volume(env: RktEnv, aci_builder: AciBuilder,
+                                                  tmp_path: Path, stage1: str) -> None:
+    from rkt.testing.aci import image_manifest
+
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = image_manifest("example.com/handlers", exec_=[
+        "/bin/sh", "-c", "cat /scratch/pre; ls -ld /scratch | cut -c1; echo main >> /out/log"],
+        app={"eventHandlers": [
+            {"name": "pre-start", "exec": ["/bin/sh", "-c", "echo pre > /scratch/pre; "
+                                                            "echo pre >> /out/log"]},
+            {"name": "post-stop", "exec": ["/bin/sh", "-c", "echo post >> /out/log"]}],
+             "mountPoints": [{"name": "scratch", "path": "/scratch"},
+                             {"name": "out", "path": "/out"}]})
+    image = aci_builder.build("handlers.aci", manifest=manifest, busybox=True)
+    result = run(env, "run", stage1, f"--volume=out,kind=host,source={out}", image)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["pre", "d"]  # /scratch: an implicit empty volume
+    assert (out / "log").read_text().split() == ["pre", "main", "post"]
+
+
+def test_supplementary_gids(env: RktEnv, busybox_image: Path) -> None:
+    result = run(env, "run", busybox_image, "--user=user", "--group=users",
+                 "--supplementary-gids=2000,3000", "--exec=/bin/id", "--", "-G")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1000", "2000", "3000"]
+
+
+def test_enter_has_the_apps_isolation_not_more(env: RktEnv, busybox_image: Path,
+                                               tmp_path: Path) -> None:
+    """rkt's CVE-2019-10144/10147: enter must not get more than the app has."""
+    uuid_file = tmp_path / "uuid"
+    pod = subprocess.Popen(
+        [env.rkt_binary(), *env.global_flags(), "--insecure-options=image", "run",
+         f"--uuid-file-save={uuid_file}", str(busybox_image), "--user=user",
+         "--caps-retain=CAP_NET_BIND_SERVICE", "--exec=/bin/sleep", "--", "1000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not uuid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        uuid = uuid_file.read_text()
+        env.run("status", "--wait-ready=10s", uuid, check=True)
+        time.sleep(0.3)
+        entered = env.run("enter", uuid, "/bin/sh", "-c",
+                          "grep CapBnd /proc/self/status; id -u; hostname; ls /")
+        assert entered.returncode == 0, entered.stderr
+        lines = entered.stdout.split("\n")
+        assert lines[0].split()[1] == "0000000000000400"  # CAP_NET_BIND_SERVICE only
+        assert lines[1] == "1000"
+        assert lines[2] == f"rkt-{uuid}"
+        assert "rkt" not in lines[3:]  # the app's rootfs, not the stage1's
+        env.run("stop", "--force", uuid, check=True)
+        pod.wait(timeout=15)
+    finally:
+        if pod.poll() is None:
+            pod.kill()

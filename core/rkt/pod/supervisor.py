@@ -263,7 +263,7 @@ def _exec(argv: list[str], env: dict[str, str]) -> None:
 
 
 def _app_child(app: dict[str, Any], spec: dict[str, Any], argv: list[str], *, interactive: bool,
-               setup: bool = True) -> None:
+               setup: bool = True, pre_start: bool = True) -> None:
     """In the forked child: never returns."""
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -282,14 +282,14 @@ def _app_child(app: dict[str, Any], spec: dict[str, Any], argv: list[str], *, in
         if setup:
             _setup_filesystems(app, spec)
         env = dict(app["env"])
-        pre_start = app.get("pre_start")
-        if setup and pre_start:
+        handler = app.get("pre_start") if pre_start else None
+        if setup and handler:
             pid = os.fork()
             if pid == 0:
                 try:
                     drop_privileges(app)
                     os.chdir(app.get("working_directory", "/"))
-                    _exec(pre_start, env)
+                    _exec(handler, env)
                 except SetupError as exc:
                     _report(app, f"pre-start: {exc}")
                 os._exit(254)
@@ -388,7 +388,7 @@ class Supervisor:
                 continue
             pid = os.fork()
             if pid == 0:
-                _app_child(app, self.spec, handler, interactive=False)
+                _app_child(app, self.spec, handler, interactive=False, pre_start=False)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
 
