@@ -20,7 +20,7 @@ from rkt.console import run_with_console
 from rkt.errors import PodError, UsageError
 from rkt.pod.dirs import PID_FILE, Pod
 from rkt.pod.enter import enter
-from rkt.pod.runtime import build_runtime, volume_host_path, write_runtime
+from rkt.pod.runtime import build_runtime, host_resolv_conf, volume_host_path, write_runtime
 from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH, RunOptions
 
 
@@ -50,6 +50,8 @@ class FlyStage1:
             overlay=overlay,
             status_dir=str(rootfs / "rkt" / "status"),
             pids_dir=str(rootfs / "rkt" / "pids"),
+            # the host's network, so the host's resolver (when the image has none)
+            resolv_conf=host_resolv_conf(),
         )
         runtime["die_with_parent"] = False
         spec = write_runtime(pod, runtime)

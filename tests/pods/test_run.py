@@ -575,3 +575,13 @@ def test_enter_has_the_apps_isolation_not_more(env: RktEnv, busybox_image: Path,
     finally:
         if pod.poll() is None:
             pod.kill()
+
+
+@STAGE1S
+def test_readonly_rootfs_and_etc_files(env: RktEnv, busybox_image: Path, stage1: str) -> None:
+    result = run(env, "run", stage1, busybox_image, "--readonly-rootfs", "--exec=/bin/sh", "--",
+                 "-c", "grep -q '^127.0.0.1.*localhost' /etc/hosts && echo hosts; "
+                 "test -s /etc/resolv.conf && echo dns; touch /new-file")
+    assert result.returncode != 0
+    assert result.stdout.split() == ["hosts", "dns"], result.stderr
+    assert "Read-only file system" in result.stderr
