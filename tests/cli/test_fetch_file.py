@@ -457,3 +457,14 @@ def test_image_gc_removes_unused_trees_and_old_images(
     gone = rkt_env.run("image", "gc", "--grace-period=0s", check=True).stdout
     assert "successfully removed aci for image" in gone
     assert "example.com/hello" not in rkt_env.run("image", "list", check=True).stdout
+
+
+def test_import_progress_bar_only_on_a_terminal(rkt_env: RktEnv,
+                                                aci_builder: AciBuilder) -> None:
+    image = aci_builder.build(busybox=True)
+    status, output = rkt_env.run_on_terminal("--insecure-options=image", "fetch", image)
+    assert status == 0, output
+    assert "Importing ACI: [" in output and "MB" in output
+    piped = rkt_env.run("--insecure-options=image", "fetch", image, check=True)
+    assert "Importing ACI" not in piped.stderr
+    assert piped.stdout.startswith("sha512-")
