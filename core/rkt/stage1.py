@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
-import tarfile
-import tempfile
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,12 +95,15 @@ def stage1_image_name(backend: str) -> str:
 
 
 def _host_arch() -> str:
-    machine = platform.machine()
+    machine = os.uname().machine
     return {"x86_64": "amd64", "aarch64": "aarch64"}.get(machine, machine)
 
 
 def build_stage1_image(backend: Stage1Backend, out: Path) -> Path:
     """Write ``out`` (an uncompressed ACI) for ``backend``; atomic."""
+    import tarfile  # here: building images is rare, running pods is not
+    import tempfile
+
     manifest = {
         "acKind": "ImageManifest", "acVersion": "0.8.11",
         "name": stage1_image_name(backend.name),

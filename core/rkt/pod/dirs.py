@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import time
-import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,12 @@ STARTED_FILE = "pod-started"
 
 
 def new_uuid() -> str:
-    return str(uuidlib.uuid4())
+    # RFC 4122 version 4, without importing uuid (it pulls in platform and socket)
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 @dataclass

@@ -22,8 +22,6 @@ plain child of ``rkt run`` (the fly stage1).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
 import json
 import os
@@ -31,7 +29,11 @@ import signal
 import stat
 import sys
 import time
-from typing import Any
+
+# typing costs milliseconds at every pod start; the annotations need it only for mypy
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 RUNTIME = "/rkt/runtime.json"
 STATUS_DIR = "/rkt/status"
@@ -73,11 +75,29 @@ CAPABILITIES = {
 #: OS-SPEC.md: the device nodes every app must see
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                        ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.syscall.restype = ctypes.c_long
+_LIBC: Any = None
+
+
+def _libc() -> Any:
+    """The C library, loaded on first use: stage0 imports this module for
+    :func:`resolve_in_root` alone and need not pay for ctypes."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                              ctypes.c_ulong, ctypes.c_char_p]
+        lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        lib.syscall.restype = ctypes.c_long
+        _LIBC = lib
+    return _LIBC
+
+
+def _errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
 
 
 class SetupError(Exception):
@@ -86,14 +106,14 @@ class SetupError(Exception):
 
 def _check(result: int, what: str) -> None:
     if result != 0:
-        err = ctypes.get_errno()
+        err = _errno()
         raise SetupError(f"{what}: {os.strerror(err)}")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int,
           data: str | None = None) -> None:
     _check(
-        _libc.mount(
+        _libc().mount(
             source.encode() if source else None, target.encode(),
             fstype.encode() if fstype else None, flags, data.encode() if data else None,
         ),
@@ -170,7 +190,7 @@ def _make_target(root: str, path: str, *, is_dir: bool) -> str:
 # -- setting up one app ---------------------------------------------------------------
 def _setup_filesystems(app: dict[str, Any], spec: dict[str, Any]) -> None:
     root = app["root"]
-    _check(_libc.unshare(CLONE_NEWNS), "unshare mount namespace")
+    _check(_libc().unshare(CLONE_NEWNS), "unshare mount namespace")
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     overlay = app.get("overlay")
     if overlay:
@@ -218,8 +238,8 @@ def _setup_filesystems(app: dict[str, Any], spec: dict[str, Any]) -> None:
             with open(path, "w") as handle:
                 handle.write(content)
     os.chdir(root)
-    _check(_libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
-    _check(_libc.umount2(b".", MNT_DETACH), "detach the stage1 root")
+    _check(_libc().syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    _check(_libc().umount2(b".", MNT_DETACH), "detach the stage1 root")
     os.chdir("/")
     if app.get("read_only_rootfs"):
         mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY)
@@ -234,11 +254,11 @@ def drop_privileges(app: dict[str, Any]) -> None:
         wanted = {CAPABILITIES[name] for name in keep if name in CAPABILITIES}
         for cap in range(CAP_LAST + 1):
             if cap not in wanted:
-                result = _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
-                if result != 0 and ctypes.get_errno() != errno.EINVAL:
+                result = _libc().prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+                if result != 0 and _errno() != errno.EINVAL:
                     _check(result, f"drop capability {cap}")
     if app.get("no_new_privileges"):
-        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
+        _check(_libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
     os.setgroups(app.get("supplementary_gids", []))
     os.setgid(app["gid"])
     os.setuid(app["uid"])
@@ -314,8 +334,10 @@ def _app_child(app: dict[str, Any], spec: dict[str, Any], argv: list[str], *, in
 
 
 def _report(app: dict[str, Any], message: str) -> None:
-    with contextlib.suppress(OSError):
+    try:
         os.write(2, f'rkt: app "{app["name"]}": {message}\n'.encode())
+    except OSError:
+        pass
 
 
 # -- the supervisor proper -----------------------------------------------------------
@@ -346,8 +368,10 @@ class Supervisor:
     def stop(self, signum: int = signal.SIGTERM) -> None:
         self.stopping = True
         for pid in list(self.running):
-            with contextlib.suppress(ProcessLookupError):
+            try:
                 os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
 
     def wait(self) -> int:
         deadline: float | None = None
@@ -389,8 +413,10 @@ class Supervisor:
             pid = os.fork()
             if pid == 0:
                 _app_child(app, self.spec, handler, interactive=False, pre_start=False)
-            with contextlib.suppress(ChildProcessError):
+            try:
                 os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
 
 def _touch(path: str) -> None:
@@ -412,7 +438,7 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
     if spec.get("die_with_parent"):
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if spec.get("set_hostname"):
         # for stage1s that give the pod a UTS namespace but set no hostname themselves
         import socket
