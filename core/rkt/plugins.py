@@ -10,13 +10,16 @@ the named ones, so a broken plugin never locks the user out.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import logging
 import os
+import sys
+import tempfile
 from collections.abc import Iterable
 from functools import cache
 from types import ModuleType
-from typing import Any
 
 import pluggy
 
@@ -42,12 +45,66 @@ DISABLE_AUTOLOAD_ENV = "RKT_DISABLE_PLUGIN_AUTOLOAD"
 DISABLE_PLUGINS_ENV = "RKT_DISABLE_PLUGINS"
 
 
+#: bump when the cache file's format changes
+_CACHE_FORMAT = 1
+
+
+def _cache_file() -> str:
+    """Where the entry points found for this ``sys.path`` are remembered.
+
+    The name hashes every ``sys.path`` entry with its directory's mtime (as
+    stevedore does): installing or removing a distribution changes its
+    directory's mtime, and so the file looked for.
+    """
+    digest = hashlib.sha256(str(_CACHE_FORMAT).encode())
+    for entry in sys.path:
+        try:
+            mtime = os.stat(entry or ".").st_mtime_ns
+        except OSError:
+            mtime = 0
+        digest.update(f"{entry}\0{mtime}\0".encode())
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "rkt", f"entry-points-{digest.hexdigest()[:32]}.json")
+
+
 @cache
-def _entry_points() -> Any:  # 3.11's SelectableGroups; .select(group=...) gives EntryPoints
-    """Every installed entry point, read once per process (reading them is not free)."""
+def _entry_points() -> dict[str, list[tuple[str, str]]]:
+    """rkt's entry points, ``group -> [(name, "module:attr")]``, read once per process.
+
+    Reading every installed distribution's metadata costs more than starting a
+    pod, so what was found is cached on disk (when the home directory is writable).
+    """
+    path = _cache_file()
+    try:
+        with open(path) as handle:
+            cached = json.load(handle)
+        return {group: [(name, value) for name, value in pairs]
+                for group, pairs in cached.items()}
+    except (OSError, ValueError, TypeError):
+        pass
     from importlib.metadata import entry_points
 
-    return entry_points()
+    found = entry_points()
+    groups = {group: sorted((ep.name, ep.value) for ep in found.select(group=group))
+              for group in (PLUGIN_GROUP, STAGE1_GROUP)}
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".entry-points-")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(groups, handle)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: read the metadata every time
+    return groups
+
+
+def _load_entry_point(value: str) -> object:
+    """Import what an entry point names: ``module`` or ``module:attr.attr``."""
+    module_name, _, attrs = value.partition(":")
+    target: object = importlib.import_module(module_name.strip())
+    for attr in filter(None, attrs.strip().split(".")):
+        target = getattr(target, attr)
+    return target
 
 
 def _env_flag(name: str) -> bool:
@@ -82,18 +139,18 @@ def new_plugin_manager(
     if autoload is None:
         autoload = not _env_flag(DISABLE_AUTOLOAD_ENV)
     if autoload:
-        for ep in _entry_points().select(group=PLUGIN_GROUP):
-            if ep.name in blocked_names or pm.has_plugin(ep.name):
+        for name, value in _entry_points()[PLUGIN_GROUP]:
+            if name in blocked_names or pm.has_plugin(name):
                 continue
             try:
-                plugin = ep.load()
+                plugin = _load_entry_point(value)
             except Exception as exc:
                 raise PluginError(
-                    f'plugin "{ep.name}" ({ep.value}) failed to load: '
+                    f'plugin "{name}" ({value}) failed to load: '
                     f"{type(exc).__name__}: {exc} "
-                    f"(set {DISABLE_PLUGINS_ENV}={ep.name} to start without it)"
+                    f"(set {DISABLE_PLUGINS_ENV}={name} to start without it)"
                 ) from exc
-            _register(pm, plugin, ep.name)
+            _register(pm, plugin, name)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -113,4 +170,4 @@ def _register(pm: pluggy.PluginManager, plugin: ModuleType | object, name: str) 
 
 def installed_stage1_backends() -> list[str]:
     """Names in the ``rkt.stage1`` entry-point group, without importing any of them."""
-    return sorted({ep.name for ep in _entry_points().select(group=STAGE1_GROUP)})
+    return sorted({name for name, _ in _entry_points()[STAGE1_GROUP]})

@@ -118,3 +118,25 @@ def test_one_plugin_can_be_blocked_by_name(rkt_env, broken_plugin_path, demo_plu
            "RKT_DISABLE_PLUGINS": "broken"}
     result = rkt_env.run("--insecure-options=image", "fetch", "demo:greeting", env=env)
     assert result.returncode == 0, result.stderr
+
+
+def test_plugin_installed_after_a_run_is_found(rkt_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The entry-point cache is keyed on the mtimes of sys.path's directories, so a
+    distribution installed after rkt last ran is seen at once."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    target = tmp_path / "site"
+    target.mkdir()
+    env = pythonpath_with(target)
+    before = rkt_env.run("--insecure-options=image", "fetch", "demo:greeting", env=env)
+    assert before.returncode != 0  # no such fetcher yet (and the cache now says so)
+    dist = Path(__file__).parent.parent / "dists" / "rkt-demo-plugin"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "--target", str(target), str(dist)],
+        check=True, capture_output=True,
+    )
+    after = rkt_env.run("--insecure-options=image", "fetch", "demo:greeting", env=env)
+    assert after.returncode == 0, after.stderr
