@@ -25,7 +25,7 @@ from typing import Any
 
 from rkt.errors import PodError, Stage1Error
 from rkt.pod.dirs import PID_FILE, PPID_FILE, Pod
-from rkt.pod.enter import enter, host_pid_of
+from rkt.pod.enter import children, enter, host_pid_of, namespace_pids
 from rkt.pod.runtime import build_runtime, host_resolv_conf, volume_host_path, write_runtime
 from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH, RunOptions
 
@@ -175,28 +175,15 @@ class NspawnStage1:
         del pod  # nothing outside the pod directory: nspawn's mounts died with it
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def _find_namespace_init(root: int, depth: int = 3) -> int | None:
     """A descendant of ``root`` whose innermost PID is 1, searched breadth first."""
-    level = _children(root)
+    level = children(root)
     for _ in range(depth):
         for pid in level:
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            for line in status.splitlines():
-                if line.startswith("NSpid:"):
-                    pids = line.split()[1:]
-                    if len(pids) > 1 and pids[-1] == "1":
-                        return pid
-        level = [child for pid in level for child in _children(pid)]
+            pids = namespace_pids(pid)
+            if len(pids) > 1 and pids[-1] == 1:
+                return pid
+        level = [child for pid in level for child in children(pid)]
     return None
 
 

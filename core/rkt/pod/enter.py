@@ -22,22 +22,32 @@ _libc = ctypes.CDLL(None, use_errno=True)
 NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
 
 
+def children(pid: int) -> list[int]:
+    """The host PIDs of ``pid``'s children (empty if it is gone)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def namespace_pids(pid: int) -> list[int]:
+    """``pid`` as each nested PID namespace sees it, outermost first (``NSpid``)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return []
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            return [int(p) for p in line.split()[1:]]
+    return []
+
+
 def host_pid_of(container_pid: int, parent_host_pid: int) -> int | None:
     """The host PID of a child of ``parent_host_pid`` that is ``container_pid`` inside."""
-    try:
-        children = Path(f"/proc/{parent_host_pid}/task/{parent_host_pid}/children").read_text()
-    except OSError:
-        return None
-    for child in children.split():
-        try:
-            status = Path(f"/proc/{child}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("NSpid:"):
-                pids = line.split()[1:]
-                if pids and pids[-1] == str(container_pid):
-                    return int(child)
+    for child in children(parent_host_pid):
+        pids = namespace_pids(child)
+        if pids and pids[-1] == container_pid:
+            return child
     return None
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rkt.pod.dirs import PID_FILE, PPID_FILE, Pod
-from rkt.pod.enter import enter, host_pid_of
+from rkt.pod.enter import children, enter, host_pid_of
 from rkt.pod.runtime import build_runtime, volume_host_path, write_runtime
 from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH, RunOptions
 
@@ -50,9 +50,9 @@ class UnshareStage1:
         (pod.path / PPID_FILE).write_text(str(process.pid))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and process.poll() is None:
-            children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text()
-            if children.split():
-                (pod.path / PID_FILE).write_text(children.split()[0])
+            below = children(process.pid)
+            if below:
+                (pod.path / PID_FILE).write_text(str(below[0]))
                 break
             time.sleep(0.005)
         return process.wait()
