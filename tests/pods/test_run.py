@@ -302,19 +302,25 @@ def test_prepare_run_prepared_enter_stop_gc(env: RktEnv, busybox_image: Path,
     assert mounts_mentioning(env.data_dir) == []
 
 
-def test_rm_refuses_running_pods_and_removes_exited_ones(env: RktEnv, busybox_image: Path,
-                                                         tmp_path: Path) -> None:
+def start_pod(env: RktEnv, tmp_path: Path, *args: str | Path
+              ) -> tuple[subprocess.Popen[bytes], str]:
+    """``rkt run ARGS`` in the background; returns once the pod's UUID is known."""
     uuid_file = tmp_path / "uuid"
     pod = subprocess.Popen(
         [env.rkt_binary(), *env.global_flags(), "--insecure-options=image", "run",
-         f"--uuid-file-save={uuid_file}", str(busybox_image), "--exec=/bin/sleep", "--", "1000"],
+         f"--uuid-file-save={uuid_file}", *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
+    deadline = time.monotonic() + 15
+    while not uuid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pod, uuid_file.read_text()
+
+
+def test_rm_refuses_running_pods_and_removes_exited_ones(env: RktEnv, busybox_image: Path,
+                                                         tmp_path: Path) -> None:
+    pod, uuid = start_pod(env, tmp_path, busybox_image, "--exec=/bin/sleep", "--", "1000")
     try:
-        deadline = time.monotonic() + 15
-        while not uuid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        uuid = uuid_file.read_text()
         one_line_error(env.run("rm", uuid), "running")
         env.run("stop", "--force", uuid, check=True)
         pod.wait(timeout=15)
@@ -548,18 +554,9 @@ def test_supplementary_gids(env: RktEnv, busybox_image: Path) -> None:
 def test_enter_has_the_apps_isolation_not_more(env: RktEnv, busybox_image: Path,
                                                tmp_path: Path) -> None:
     """rkt's CVE-2019-10144/10147: enter must not get more than the app has."""
-    uuid_file = tmp_path / "uuid"
-    pod = subprocess.Popen(
-        [env.rkt_binary(), *env.global_flags(), "--insecure-options=image", "run",
-         f"--uuid-file-save={uuid_file}", str(busybox_image), "--user=user",
-         "--caps-retain=CAP_NET_BIND_SERVICE", "--exec=/bin/sleep", "--", "1000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
+    pod, uuid = start_pod(env, tmp_path, busybox_image, "--user=user",
+                          "--caps-retain=CAP_NET_BIND_SERVICE", "--exec=/bin/sleep", "--", "1000")
     try:
-        deadline = time.monotonic() + 15
-        while not uuid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        uuid = uuid_file.read_text()
         env.run("status", "--wait-ready=10s", uuid, check=True)
         time.sleep(0.3)
         entered = env.run("enter", uuid, "/bin/sh", "-c",
