@@ -15,7 +15,6 @@ import os
 import pty
 import select
 import signal
-import struct
 import subprocess
 import sys
 import termios
@@ -181,8 +180,3 @@ def _drain(master: int) -> None:
 def _wait(process: subprocess.Popen[bytes]) -> int:
     code = process.wait()
     return code if code >= 0 else 128 - code
-
-
-def winsize(fd: int) -> tuple[int, int]:
-    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
-    return rows, cols

@@ -39,9 +39,6 @@ class ImageRef:
     #: the URL for URL kinds (https, http, docker, plugin schemes)
     url: str | None = None
 
-    def describe(self) -> str:
-        return self.text
-
 
 def parse_appc_name(text: str) -> tuple[str, dict[str, str]]:
     """Split ``name[:version][,label=value...]`` into the name and its labels."""

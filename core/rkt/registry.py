@@ -8,7 +8,7 @@ the last plugin win.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from rkt.errors import PluginError
 from rkt.fetching import Discoverer, Fetcher, Verifier
@@ -85,8 +85,3 @@ Stage1Factory = Callable[[], "Stage1Backend"]
 
 class Stage1Registry(Registry[Stage1Factory]):
     thing = "stage1 backend"
-
-
-def describe(registry: Registry[Any]) -> dict[str, str]:
-    """name -> providing plugin, for ``rkt config`` and debugging."""
-    return {name: registry.provider(name) or "" for name in registry.names()}

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,9 +229,3 @@ def uuid_from_file(path: str) -> str:
     if not text:
         raise PodNotFoundError(f"UUID file {path} is empty")
     return text
-
-
-def touch_now(path: Path) -> None:
-    path.touch()
-    now = time.time()
-    os.utime(path, (now, now))

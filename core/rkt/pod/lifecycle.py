@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkt.errors import PodError, UsageError
-from rkt.pod.dirs import STARTED_FILE, Pod, PodStore, touch_now
+from rkt.pod.dirs import STARTED_FILE, Pod, PodStore
 from rkt.pod.prepare import (
     PodRequest,
     ResolvedImage,
@@ -118,7 +118,7 @@ def run_pod(options: GlobalOptions, prepared: PreparedPod, run_options: RunOptio
     pod.move("run")
     if uuid_file:
         Path(uuid_file).write_text(pod.uuid)
-    touch_now(pod.path / STARTED_FILE)
+    (pod.path / STARTED_FILE).touch()
     apps = load_apps(pod)
     try:
         return prepared.backend.run(pod, apps, run_options)
