@@ -177,6 +177,12 @@ def _apply(
                     raise ConfigError(f"{path}: {key!r} must be an absolute path")
                 _claim(seen, f"paths {key!r}", path)
                 layer.paths[key] = document[key]
+        # an extension of rkt's paths kind: which registered image store to open
+        if "store" in document:
+            if not isinstance(document["store"], str) or not document["store"]:
+                raise ConfigError(f"{path}: 'store' must be a store name")
+            _claim(seen, "paths 'store'", path)
+            layer.paths["store"] = document["store"]
     elif kind == "stage1":
         if ("name" in document) != ("version" in document):
             raise ConfigError(f"{path}: stage1 'name' and 'version' must be given together")

@@ -50,12 +50,15 @@ class Plugins:
         return cls._process_default
 
     def _fill(self, registry: R, hook_name: str) -> R:
-        # Call each implementation ourselves, so the registry knows which plugin
-        # added what and can name both sides of a conflict.
-        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
-            registry.current_plugin = impl.plugin_name
-            impl.function(registry=registry)
-        registry.current_plugin = "<core>"
+        # Through pluggy's own hook caller, so hook wrappers, tryfirst/trylast and
+        # argument subsets work as in any pluggy hook; the registry tells which
+        # plugin is adding from the implementations' code (see Registry.add).
+        caller = getattr(self.pm.hook, hook_name)
+        registry.implementations = {
+            _code_of(impl.function): impl.plugin_name for impl in caller.get_hookimpls()
+        }
+        caller(registry=registry)
+        registry.implementations = {}
         return registry
 
     @cached_property
@@ -132,3 +135,8 @@ def _raise_load_failure(manager: object, entrypoint: Any, exc: BaseException) ->
         f'stage1 backend "{entrypoint.name}" ({entrypoint.value}) failed to load: '
         f"{type(exc).__name__}: {exc}"
     ) from exc
+
+
+def _code_of(function: Callable[..., object]) -> object:
+    """The code object of a hook implementation (a function or a bound method)."""
+    return getattr(getattr(function, "__func__", function), "__code__", None)

@@ -26,7 +26,7 @@ from rkt.errors import ImageNotFoundError, UnknownSignerError, UsageError, Verif
 from rkt.imageref import ImageRef, parse_image_ref
 
 if TYPE_CHECKING:
-    from rkt.cli.context import GlobalOptions
+    from rkt.context import Runtime
     from rkt.keystore import TrustedKey
     from rkt.schema.image import ImageManifest
     from rkt.store import ImageInfo
@@ -47,6 +47,8 @@ class FetchedImage:
     signature: bytes | None = None
     #: where the signature came from (or was looked for), for messages
     signature_origin: str | None = None
+    #: the signature's format: picks the verifier (``rkt_register_verifiers``)
+    signature_format: str = "openpgp"
     #: False for sources that cannot be signed (Docker); they need --insecure-options=image
     signable: bool = True
     #: delete ``path`` once imported (temporary downloads)
@@ -88,7 +90,12 @@ class Signer:
 
 
 class Fetcher(Protocol):
-    """Retrieves the bytes (and signature) of one kind of image string."""
+    """Retrieves the bytes (and signature) of one kind of image string.
+
+    A fetcher may also set ``answers_offline = True`` when it can serve
+    ``--pull-policy=never`` without the network (a local file, or a cache of its
+    own); otherwise the core answers "not in the store" for it.
+    """
 
     def fetch(self, ref: ImageRef, session: FetchSession) -> FetchedImage:
         """Return the image's bytes on disk; raise FetchError naming the source."""
@@ -120,9 +127,9 @@ class DiscoveredEndpoints:
 
 @dataclass
 class FetchSession:
-    """What a fetcher may use: the user's options and a scratch directory in the store."""
+    """What a fetcher may use: the core context and a scratch directory in the store."""
 
-    options: GlobalOptions
+    runtime: Runtime
     tmp_dir: Path
     #: per-image ``--signature`` file given on the command line
     signature_file: Path | None = None
@@ -134,7 +141,7 @@ class FetchSession:
 
 # -- pipeline ------------------------------------------------------------------------
 def fetch_image(
-    options: GlobalOptions,
+    runtime: Runtime,
     text: str,
     *,
     signature_file: Path | None = None,
@@ -145,18 +152,18 @@ def fetch_image(
     The image's ``dependencies`` are fetched too (recursively, with the same pull
     policy), so that it can be rendered (``appc-spec/aci.md``, dependency matching).
     """
-    plugins = options.plugins
+    plugins = runtime.plugins
     ref = parse_image_ref(text, plugin_schemes=plugins.fetchers.names())
-    info = _fetch_one(options, ref, signature_file, pull_policy)
-    fetch_dependencies(options, info, pull_policy=pull_policy)
+    info = _fetch_one(runtime, ref, signature_file, pull_policy)
+    fetch_dependencies(runtime, info, pull_policy=pull_policy)
     return info
 
 
 def _fetch_one(
-    options: GlobalOptions, ref: ImageRef, signature_file: Path | None, pull_policy: str
+    runtime: Runtime, ref: ImageRef, signature_file: Path | None, pull_policy: str
 ) -> ImageInfo:
-    plugins = options.plugins
-    store = options.store
+    plugins = runtime.plugins
+    store = runtime.store
     text = ref.text
     if ref.kind == "hash":
         return store.resolve(text)
@@ -174,14 +181,15 @@ def _fetch_one(
                 return store.resolve(cached[1])
             except ImageNotFoundError:
                 pass
-    # "never" leaves the decision to fetchers that keep their own cache keys (docker)
-    if pull_policy == "never" and ref.kind not in ("file", "docker"):
-        raise ImageNotFoundError(f'image "{text}" is not in the store and --pull-policy=never')
     fetcher = plugins.fetcher(ref.kind)
     if fetcher is None:
         raise UsageError(f'no fetcher is installed for "{ref.kind}" images ("{text}")')
+    # "never" leaves the decision to fetchers that need no network (local files) or
+    # keep their own cache keys (the Docker plugin's)
+    if pull_policy == "never" and not getattr(fetcher, "answers_offline", False):
+        raise ImageNotFoundError(f'image "{text}" is not in the store and --pull-policy=never')
     session = FetchSession(
-        options=options, tmp_dir=store.tmp_dir, signature_file=signature_file,
+        runtime=runtime, tmp_dir=store.tmp_dir, signature_file=signature_file,
         pull_policy=pull_policy,
     )
     fetched = fetcher.fetch(ref, session)
@@ -189,7 +197,7 @@ def _fetch_one(
         if fetched.stored_id is not None:
             info = store.resolve(fetched.stored_id)
         else:
-            info = import_fetched(options, fetched)
+            info = import_fetched(runtime, fetched)
     finally:
         if fetched.temporary:
             fetched.path.unlink(missing_ok=True)
@@ -207,7 +215,7 @@ MAX_DEPENDENCY_DEPTH = 32
 
 
 def fetch_dependencies(
-    options: GlobalOptions,
+    runtime: Runtime,
     info: ImageInfo,
     *,
     pull_policy: str = "new",
@@ -224,7 +232,7 @@ def fetch_dependencies(
 
     from rkt.errors import ImageError, RktError
 
-    store = options.store
+    store = runtime.store
     raw = store.manifest_bytes(info.id)
     # Most images have no dependencies: say so without loading the schema library,
     # whose import costs more than starting a pod (the manifest was validated at import).
@@ -252,7 +260,7 @@ def fetch_dependencies(
                     found = None
             if found is None:
                 ref = ImageRef(wanted, "name", name=dependency.image_name, labels=labels)
-                found = _fetch_one(options, ref, None, pull_policy)
+                found = _fetch_one(runtime, ref, None, pull_policy)
         except RktError as exc:
             raise type(exc)(f'dependency "{wanted}" of image "{manifest.name}": {exc}') from exc
         if not dependency.matches(found.id):
@@ -267,13 +275,13 @@ def fetch_dependencies(
             )
         if found.id not in done:
             fetch_dependencies(
-                options, found, pull_policy=pull_policy, _chain=chain, _done=done
+                runtime, found, pull_policy=pull_policy, _chain=chain, _done=done
             )
     done.add(info.id)
 
 
 def import_fetched(
-    options: GlobalOptions, fetched: FetchedImage, *, verify: bool = True
+    runtime: Runtime, fetched: FetchedImage, *, verify: bool = True
 ) -> ImageInfo:
     """Steps 2-4 of the pipeline for bytes already on disk.
 
@@ -283,8 +291,8 @@ def import_fetched(
     signer: Signer | None = None
     if not verify:
         pass
-    elif options.is_insecure("image"):
-        options.warn("image signature verification has been disabled")
+    elif runtime.is_insecure("image"):
+        runtime.reporter.warn("image signature verification has been disabled")
     elif not fetched.signable:
         raise VerificationError(
             f"signature verification for {fetched.origin} is not supported "
@@ -297,9 +305,10 @@ def import_fetched(
             "pass --signature FILE, or --insecure-options=image to skip verification"
         )
     else:
-        keys = options.keystore.all_keys()
+        keys = runtime.keystore.all_keys()
         try:
-            signer = options.plugins.verifier().verify(fetched.path, fetched.signature, keys)
+            verifier = runtime.plugins.verifier(fetched.signature_format)
+            signer = verifier.verify(fetched.path, fetched.signature, keys)
         except UnknownSignerError as exc:
             name = fetched.expected_name or _claimed_name(fetched.path)
             prefix = f'"{name}"' if name else "IMAGE-NAME-PREFIX"
@@ -310,19 +319,19 @@ def import_fetched(
     def accept(manifest: ImageManifest) -> None:
         _check_expected(fetched, manifest)
         if signer is not None:
-            _check_signer_trusted(options, signer, manifest.name)
+            _check_signer_trusted(runtime, signer, manifest.name)
 
     from rkt.progress import ProgressBar
 
-    progress = ProgressBar("Importing ACI", None, options.stderr)
-    info = options.store.import_file(
+    progress = ProgressBar("Importing ACI", None, runtime.reporter.stderr)
+    info = runtime.store.import_file(
         fetched.path, accept=accept, origin=fetched.origin, progress=progress,
         adopt=fetched.temporary,
     )
     if signer is not None:
-        options.info("rkt: signature verified:")
+        runtime.reporter.info("rkt: signature verified:")
         for uid in signer.user_ids or (signer.fingerprint,):
-            options.info(f"  {uid}")
+            runtime.reporter.info(f"  {uid}")
     return info
 
 
@@ -368,8 +377,8 @@ def _check_expected(fetched: FetchedImage, manifest: ImageManifest) -> None:
             )
 
 
-def _check_signer_trusted(options: GlobalOptions, signer: Signer, name: str) -> None:
-    trusted = options.keystore.fingerprints_for(name)
+def _check_signer_trusted(runtime: Runtime, signer: Signer, name: str) -> None:
+    trusted = runtime.keystore.fingerprints_for(name)
     if signer.fingerprint.lower() not in trusted:
         raise VerificationError(
             f'image "{name}" is signed by key {signer.fingerprint.upper()}, '

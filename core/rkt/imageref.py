@@ -2,8 +2,9 @@
 
 rkt 1.x's order (``rkt/image/common.go``), kept here so users get the same answer:
 a ``sha512-`` hash is a store lookup; ``http``/``https``/``file`` URLs are archives;
-``docker://`` and ``docker:`` are Docker references; any other ``scheme:`` string
-that a plugin registered a fetcher for goes to that plugin; without a scheme an
+any other ``scheme:`` string that a plugin registered a fetcher for (``docker://``
+and ``docker:`` are the Docker plugin's) goes to that plugin, and so does any
+``scheme://`` string, so that a missing plugin is named; without a scheme an
 absolute path, an existing file, a ``./`` path or an ``.aci`` name is a file, and
 everything else is an appc name ``name[:version][,label=value...]``.
 """
@@ -28,7 +29,7 @@ class ImageRef:
     """One image as the user named it."""
 
     text: str
-    #: "hash", "file", "https", "http", "docker", "name", or a plugin's scheme
+    #: "hash", "file", "https", "http", "name", or a plugin's scheme ("docker")
     kind: str
     #: appc name for kind "name"
     name: str | None = None
@@ -36,7 +37,7 @@ class ImageRef:
     labels: dict[str, str] = field(default_factory=dict)
     #: local path for kind "file"
     path: Path | None = None
-    #: the URL for URL kinds (https, http, docker, plugin schemes)
+    #: the URL for URL kinds (https, http, plugin schemes)
     url: str | None = None
 
 
@@ -71,9 +72,9 @@ def parse_image_ref(text: str, *, plugin_schemes: Collection[str] = ()) -> Image
         return ImageRef(text, scheme, url=text)
     if scheme == "file":
         return ImageRef(text, "file", path=Path(unquote(urlsplit(text).path)))
-    if scheme == "docker":
-        return ImageRef(text, "docker", url=text)
-    if scheme is not None and scheme in plugin_schemes:
+    if scheme is not None and (
+        scheme in plugin_schemes or text[len(scheme) + 1 :].startswith("//")
+    ):
         return ImageRef(text, scheme, url=text)
     if text.startswith("/") or os.path.isfile(text) or "./" in text:
         return ImageRef(text, "file", path=Path(os.path.abspath(text)))

@@ -7,6 +7,7 @@ the last plugin win.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -30,16 +31,33 @@ class Registry(Generic[T]):
 
     def __init__(self) -> None:
         self._items: dict[str, tuple[T, str]] = {}
-        #: set by the plugin manager while a plugin's hook runs
-        self.current_plugin = "<core>"
+        #: while the registry hook runs: each implementation's code -> its plugin name
+        self.implementations: dict[object, str] = {}
 
     def add(self, name: str, item: T) -> None:
+        plugin = self._adding_plugin()
         if name in self._items:
             owner = self._items[name][1]
             raise PluginError(
-                f'{self.thing} "{name}" is provided by both "{owner}" and "{self.current_plugin}"'
+                f'{self.thing} "{name}" is provided by both "{owner}" and "{plugin}"'
             )
-        self._items[name] = (item, self.current_plugin)
+        self._items[name] = (item, plugin)
+
+    def _adding_plugin(self) -> str:
+        """The plugin whose hook implementation is calling :meth:`add`.
+
+        pluggy calls every implementation in one hook call and does not say which
+        one is running, so the caller's frames are matched against the
+        implementations' code (only while the hook runs; a handful of frames).
+        """
+        if self.implementations:
+            frame = sys._getframe(2)
+            while frame is not None:
+                plugin = self.implementations.get(frame.f_code)
+                if plugin is not None:
+                    return plugin
+                frame = frame.f_back  # type: ignore[assignment]
+        return "<core>"
 
     def get(self, name: str) -> T | None:
         entry = self._items.get(name)

@@ -26,7 +26,7 @@ from rkt import __version__
 from rkt.errors import ImageNotFoundError, Stage1Error, UsageError
 
 if TYPE_CHECKING:
-    from rkt.cli.context import GlobalOptions
+    from rkt.context import Runtime
     from rkt.pod.dirs import Pod
     from rkt.store import ImageInfo
 
@@ -66,7 +66,7 @@ class Stage1Backend(Protocol):
         """
         ...
 
-    def run(self, pod: Pod, apps: dict[str, Any], options: RunOptions) -> int:
+    def run(self, pod: Pod, apps: dict[str, Any], runtime: RunOptions) -> int:
         """Run the prepared pod to completion and return its exit code.
 
         ``pod`` is in ``run/`` and locked by the caller; the lock's fd
@@ -160,8 +160,8 @@ class Stage1Choice:
                 if getattr(self, k.replace("-", "_"))]
 
 
-def stage1_images_dir(options: GlobalOptions) -> Path:
-    configured = options.config.paths.get("stage1-images")
+def stage1_images_dir(runtime: Runtime) -> Path:
+    configured = runtime.config.paths.get("stage1-images")
     override = os.environ.get("RKT_STAGE1_IMAGES_DIR")
     return Path(override or configured or DEFAULT_STAGE1_DIR)
 
@@ -173,7 +173,7 @@ def _in_dir(path: Path, directory: Path) -> bool:
         return False
 
 
-def import_trusted_stage1(options: GlobalOptions, path: Path) -> ImageInfo:
+def import_trusted_stage1(runtime: Runtime, path: Path) -> ImageInfo:
     """Import a stage1 image from the default directory, which rkt trusts by location.
 
     The file's size and mtime key a cache row, so an unchanged image is not
@@ -181,7 +181,7 @@ def import_trusted_stage1(options: GlobalOptions, path: Path) -> ImageInfo:
     """
     from rkt.fetching import FetchedImage, import_fetched
 
-    store = options.store
+    store = runtime.store
     try:
         info = path.stat()
     except FileNotFoundError as exc:
@@ -192,7 +192,7 @@ def import_trusted_stage1(options: GlobalOptions, path: Path) -> ImageInfo:
     if cached is not None and cached[0] == etag:
         with suppress(ImageNotFoundError):  # removed since: import it again
             return store.resolve(cached[1])
-    image = import_fetched(options, FetchedImage(path=path, origin=str(path)), verify=False)
+    image = import_fetched(runtime, FetchedImage(path=path, origin=str(path)), verify=False)
     store.record_remote(url, etag, image.id)
     return image
 
@@ -205,35 +205,35 @@ def _bundled(directory: Path, name: str) -> Path | None:
     return path if path.exists() else None
 
 
-def select_stage1(options: GlobalOptions, choice: Stage1Choice) -> ImageInfo:
+def select_stage1(runtime: Runtime, choice: Stage1Choice) -> ImageInfo:
     """The stage1 image for a new pod, per rkt's rules (rkt-behaviour.md section 4.5)."""
     from rkt.fetching import fetch_image
 
     given = choice.given()
     if len(given) > 1:
         raise UsageError(f"only one stage1 flag may be given, got {', '.join(given)}")
-    directory = stage1_images_dir(options)
+    directory = stage1_images_dir(runtime)
     if choice.image or choice.path or choice.url:
         location = choice.image or choice.path or choice.url or ""
         candidate = Path(location)
         if candidate.is_absolute() and _in_dir(candidate, directory):
-            return import_trusted_stage1(options, candidate)
-        return fetch_image(options, location, pull_policy="new")
+            return import_trusted_stage1(runtime, candidate)
+        return fetch_image(runtime, location, pull_policy="new")
     if choice.from_dir:
-        return import_trusted_stage1(options, directory / choice.from_dir)
+        return import_trusted_stage1(runtime, directory / choice.from_dir)
     if choice.hash:
-        return options.store.resolve(choice.hash)
+        return runtime.store.resolve(choice.hash)
     name = choice.name
     if name is None:
-        configured = options.config.stage1
+        configured = runtime.config.stage1
         if configured.get("name"):
             with suppress(ImageNotFoundError):
-                return options.store.find_by_name(
+                return runtime.store.find_by_name(
                     configured["name"], {"version": configured["version"]}
                 )
             bundled = _bundled(directory, configured["name"])
             if bundled is not None:
-                return import_trusted_stage1(options, bundled)
+                return import_trusted_stage1(runtime, bundled)
         if configured.get("location"):
             location = configured["location"]
             if not (location.startswith("/") or "://" in location):
@@ -243,16 +243,16 @@ def select_stage1(options: GlobalOptions, choice: Stage1Choice) -> ImageInfo:
                 )
             path = Path(location.removeprefix("file://"))
             if path.is_absolute() and _in_dir(path, directory):
-                return import_trusted_stage1(options, path)
-            return fetch_image(options, location, pull_policy="new")
+                return import_trusted_stage1(runtime, path)
+            return fetch_image(runtime, location, pull_policy="new")
         name = stage1_image_name(DEFAULT_BACKEND)
     name, _, version = name.partition(":")
     labels = {"version": version} if version else {}
     bundled = _bundled(directory, name)
     if bundled is not None:
-        return import_trusted_stage1(options, bundled)
+        return import_trusted_stage1(runtime, bundled)
     try:
-        return options.store.find_by_name(name, labels)
+        return runtime.store.find_by_name(name, labels)
     except ImageNotFoundError as exc:
         raise Stage1Error(
             f'stage1 image "{name}" is not in the store nor in {directory}'

@@ -123,8 +123,8 @@ class MetaDiscovery:
             return self._http_factory(session)
         from rkt_plugins.http_session import HttpSession
 
-        allow_http = session.options.is_insecure("http") or session.allow_http
-        return HttpSession(session.options, allow_http=allow_http)
+        allow_http = session.runtime.is_insecure("http") or session.allow_http
+        return HttpSession(session.runtime, allow_http=allow_http)
 
     def discover(
         self, name: str, labels: dict[str, str], session: FetchSession

@@ -50,6 +50,9 @@ def _private_copy(path: Path, tmp_dir: Path) -> Path:
 
 
 class FileFetcher:
+    #: a local file needs no network, so it is read even with --pull-policy=never
+    answers_offline = True
+
     def fetch(self, ref: ImageRef, session: FetchSession) -> FetchedImage:
         assert ref.path is not None
         path = ref.path
@@ -59,7 +62,7 @@ class FileFetcher:
             raise UsageError(f"{path} is not a regular file")
         signature: bytes | None = None
         signature_path = session.signature_file or default_signature_path(path)
-        if not session.options.is_insecure("image"):
+        if not session.runtime.is_insecure("image"):
             try:
                 signature = signature_path.read_bytes()
             except FileNotFoundError:

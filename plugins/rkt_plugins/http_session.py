@@ -42,8 +42,8 @@ from rkt.errors import FetchError, UsageError
 if TYPE_CHECKING:
     import requests
 
-    from rkt.cli.context import GlobalOptions
     from rkt.config import AuthEntry
+    from rkt.context import Runtime
     from rkt.progress import ProgressBar
 
 LOG = logging.getLogger(__name__)
@@ -144,15 +144,15 @@ class HttpSession:
 
     def __init__(
         self,
-        options: GlobalOptions,
+        runtime: Runtime,
         *,
         allow_http: bool | None = None,
         transport: requests.Session | None = None,
         timeout: float | None = None,
         attempts: int | None = None,
     ) -> None:
-        self.options = options
-        self.allow_http = options.is_insecure("http") if allow_http is None else allow_http
+        self.runtime = runtime
+        self.allow_http = runtime.is_insecure("http") if allow_http is None else allow_http
         self.timeout = env_timeout() if timeout is None else timeout
         self.attempts = env_attempts() if attempts is None else max(1, attempts)
         self._transport = transport
@@ -176,11 +176,11 @@ class HttpSession:
             self._transport.close()
 
     def _verify(self) -> bool | str:
-        if self.options.is_insecure("tls"):
-            key = id(self.options)
+        if self.runtime.is_insecure("tls"):
+            key = id(self.runtime)
             if key not in _warned_tls:
                 _warned_tls.add(key)
-                self.options.warn("TLS verification has been disabled")
+                self.runtime.reporter.warn("TLS verification has been disabled")
             import urllib3
 
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -201,7 +201,7 @@ class HttpSession:
         if parts.scheme != "https":
             return None  # never put credentials on the wire in clear text
         if self._auth is None:
-            self._auth = dict(self.options.config.auth)
+            self._auth = dict(self.runtime.config.auth)
         host = (parts.hostname or "").lower()
         for candidate in (parts.netloc.lower(), host):
             entry = self._auth.get(candidate)

@@ -29,7 +29,7 @@ from rkt.imageref import ImageRef
 from rkt.registry import FetcherRegistry
 
 if TYPE_CHECKING:
-    from rkt.cli.context import GlobalOptions
+    from rkt.context import Runtime
     from rkt.store import ImageStore
     from rkt.store.index import RemoteEntry
     from rkt_plugins.http_session import HttpSession
@@ -58,7 +58,7 @@ def signature_url_for(url: str) -> str:
 def default_http(session: FetchSession) -> HttpSession:
     from rkt_plugins.http_session import HttpSession
 
-    return HttpSession(session.options)
+    return HttpSession(session.runtime)
 
 
 def _cached(store: ImageStore, url: str) -> tuple[str, str | None, bool] | None:
@@ -93,9 +93,9 @@ def fetch_remote_aci(
     """Download ``aci_url`` and its signature (or answer from the remote cache)."""
     from rkt.progress import ProgressBar
 
-    options = session.options
-    store = options.store
-    verify = not options.is_insecure("image")
+    runtime = session.runtime
+    store = runtime.store
+    verify = not runtime.is_insecure("image")
     cached = _cached(store, aci_url)
     etag: str | None = None
     if cached is not None:
@@ -105,7 +105,7 @@ def fetch_remote_aci(
             return FetchedImage.unchanged(image_id, aci_url)
         etag = cached_etag
 
-    options.info(f"rkt: fetching image from {aci_url}")
+    runtime.reporter.info(f"rkt: fetching image from {aci_url}")
     signature: bytes | None = None
     deferred = False
     # With an ETag the image is asked for first: a 304 needs no signature at all.
@@ -113,10 +113,10 @@ def fetch_remote_aci(
     if verify and session.signature_file is not None:
         signature = _read_signature_file(session.signature_file)
     elif verify and etag is None:
-        signature, deferred = _download_signature(options, http, signature_url)
+        signature, deferred = _download_signature(runtime, http, signature_url)
         asked = True
 
-    progress = ProgressBar("Downloading ACI", None, options.stderr)
+    progress = ProgressBar("Downloading ACI", None, runtime.reporter.stderr)
     download = http.download(aci_url, session.tmp_dir, what="image", etag=etag,
                              progress=progress)
     remote = RemoteRecord(
@@ -125,12 +125,12 @@ def fetch_remote_aci(
     )
     if download.path is None:
         assert cached is not None
-        options.info(f"rkt: {aci_url} has not changed: using the stored image")
+        runtime.reporter.info(f"rkt: {aci_url} has not changed: using the stored image")
         return FetchedImage.unchanged(cached[0], aci_url, remote)
     try:
         if verify and session.signature_file is None and (deferred or not asked):
             # A deferred signature, or a changed image after a conditional request.
-            signature, deferred = _download_signature(options, http, signature_url)
+            signature, deferred = _download_signature(runtime, http, signature_url)
             if deferred:
                 raise FetchError(
                     f"cannot fetch signature {signature_url}: the server still answers "
@@ -161,10 +161,10 @@ def _read_signature_file(path: Path) -> bytes:
 
 
 def _download_signature(
-    options: GlobalOptions, http: HttpSession, url: str
+    runtime: Runtime, http: HttpSession, url: str
 ) -> tuple[bytes | None, bool]:
     """(signature or None when the server has none, deferred by ``202 Accepted``)."""
-    options.info(f"Downloading signature from {url}")
+    runtime.reporter.info(f"Downloading signature from {url}")
     page = http.get(url, what="signature", limit=MAX_SIGNATURE_SIZE)
     if page.status == 200:
         return page.body, False
@@ -186,8 +186,8 @@ class HttpsFetcher:
     def fetch(self, ref: ImageRef, session: FetchSession) -> FetchedImage:
         assert ref.url is not None
         url = ref.url
-        options = session.options
-        if ref.kind == "http" and not options.is_insecure("http"):
+        runtime = session.runtime
+        if ref.kind == "http" and not runtime.is_insecure("http"):
             raise UsageError(
                 f"refusing to fetch image {url} over plain http; "
                 "use https, or --insecure-options=http"

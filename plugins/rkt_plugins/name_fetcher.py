@@ -15,7 +15,6 @@ that was asked for.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -28,7 +27,7 @@ from rkt.registry import FetcherRegistry
 from rkt_plugins.https_fetcher import default_http, fetch_remote_aci
 
 if TYPE_CHECKING:
-    from rkt.cli.context import GlobalOptions
+    from rkt.context import Runtime
     from rkt_plugins.http_session import HttpSession
 
 LOG = logging.getLogger(__name__)
@@ -40,10 +39,10 @@ HttpFactory = Callable[[FetchSession], "HttpSession"]
 
 
 def discover(
-    options: GlobalOptions, name: str, labels: dict[str, str], session: FetchSession
+    runtime: Runtime, name: str, labels: dict[str, str], session: FetchSession
 ) -> DiscoveredEndpoints:
     """Ask each installed discovery method in turn; the first with ACI endpoints wins."""
-    registry = options.plugins.discovery
+    registry = runtime.plugins.discovery
     if not registry.names():
         raise UsageError(
             f'cannot fetch "{name}": no discovery method is installed to find it; '
@@ -69,11 +68,11 @@ def discover(
     raise first_error
 
 
-def _usable(options: GlobalOptions, endpoints: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _usable(runtime: Runtime, endpoints: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """https endpoints first, then http ones if allowed; other schemes (hdfs...) skipped."""
     https = [e for e in endpoints if urlsplit(e[0]).scheme == "https"]
     http = [e for e in endpoints if urlsplit(e[0]).scheme == "http"]
-    return https + (http if options.is_insecure("http") else [])
+    return https + (http if runtime.is_insecure("http") else [])
 
 
 class NameFetcher:
@@ -85,11 +84,11 @@ class NameFetcher:
     def fetch(self, ref: ImageRef, session: FetchSession) -> FetchedImage:
         from rkt_plugins.discovery import host_labels
 
-        options = session.options
+        runtime = session.runtime
         name = ref.name or ref.text
-        options.info(f"rkt: searching for app image {ref.text}")
-        endpoints = discover(options, name, dict(ref.labels), session)
-        candidates = _usable(options, endpoints.aci)
+        runtime.reporter.info(f"rkt: searching for app image {ref.text}")
+        endpoints = discover(runtime, name, dict(ref.labels), session)
+        candidates = _usable(runtime, endpoints.aci)
         if not candidates:
             if endpoints.aci:
                 found = ", ".join(aci for aci, _ in endpoints.aci)
@@ -100,7 +99,7 @@ class NameFetcher:
             raise FetchError(f'meta discovery for "{name}" found no ac-discovery template')
         http = self._http_factory(session)
         try:
-            self._offer_keys(options, http, name, endpoints.keys)
+            self._offer_keys(runtime, http, name, endpoints.keys)
             # rkt sets os and arch to the host's when they are not asked for.
             expected = {**host_labels(), **ref.labels}
             errors: list[FetchError] = []
@@ -119,46 +118,46 @@ class NameFetcher:
 
     # -- keys ------------------------------------------------------------------------
     def _offer_keys(
-        self, options: GlobalOptions, http: HttpSession, name: str, key_urls: list[str]
+        self, runtime: Runtime, http: HttpSession, name: str, key_urls: list[str]
     ) -> None:
-        if options.is_insecure("image") or not key_urls:
+        if runtime.is_insecure("image") or not key_urls:
             return
-        if options.keystore.fingerprints_for(name):
-            options.debug_log(f'keys already exist for prefix "{name}", not fetching again')
+        if runtime.keystore.fingerprints_for(name):
+            LOG.debug('keys already exist for prefix "%s", not fetching again', name)
             return
-        if options.is_insecure("pubkey"):
-            options.warn("signing keys may be downloaded from an insecure connection")
+        if runtime.is_insecure("pubkey"):
+            runtime.reporter.warn("signing keys may be downloaded from an insecure connection")
         try:
             for url in key_urls:
-                self._offer_key(options, http, name, url)
+                self._offer_key(runtime, http, name, url)
         except _NoTerminal:
-            options.info(f'To trust the key for "{name}", do one of the following:')
-            options.info(" - call rkt with --trust-keys-from-https")
-            options.info(f' - run: rkt trust --prefix "{name}"')
-            options.info(
+            runtime.reporter.info(f'To trust the key for "{name}", do one of the following:')
+            runtime.reporter.info(" - call rkt with --trust-keys-from-https")
+            runtime.reporter.info(f' - run: rkt trust --prefix "{name}"')
+            runtime.reporter.info(
                 "rkt: error reviewing key: unable to ask user to review fingerprint "
                 "due to lack of tty"
             )
         except RktError as exc:
             # rkt 1.x: a key that cannot be fetched is reported; verification decides.
-            options.warn(f'cannot offer the discovered keys for "{name}": {exc}')
+            runtime.reporter.warn(f'cannot offer the discovered keys for "{name}": {exc}')
 
-    def _offer_key(self, options: GlobalOptions, http: HttpSession, name: str, url: str) -> None:
+    def _offer_key(self, runtime: Runtime, http: HttpSession, name: str, url: str) -> None:
         from rkt.keystore import describe_key
 
         scheme = urlsplit(url).scheme.lower()
-        if scheme == "http" and not (options.is_insecure("pubkey") and http.allow_http):
-            options.warn(
+        if scheme == "http" and not (runtime.is_insecure("pubkey") and http.allow_http):
+            runtime.reporter.warn(
                 f'not fetching key "{url}" over plain http '
                 "(needs --insecure-options=pubkey,http)"
             )
             return
         if scheme not in ("https", "http"):
-            options.warn(f'not fetching key "{url}": unsupported URL scheme {scheme!r}')
+            runtime.reporter.warn(f'not fetching key "{url}": unsupported URL scheme {scheme!r}')
             return
-        verified_https = scheme == "https" and not options.is_insecure("tls")
-        unreviewed = options.trust_keys_from_https and verified_https
-        if not unreviewed and not _interactive():
+        verified_https = scheme == "https" and not runtime.is_insecure("tls")
+        unreviewed = runtime.trust_keys_from_https and verified_https
+        if not unreviewed and not runtime.reporter.can_ask():
             raise _NoTerminal
         page = http.get(url, what="key", limit=MAX_KEY_SIZE)
         if page.status != 200:
@@ -170,24 +169,17 @@ class NameFetcher:
         if unreviewed and verified_https:
             review = "without"
         else:
-            from rkt.cli.trust import _show_key, _user_accepts
-
-            _show_key(options, name, url, description)
-            if not _user_accepts(options):
-                options.info(f'Not trusting "{url}"')
+            if not runtime.reporter.review_key(name, url, description):
+                runtime.reporter.info(f'Not trusting "{url}"')
                 return
             review = "after"
-        options.info(f'Trusting "{url}" for prefix "{name}" {review} fingerprint review.')
-        path = options.keystore.store_trusted_key(page.body, prefix=name, source=url)
-        options.info(f'Added key for prefix "{name}" at "{path}"')
+        runtime.reporter.info(f'Trusting "{url}" for prefix "{name}" {review} fingerprint review.')
+        path = runtime.keystore.store_trusted_key(page.body, prefix=name, source=url)
+        runtime.reporter.info(f'Added key for prefix "{name}" at "{path}"')
 
 
 class _NoTerminal(Exception):
     """Nobody can be asked to review a key."""
-
-
-def _interactive() -> bool:
-    return sys.stdin.isatty() and sys.stderr.isatty()
 
 
 @hookimpl

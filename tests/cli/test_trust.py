@@ -17,7 +17,7 @@ import pytest
 import trustme
 
 from rkt.cli import trust
-from rkt.cli.context import GlobalOptions, RktArgumentParser
+from rkt.cli.context import GlobalOptions, RktArgumentParser, TerminalReporter
 from rkt.errors import FetchError, UsageError
 from rkt.facade import Plugins
 from rkt.fetching import DiscoveredEndpoints
@@ -237,8 +237,9 @@ def _options(env: RktEnv, discoverers: dict[str, Any]) -> tuple[GlobalOptions, i
     pm.register(TestDiscovery(), name="test-discovery")
     out = io.StringIO()
     options = GlobalOptions(
-        data_dir=env.data_dir, local_config=env.local_config,
-        system_config=env.system_config, user_config=None, stdout=out, stderr=io.StringIO(),
+        data_dir_override=env.data_dir, local_config=env.local_config,
+        system_config=env.system_config, stdout=out,
+        reporter=TerminalReporter(io.StringIO()),
     )
     options.plugins = Plugins(pm)
     return options, out

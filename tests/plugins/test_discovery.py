@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rkt.cli.context import GlobalOptions
+from rkt.context import Runtime, StreamReporter
 from rkt.errors import FetchError, UsageError
 from rkt.fetching import DiscoveredEndpoints, FetchSession
 from rkt.testing.https_server import HttpsServer, loopback_transport
@@ -95,10 +95,10 @@ def _session(
     tmp_path: Path, server: HttpsServer, *, insecure: frozenset[str] = frozenset(),
     plain: HttpsServer | None = None, allow_http: bool = False,
 ) -> tuple[FetchSession, MetaDiscovery]:
-    options = GlobalOptions(
-        data_dir=tmp_path / "data", local_config=tmp_path / "etc",
-        system_config=tmp_path / "usr", user_config=None, insecure=insecure,
-        stdout=io.StringIO(), stderr=io.StringIO(),
+    options = Runtime(
+        data_dir_override=tmp_path / "data", local_config=tmp_path / "etc",
+        system_config=tmp_path / "usr", insecure=insecure,
+        reporter=StreamReporter(io.StringIO()),
     )
     hosts: dict[str, HttpsServer] = {"example.com": server, "https://example.com": server}
     if plain is not None:
@@ -106,11 +106,11 @@ def _session(
     transport = loopback_transport(hosts)
 
     def http(session: FetchSession) -> HttpSession:
-        allowed = session.options.is_insecure("http") or session.allow_http
-        return HttpSession(session.options, transport=transport, allow_http=allowed,
+        allowed = session.runtime.is_insecure("http") or session.allow_http
+        return HttpSession(session.runtime, transport=transport, allow_http=allowed,
                            timeout=1.0, attempts=2)
 
-    session = FetchSession(options=options, tmp_dir=tmp_path, allow_http=allow_http)
+    session = FetchSession(runtime=options, tmp_dir=tmp_path, allow_http=allow_http)
     return session, MetaDiscovery(http)
 
 
@@ -372,7 +372,7 @@ def test_unknown_certificate_authority(
     session, discovery = _session(tmp_path, server, insecure=frozenset({"tls"}))
     assert discovery.discover("example.com/myapp", LABELS, session).keys == [KEYS]
     assert "rkt: warning: TLS verification has been disabled" in (
-        session.options.stderr.getvalue()  # type: ignore[attr-defined]
+        session.runtime.reporter.stderr.getvalue()  # type: ignore[attr-defined]
     )
 
 

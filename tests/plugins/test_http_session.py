@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from rkt.cli.context import GlobalOptions
+from rkt.context import Runtime, StreamReporter
 from rkt.errors import ConfigError, FetchError
 from rkt.testing.https_server import HttpsServer, Recorded, Route
 from rkt_plugins.http_session import HttpSession, parse_max_age
@@ -36,13 +36,13 @@ def srv(server: HttpsServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpsS
     server.clear_log()
 
 
-def _options(tmp_path: Path, insecure: frozenset[str] = frozenset()) -> GlobalOptions:
+def _options(tmp_path: Path, insecure: frozenset[str] = frozenset()) -> Runtime:
     for sub in ("etc", "usr"):
         (tmp_path / sub).mkdir(exist_ok=True)
-    return GlobalOptions(
-        data_dir=tmp_path / "data", local_config=tmp_path / "etc",
-        system_config=tmp_path / "usr", user_config=None, insecure=insecure,
-        stdout=io.StringIO(), stderr=io.StringIO(),
+    return Runtime(
+        data_dir_override=tmp_path / "data", local_config=tmp_path / "etc",
+        system_config=tmp_path / "usr", insecure=insecure,
+        reporter=StreamReporter(io.StringIO()),
     )
 
 
@@ -295,7 +295,7 @@ def test_unknown_ca_and_insecure_tls(
     monkeypatch.delenv("SSL_CERT_FILE")
     http = _http(tmp_path, insecure=frozenset({"tls"}))
     assert http.download(f"{srv.url}/x.aci", _downloads(tmp_path)).size == len(BODY)
-    assert http.options.stderr.getvalue() == (  # type: ignore[attr-defined]
+    assert http.runtime.reporter.stderr.getvalue() == (  # type: ignore[attr-defined]
         "rkt: warning: TLS verification has been disabled\n"
     )
 

@@ -1,8 +1,9 @@
-"""What every command receives: the global options and lazily built services.
+"""What every command receives: the core context built from the global flags.
 
-Nothing here imports a plugin, pydantic or the store at module import time; the
-services (plugin manager, store, keystore, config) are built on first use so that
-cheap commands stay cheap.
+:class:`GlobalOptions` is the core's :class:`rkt.context.Runtime` (services built
+on first use, so cheap commands stay cheap) plus what only the command line has:
+its output stream and the terminal dialogue (:class:`TerminalReporter`). The core
+receives it as a ``Runtime`` and never imports this module.
 """
 
 from __future__ import annotations
@@ -12,37 +13,19 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from rkt.context import (
+    DEFAULT_LOCAL_CONFIG,
+    DEFAULT_SYSTEM_CONFIG,
+    INSECURE_OPTIONS,
+    Runtime,
+    StreamReporter,
+)
+
 if TYPE_CHECKING:
-    from rkt.config import Config
-    from rkt.facade import Plugins
-    from rkt.keystore import TrustedKeystore
-    from rkt.store import ImageStore
-
-DEFAULT_DATA_DIR = "/var/lib/rkt"
-DEFAULT_LOCAL_CONFIG = "/etc/rkt"
-DEFAULT_SYSTEM_CONFIG = "/usr/lib/rkt"
-
-#: rkt 1.x's ``--insecure-options`` values and what the composite ones expand to.
-INSECURE_OPTIONS: dict[str, frozenset[str]] = {
-    "none": frozenset(),
-    "image": frozenset({"image"}),
-    "tls": frozenset({"tls"}),
-    "http": frozenset({"http"}),
-    "pubkey": frozenset({"pubkey"}),
-    "capabilities": frozenset({"capabilities"}),
-    "paths": frozenset({"paths"}),
-    "seccomp": frozenset({"seccomp"}),
-    "ondisk": frozenset(),  # accepted and ignored, as rkt 1.26+ does
-    "all-fetch": frozenset({"image", "tls", "http", "pubkey"}),
-    "all-run": frozenset({"capabilities", "paths", "seccomp"}),
-    "all": frozenset(
-        {"image", "tls", "http", "pubkey", "capabilities", "paths", "seccomp"}
-    ),
-}
+    from rkt.keystore import KeyDescription
 
 _TRUE = {"1", "t", "true", "yes", "y", "on"}
 _FALSE = {"0", "f", "false", "no", "n", "off"}
@@ -140,20 +123,66 @@ def parse_insecure_options(value: str | None) -> frozenset[str]:
     return frozenset(chosen)
 
 
-@dataclass
-class GlobalOptions:
-    """The global flags after parsing, plus the services commands share."""
+class TerminalReporter(StreamReporter):
+    """The ``rkt`` command's reporter: lines on stderr, and the key review dialogue
+    (rkt 1.x's reviewKey) when stdin and stderr are a terminal."""
 
-    data_dir: Path
-    local_config: Path
-    system_config: Path
-    user_config: Path | None
-    debug: bool = False
-    insecure: frozenset[str] = frozenset()
-    trust_keys_from_https: bool = False
-    data_dir_explicit: bool = False
+    def can_ask(self) -> bool:
+        return sys.stdin.isatty() and self.stderr.isatty()
+
+    def review_key(self, prefix: str | None, origin: str, key: KeyDescription) -> bool:
+        self.show_key(prefix, origin, key)
+        return self._ask_yes_no()
+
+    def show_key(self, prefix: str | None, origin: str, key: KeyDescription) -> None:
+        """The fingerprint, subkeys and user IDs of a key about to be trusted."""
+        from datetime import UTC, datetime
+
+        from rkt.keystore import format_fingerprint
+
+        lines = [
+            f'Prefix: "{prefix}"' if prefix is not None
+            else 'Prefix: "" (root key: every image)',
+            f'Key: "{origin}"',
+            f"GPG key fingerprint is: {format_fingerprint(key.fingerprint)}",
+            *(f"\tSubkey fingerprint: {format_fingerprint(fp)}"
+              for fp in key.subkey_fingerprints),
+            *(f"\t{uid}" for uid in key.user_ids),
+        ]
+        if key.revoked:
+            lines.append("\tWARNING: this key has been revoked by its owner")
+        if key.expires is not None and key.expires <= datetime.now(UTC):
+            lines.append(f"\tWARNING: this key expired on {key.expires:%Y-%m-%d}")
+        for line in lines:
+            self.info(line)
+
+    def _ask_yes_no(self) -> bool:
+        """Ask until the answer is exactly ``yes`` or ``no``."""
+        from rkt.errors import UsageError
+
+        interactive = sys.stdin.isatty()
+        while True:
+            print(
+                "Are you sure you want to trust this key (yes/no)?",
+                end=" " if interactive else "\n", file=self.stderr, flush=True,
+            )
+            line = sys.stdin.readline()
+            if line == "":
+                raise UsageError("unable to ask user to review fingerprint: no input")
+            answer = line.removesuffix("\n").removesuffix("\r")
+            if answer == "yes":
+                return True
+            if answer == "no":
+                return False
+            self.info("Please enter 'yes' or 'no'")
+
+
+@dataclass
+class GlobalOptions(Runtime):
+    """The global flags after parsing: the core context plus the command's output."""
+
     stdout: IO[str] = field(default_factory=lambda: sys.stdout)
-    stderr: IO[str] = field(default_factory=lambda: sys.stderr)
+    reporter: TerminalReporter = field(default_factory=TerminalReporter)
 
     @classmethod
     def from_namespaces(cls, *namespaces: argparse.Namespace) -> GlobalOptions:
@@ -172,13 +201,13 @@ class GlobalOptions:
             insecure |= {"image"}
         user_config = merged.get("user_config")
         return cls(
-            data_dir=_absolute_dir("--dir", merged.get("dir", DEFAULT_DATA_DIR)),
-            data_dir_explicit="dir" in merged,
+            data_dir_override=_absolute_dir("--dir", merged["dir"]) if "dir" in merged
+            else None,
             local_config=_absolute_dir(
-                "--local-config", merged.get("local_config", DEFAULT_LOCAL_CONFIG)
+                "--local-config", merged.get("local_config", str(DEFAULT_LOCAL_CONFIG))
             ),
             system_config=_absolute_dir(
-                "--system-config", merged.get("system_config", DEFAULT_SYSTEM_CONFIG)
+                "--system-config", merged.get("system_config", str(DEFAULT_SYSTEM_CONFIG))
             ),
             user_config=_absolute_dir("--user-config", user_config) if user_config else None,
             debug=bool(merged.get("debug", False)),
@@ -186,48 +215,12 @@ class GlobalOptions:
             trust_keys_from_https=bool(merged.get("trust_keys_from_https", False)),
         )
 
-    def is_insecure(self, option: str) -> bool:
-        return option in self.insecure
+    @property
+    def stderr(self) -> IO[str]:
+        return self.reporter.stderr
 
-    # -- user-facing output ------------------------------------------------------
     def info(self, message: str) -> None:
-        """A progress or status line for the user, on stderr (stdout is for results)."""
-        print(message, file=self.stderr, flush=True)
+        self.reporter.info(message)
 
     def warn(self, message: str) -> None:
-        print(f"rkt: warning: {message}", file=self.stderr, flush=True)
-
-    def debug_log(self, message: str) -> None:
-        if self.debug:
-            print(f"rkt: debug: {message}", file=self.stderr, flush=True)
-
-    # -- services, built on first use -------------------------------------------
-    @cached_property
-    def config(self) -> Config:
-        from rkt.config import Config
-
-        return Config.load(self.system_config, self.local_config, self.user_config)
-
-    @cached_property
-    def plugins(self) -> Plugins:
-        from rkt.facade import Plugins
-
-        return Plugins.load()
-
-    @cached_property
-    def store(self) -> ImageStore:
-        return self.plugins.open_store(self.resolved_data_dir)
-
-    @cached_property
-    def keystore(self) -> TrustedKeystore:
-        from rkt.keystore import TrustedKeystore
-
-        return TrustedKeystore(self.system_config, self.local_config)
-
-    @property
-    def resolved_data_dir(self) -> Path:
-        """``--dir`` if given, else ``paths.d``'s ``data``, else the default."""
-        if self.data_dir_explicit:
-            return self.data_dir
-        configured = self.config.paths.get("data")
-        return Path(configured) if configured else self.data_dir
+        self.reporter.warn(message)

@@ -310,7 +310,7 @@ def _pods_in_use(options: GlobalOptions) -> tuple[set[str], set[str]]:
 
     trees: set[str] = set()
     running_images: set[str] = set()
-    for pod in PodStore(options.resolved_data_dir).iter_pods():
+    for pod in PodStore(options.data_dir).iter_pods():
         if pod.phase == "garbage":
             continue
         for name in [pod.path / "stage1TreeStoreID",
@@ -338,7 +338,7 @@ def _gc(options: GlobalOptions, args: argparse.Namespace) -> int:
     store = options.store
     if not isinstance(store, CasStore):
         raise UsageError("image gc: only the built-in store can be garbage collected")
-    locks = options.resolved_data_dir / "locks"
+    locks = options.data_dir / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     # rkt's prepareLock: no pod may pick a tree while we decide which ones are unused
     with FileLock(locks / "prepareLock"):
@@ -355,7 +355,7 @@ def _gc(options: GlobalOptions, args: argparse.Namespace) -> int:
             print(f'successfully removed aci for image: "{info.id}" ("{info.name}")',
                   file=options.stdout)
         options.plugins.image_gc(
-            options.resolved_data_dir, grace, lambda line: print(line, file=options.stdout)
+            options.data_dir, grace, lambda line: print(line, file=options.stdout)
         )
         store.sweep_tmp()
     return 0

@@ -29,7 +29,7 @@ def add_arguments(command: str, parser: RktArgumentParser) -> None:
 
 def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
     del command
-    data_dir = options.resolved_data_dir
+    data_dir = options.data_dir
     try:
         for rel, mode in DATA_DIRS.items():
             path = data_dir / rel if rel else data_dir

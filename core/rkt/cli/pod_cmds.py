@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ from rkt.errors import PodError, RktError, UsageError
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+LOG = logging.getLogger(__name__)
 
 
 def parse_duration(text: str) -> float:
@@ -92,7 +95,7 @@ def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
 def _pods(options: GlobalOptions) -> Any:
     from rkt.pod.dirs import PodStore
 
-    return PodStore(options.resolved_data_dir)
+    return PodStore(options.data_dir)
 
 
 def _one_uuid(args: argparse.Namespace) -> str:
@@ -317,7 +320,7 @@ def remove_pod(options: GlobalOptions, pod: Any) -> None:
         try:
             backend_of(options, pod).gc(pod)
         except RktError as exc:
-            options.debug_log(f"stage1 gc of {pod.uuid}: {exc}")
+            LOG.debug("stage1 gc of %s: %s", pod.uuid, exc)
         pods.delete(pod)
     finally:
         pod.release()

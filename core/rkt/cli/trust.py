@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 from rkt.cli.context import GlobalOptions, RktArgumentParser
 from rkt.errors import FetchError, UsageError
-from rkt.keystore import KeyDescription, describe_key, format_fingerprint, validate_prefix
+from rkt.keystore import describe_key, validate_prefix
 
 #: public keys are a few KiB; anything much larger is not what the user meant to trust
 MAX_KEY_SIZE = 1 << 20
@@ -67,11 +65,12 @@ def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
     for location in locations:
         data, over_verified_https = _read_key(options, location, args.insecure_allow_http)
         description = describe_key(data, source=location)
-        _show_key(options, prefix, location, description)
         unreviewed = bool(args.skip_fingerprint_review) or (
             options.trust_keys_from_https and over_verified_https
         )
-        if not unreviewed and not _user_accepts(options):
+        if unreviewed:
+            options.reporter.show_key(prefix, location, description)
+        elif not options.reporter.review_key(prefix, location, description):
             options.info(f'Not trusting "{location}"')
             continue
         review = "without" if unreviewed else "after"
@@ -83,44 +82,6 @@ def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
         else:
             print(f'Added key for prefix "{prefix}" at "{path}"', file=options.stdout, flush=True)
     return 0
-
-
-# -- the dialogue ----------------------------------------------------------------------
-def _show_key(
-    options: GlobalOptions, prefix: str | None, location: str, key: KeyDescription
-) -> None:
-    lines = [
-        f'Prefix: "{prefix}"' if prefix is not None else 'Prefix: "" (root key: every image)',
-        f'Key: "{location}"',
-        f"GPG key fingerprint is: {format_fingerprint(key.fingerprint)}",
-        *(f"\tSubkey fingerprint: {format_fingerprint(fp)}" for fp in key.subkey_fingerprints),
-        *(f"\t{uid}" for uid in key.user_ids),
-    ]
-    if key.revoked:
-        lines.append("\tWARNING: this key has been revoked by its owner")
-    if key.expires is not None and key.expires <= datetime.now(UTC):
-        lines.append(f"\tWARNING: this key expired on {key.expires:%Y-%m-%d}")
-    for line in lines:
-        options.info(line)
-
-
-def _user_accepts(options: GlobalOptions) -> bool:
-    """Ask until the answer is exactly ``yes`` or ``no`` (rkt 1.x's reviewKey)."""
-    interactive = sys.stdin.isatty()
-    while True:
-        print(
-            "Are you sure you want to trust this key (yes/no)?",
-            end=" " if interactive else "\n", file=options.stderr, flush=True,
-        )
-        line = sys.stdin.readline()
-        if line == "":
-            raise UsageError("unable to ask user to review fingerprint: no input")
-        answer = line.removesuffix("\n").removesuffix("\r")
-        if answer == "yes":
-            return True
-        if answer == "no":
-            return False
-        options.info("Please enter 'yes' or 'no'")
 
 
 # -- getting the key -------------------------------------------------------------------
@@ -230,7 +191,7 @@ def _discover_keys(
     from rkt.fetching import FetchSession
 
     with tempfile.TemporaryDirectory(prefix="rkt-trust-") as tmp:
-        session = FetchSession(options=options, tmp_dir=Path(tmp), allow_http=allow_http)
+        session = FetchSession(runtime=options, tmp_dir=Path(tmp), allow_http=allow_http)
         for name in discovery.names():
             discoverer = discovery.get(name)
             if discoverer is None:

@@ -27,7 +27,7 @@ from rkt.pod.prepare import (
 from rkt.stage1 import RunOptions, Stage1Backend, Stage1Choice, select_stage1
 
 if TYPE_CHECKING:
-    from rkt.cli.context import GlobalOptions
+    from rkt.context import Runtime
 
 LOG = logging.getLogger(__name__)
 
@@ -38,18 +38,18 @@ class PreparedPod:
     backend: Stage1Backend
 
 
-def _resolve(options: GlobalOptions, image_id: str) -> ResolvedImage:
-    info = options.store.resolve(image_id)
+def _resolve(runtime: Runtime, image_id: str) -> ResolvedImage:
+    info = runtime.store.resolve(image_id)
     # validated when it was imported; see ResolvedImage
-    return ResolvedImage(info, json.loads(options.store.manifest_bytes(info.id)))
+    return ResolvedImage(info, json.loads(runtime.store.manifest_bytes(info.id)))
 
 
-def backend_for(options: GlobalOptions, stage1: ResolvedImage) -> Stage1Backend:
-    return options.plugins.stage1_backend(stage1_backend_name(stage1.manifest))
+def backend_for(runtime: Runtime, stage1: ResolvedImage) -> Stage1Backend:
+    return runtime.plugins.stage1_backend(stage1_backend_name(stage1.manifest))
 
 
 def create_pod(
-    options: GlobalOptions,
+    runtime: Runtime,
     request: PodRequest,
     stage1_choice: Stage1Choice,
     *,
@@ -59,32 +59,32 @@ def create_pod(
     """Fetch everything, then prepare a pod; it is returned locked, in ``prepare/``."""
     from rkt.fetching import fetch_image
 
-    stage1 = _resolve(options, select_stage1(options, stage1_choice).id)
-    backend = backend_for(options, stage1)
+    stage1 = _resolve(runtime, select_stage1(runtime, stage1_choice).id)
+    backend = backend_for(runtime, stage1)
     manifest: dict[str, Any]
     if request.pod_manifest is not None:
-        manifest = _load_pod_manifest(options, request.pod_manifest)
+        manifest = _load_pod_manifest(runtime, request.pod_manifest)
     else:
         images = []
         for app in request.apps:
-            info = fetch_image(options, app.image, signature_file=app.signature,
+            info = fetch_image(runtime, app.image, signature_file=app.signature,
                                pull_policy=pull_policy)
-            images.append(_resolve(options, info.id))
+            images.append(_resolve(runtime, info.id))
         manifest, _ = build_pod_manifest(images, request)
-    pods = PodStore(options.resolved_data_dir)
+    pods = PodStore(runtime.data_dir)
     pod = pods.create_embryo(uuid)
     try:
-        prepare_pod(pod, options.store, stage1, manifest, request, insecure=options.insecure)
+        prepare_pod(pod, runtime.store, stage1, manifest, request, insecure=runtime.insecure)
     except BaseException:
         pod.release()
         pods.delete(pod)
         raise
     for runtime_app in manifest["apps"]:
-        options.store.touch(runtime_app["image"]["id"])
+        runtime.store.touch(runtime_app["image"]["id"])
     return PreparedPod(pod, backend)
 
 
-def _load_pod_manifest(options: GlobalOptions, path: Path) -> dict[str, Any]:
+def _load_pod_manifest(runtime: Runtime, path: Path) -> dict[str, Any]:
     """A user's pod manifest: validated against the schema (it is input), reified."""
     from rkt.schema.pod import PodManifest
 
@@ -98,12 +98,12 @@ def _load_pod_manifest(options: GlobalOptions, path: Path) -> dict[str, Any]:
     for app in manifest.apps:
         if not app.image.id:
             raise UsageError(f'pod manifest {path}: app "{app.name}" has no image id')
-        info = options.store.resolve(app.image.id)
+        info = runtime.store.resolve(app.image.id)
         app.image.id = info.id
         if app.app is None:
             from rkt.schema.image import ImageManifest
 
-            image = ImageManifest.parse(options.store.manifest_bytes(info.id))
+            image = ImageManifest.parse(runtime.store.manifest_bytes(info.id))
             if image.app is None:
                 raise UsageError(f'pod manifest {path}: app "{app.name}" has nothing to run')
             app.app = image.app
@@ -111,7 +111,7 @@ def _load_pod_manifest(options: GlobalOptions, path: Path) -> dict[str, Any]:
     return document
 
 
-def run_pod(options: GlobalOptions, prepared: PreparedPod, run_options: RunOptions,
+def run_pod(runtime: Runtime, prepared: PreparedPod, run_options: RunOptions,
             *, uuid_file: str | None = None) -> int:
     """Move the locked pod to ``run/`` and hand it to its stage1; return the exit code."""
     pod = prepared.pod
@@ -131,9 +131,9 @@ def mark_prepared(prepared: PreparedPod) -> None:
     prepared.pod.release()
 
 
-def open_prepared(options: GlobalOptions, uuid: str) -> PreparedPod:
+def open_prepared(runtime: Runtime, uuid: str) -> PreparedPod:
     """Lock a pod in ``prepared/`` for ``run-prepared``."""
-    pods = PodStore(options.resolved_data_dir)
+    pods = PodStore(runtime.data_dir)
     pod = pods.find(uuid)
     if pod.phase != "prepared":
         raise PodError(f'pod "{pod.uuid}" is not prepared (state: {pod.state()})')
@@ -143,15 +143,15 @@ def open_prepared(options: GlobalOptions, uuid: str) -> PreparedPod:
     if pod.phase != "prepared":
         pod.release()
         raise PodError(f'pod "{pod.uuid}" is no longer prepared')
-    return PreparedPod(pod, backend_of(options, pod))
+    return PreparedPod(pod, backend_of(runtime, pod))
 
 
-def backend_of(options: GlobalOptions, pod: Pod) -> Stage1Backend:
+def backend_of(runtime: Runtime, pod: Pod) -> Stage1Backend:
     try:
         manifest = json.loads((pod.path / "stage1" / "manifest").read_text())
     except (OSError, ValueError) as exc:
         raise PodError(f'pod "{pod.uuid}" has no readable stage1 manifest') from exc
-    return options.plugins.stage1_backend(stage1_backend_name(manifest))
+    return runtime.plugins.stage1_backend(stage1_backend_name(manifest))
 
 
 def ensure_root(command: str) -> None:

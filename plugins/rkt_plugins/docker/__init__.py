@@ -41,6 +41,9 @@ FETCHERS = {
 class _LazyFetcher:
     """Registers a kind without importing its code (a ``rkt fetch ./x.aci`` needs none)."""
 
+    #: archives are local files, and docker:// answers from its own cache of tags
+    answers_offline = True
+
     def __init__(self, target: str) -> None:
         self.target = target
 

@@ -321,7 +321,8 @@ def _oci_layers(files: _Files, descriptors: list[Descriptor], config: ImageConfi
 def _build(
     session: FetchSession, origin: Origin, config: ImageConfig, layers: list[Layer], where: str
 ) -> Path:
-    manifest = manifest_bytes(image_manifest(origin, config, warn=session.options.warn), where)
+    warn = session.runtime.reporter.warn
+    manifest = manifest_bytes(image_manifest(origin, config, warn=warn), where)
     jobs = [_unpack(layer, session.tmp_dir) for layer in layers]
     return squash_layers(session.tmp_dir, manifest, jobs, range(len(jobs)),
                          epoch=created_epoch(config))

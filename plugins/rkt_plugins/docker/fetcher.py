@@ -51,7 +51,7 @@ LOG = logging.getLogger(__name__)
 
 def refuse_unsigned(session: FetchSession, origin: str) -> None:
     """Docker images cannot be verified: refuse before any download unless insecure."""
-    if not session.options.is_insecure("image"):
+    if not session.runtime.is_insecure("image"):
         # The same words as the pipeline's refusal of any unsignable image.
         raise VerificationError(
             f"signature verification for {origin} is not supported "
@@ -109,8 +109,8 @@ class DockerFetcher:
     def fetch(self, ref: ImageRef, session: FetchSession) -> FetchedImage:
         docker_ref = parse_docker_reference(ref.text)
         refuse_unsigned(session, docker_ref.url)
-        options = session.options
-        store = options.store
+        runtime = session.runtime
+        store = runtime.store
         url = docker_ref.url
         if session.pull_policy in ("new", "never"):
             # rkt 1.x: "new" fetches only what the store does not have yet, "never"
@@ -122,15 +122,15 @@ class DockerFetcher:
                 raise ImageNotFoundError(
                     f'image "{ref.text}" is not in the store and --pull-policy=never'
                 )
-        options.info(f"rkt: fetching image from {ref.text}")
-        if options.is_insecure("tls"):
-            options.warn("TLS verification has been disabled")
-        http = HttpClient(verify_tls=not options.is_insecure("tls"))
+        runtime.reporter.info(f"rkt: fetching image from {ref.text}")
+        if runtime.is_insecure("tls"):
+            runtime.reporter.warn("TLS verification has been disabled")
+        http = HttpClient(verify_tls=not runtime.is_insecure("tls"))
         try:
             client = RegistryClient(
                 docker_ref.registry, http,
-                credentials=registry_credentials(options.config, docker_ref.registry),
-                allow_http=options.is_insecure("http"),
+                credentials=registry_credentials(runtime.config, docker_ref.registry),
+                allow_http=runtime.is_insecure("http"),
             )
             client.connect(docker_ref.repository)
             image, digest = self._image_manifest(client, docker_ref)

@@ -60,9 +60,9 @@ class ImagePull:
         self.image = image
         self.origin = origin
         self.session = session
-        store = session.options.store
+        store = session.runtime.store
         self.cache = BlobCache(store.data_dir, session.tmp_dir)
-        self.progress = LayerProgress(session.options.stderr)
+        self.progress = LayerProgress(session.runtime.reporter.stderr)
         self.cancelled = threading.Event()
 
     def run(self) -> Path:
@@ -74,7 +74,7 @@ class ImagePull:
             where = f'image "{self.ref}"'
             check_layer_count(image, config, where)
             manifest = manifest_bytes(
-                image_manifest(self.origin, config, warn=self.session.options.warn), where
+                image_manifest(self.origin, config, warn=self.session.runtime.reporter.warn), where
             )
             # Layers are cached by diff_id; without diff_ids nothing can be cached.
             diff_ids: list[str | None] = list(config.diff_ids) or [None] * len(image.layers)
