@@ -165,11 +165,14 @@ def _fetch_one(
     plugins = runtime.plugins
     store = runtime.store
     text = ref.text
+    LOG.debug('image "%s": kind %s, pull policy %s', text, ref.kind, pull_policy)
     if ref.kind == "hash":
         return store.resolve(text)
     if ref.kind == "name" and pull_policy in ("new", "never"):
         try:
-            return store.find_by_name(ref.name or "", ref.labels)
+            found = store.find_by_name(ref.name or "", ref.labels)
+            LOG.debug('image "%s" is in the store: %s', text, found.id)
+            return found
         except ImageNotFoundError:
             if pull_policy == "never":
                 raise
@@ -192,6 +195,8 @@ def _fetch_one(
         runtime=runtime, tmp_dir=store.tmp_dir, signature_file=signature_file,
         pull_policy=pull_policy,
     )
+    LOG.debug('fetching "%s" with the %s fetcher (%s)', text, ref.kind,
+              plugins.fetchers.provider(ref.kind))
     fetched = fetcher.fetch(ref, session)
     try:
         if fetched.stored_id is not None:
@@ -290,7 +295,7 @@ def import_fetched(
     """
     signer: Signer | None = None
     if not verify:
-        pass
+        LOG.debug("%s is trusted by its location: not verifying", fetched.origin)
     elif runtime.is_insecure("image"):
         runtime.reporter.warn("image signature verification has been disabled")
     elif not fetched.signable:

@@ -107,6 +107,22 @@ def _fail(message: str, code: int, debug: bool) -> NoReturn:
     raise SystemExit(code)
 
 
+def _log_to_stderr() -> None:
+    """``--debug``: the core's and plugins' diagnostic log lines go to stderr.
+
+    Library code only logs (``LOG.debug``); this is the one place that decides
+    where log lines go, so an embedding program keeps control of its own logging.
+    """
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("rkt: debug: %(name)s: %(message)s"))
+    for name in ("rkt", "rkt_plugins", "rkt_stage1_nspawn", "rkt_stage1_kvm"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0] and "version".startswith(argv[0]):
@@ -165,5 +181,7 @@ def _dispatch(ns: argparse.Namespace, argv: list[str]) -> int:
     args = parser.parse_args(after)
     args.split = extra
     options = GlobalOptions.from_namespaces(_root_parser().parse_args(before), args)
+    if options.debug:
+        _log_to_stderr()
     result: int = module.run(command, options, args)
     return result

@@ -61,6 +61,8 @@ def create_pod(
 
     stage1 = _resolve(runtime, select_stage1(runtime, stage1_choice).id)
     backend = backend_for(runtime, stage1)
+    LOG.debug('stage1 image "%s" (%s), backend "%s"', stage1.info.name, stage1.info.id,
+              backend.name)
     manifest: dict[str, Any]
     if request.pod_manifest is not None:
         manifest = _load_pod_manifest(runtime, request.pod_manifest)

@@ -1,0 +1,127 @@
+"""The public surface for plugin authors: everything a fetcher, discovery method,
+verifier, store or stage1 backend needs, in one import.
+
+    from rkt.api import FetchedImage, FetchSession, FetcherRegistry, hookimpl
+
+Names listed in ``__all__`` are the plugin contract: they keep their meaning
+across rkt's minor versions (hook specs only grow, see :mod:`rkt.hookspecs`).
+Anything else in the core may change without notice. ``docs/plugins.md`` and
+``docs/stage1.md`` describe how the pieces fit.
+
+Each name is imported from its home module only when first used, so that a
+plugin importing this module costs no more start-up than the names it touches.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rkt.context import Reporter, Runtime, StreamReporter
+    from rkt.errors import (
+        ArchiveError,
+        ConfigError,
+        FetchError,
+        ImageError,
+        ImageNotFoundError,
+        KeystoreError,
+        ManifestError,
+        PluginError,
+        PodError,
+        RktError,
+        Stage1Error,
+        StoreError,
+        UnknownSignerError,
+        UnsafeArchiveError,
+        UsageError,
+        VerificationError,
+    )
+    from rkt.fetching import (
+        DiscoveredEndpoints,
+        Discoverer,
+        FetchedImage,
+        Fetcher,
+        FetchSession,
+        RemoteRecord,
+        Signer,
+        Verifier,
+    )
+    from rkt.hookspecs import hookimpl
+    from rkt.imageref import ImageRef
+    from rkt.keystore import TrustedKey
+    from rkt.pod.dirs import Pod
+    from rkt.progress import ProgressBar
+    from rkt.registry import (
+        DiscoveryRegistry,
+        FetcherRegistry,
+        Stage1Factory,
+        Stage1Registry,
+        StoreFactory,
+        StoreRegistry,
+        VerifierRegistry,
+    )
+    from rkt.stage1 import RunOptions, Stage1Backend
+    from rkt.store import ImageInfo, ImageStore
+
+#: public name -> the module that defines it
+_HOMES: dict[str, str] = {
+    # hooks and registries
+    "hookimpl": "rkt.hookspecs",
+    **dict.fromkeys(
+        ("FetcherRegistry", "DiscoveryRegistry", "VerifierRegistry", "StoreRegistry",
+         "StoreFactory", "Stage1Registry", "Stage1Factory"),
+        "rkt.registry",
+    ),
+    # the core context a plugin is given
+    **dict.fromkeys(("Runtime", "Reporter", "StreamReporter"), "rkt.context"),
+    # fetchers, discovery, verifiers
+    **dict.fromkeys(
+        ("Fetcher", "FetchSession", "FetchedImage", "RemoteRecord", "Discoverer",
+         "DiscoveredEndpoints", "Verifier", "Signer"),
+        "rkt.fetching",
+    ),
+    "ImageRef": "rkt.imageref",
+    "TrustedKey": "rkt.keystore",
+    # stores
+    "ImageStore": "rkt.store",
+    "ImageInfo": "rkt.store",
+    # stage1 backends
+    "Stage1Backend": "rkt.stage1",
+    "RunOptions": "rkt.stage1",
+    "Pod": "rkt.pod.dirs",
+    # user output
+    "ProgressBar": "rkt.progress",
+    # errors (rkt prints "rkt: <message>" for any of these)
+    **dict.fromkeys(
+        ("RktError", "UsageError", "ConfigError", "PluginError", "ImageError", "ArchiveError",
+         "UnsafeArchiveError", "ManifestError", "ImageNotFoundError", "VerificationError",
+         "UnknownSignerError", "KeystoreError", "FetchError", "StoreError", "Stage1Error",
+         "PodError"),
+        "rkt.errors",
+    ),
+}
+
+__all__ = [
+    "ArchiveError", "ConfigError", "DiscoveredEndpoints", "Discoverer", "DiscoveryRegistry",
+    "FetchError", "FetchSession", "FetchedImage", "Fetcher", "FetcherRegistry", "ImageError",
+    "ImageInfo", "ImageNotFoundError", "ImageRef", "ImageStore", "KeystoreError",
+    "ManifestError", "PluginError", "Pod", "PodError", "ProgressBar", "RemoteRecord",
+    "Reporter", "RktError", "RunOptions", "Runtime", "Signer", "Stage1Backend", "Stage1Error",
+    "Stage1Factory", "Stage1Registry", "StoreError", "StoreFactory", "StoreRegistry",
+    "StreamReporter", "TrustedKey", "UnknownSignerError", "UnsafeArchiveError", "UsageError",
+    "VerificationError", "Verifier", "VerifierRegistry", "hookimpl",
+]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'rkt.api' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
