@@ -39,6 +39,60 @@ def test_two_plugins_claiming_one_name_is_an_error_naming_both(plugins: Plugins)
         plugins.pm.unregister(name="impostor")
 
 
+def test_conflict_names_the_plugin_even_when_a_helper_adds(plugins: Plugins) -> None:
+    def add_all(registry):  # type: ignore[no-untyped-def]
+        registry.add("https", object())  # the plugin's own helper calls add
+
+    class Helpful:
+        @hookimpl
+        def rkt_register_fetchers(self, registry):  # type: ignore[no-untyped-def]
+            add_all(registry)
+
+    plugins.pm.register(Helpful(), name="helpful")
+    try:
+        with pytest.raises(PluginError, match='both "helpful" and "https_fetcher"'):
+            _ = plugins.fetchers
+    finally:
+        plugins.pm.unregister(name="helpful")
+
+
+def test_hooks_run_through_pluggy_wrappers_and_ordering(plugins: Plugins) -> None:
+    """Registry hooks go through pluggy's hook caller: a wrapper sees the whole call,
+    tryfirst runs first, and an implementation may take no arguments at all."""
+    seen: list[str] = []
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def rkt_register_fetchers(self, registry):  # type: ignore[no-untyped-def]
+            seen.append("before")
+            result = yield
+            seen.append(f"after: {len(registry.names())} kinds")
+            return result
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def rkt_register_fetchers(self, registry):  # type: ignore[no-untyped-def]
+            seen.append(f"first: {len(registry.names())} kinds")
+            registry.add("first", object())
+
+    class NoArguments:
+        @hookimpl
+        def rkt_register_fetchers(self):  # type: ignore[no-untyped-def]
+            seen.append("called without arguments")
+
+    for plugin, name in ((Wrapper(), "wrapper"), (First(), "first"), (NoArguments(), "bare")):
+        plugins.pm.register(plugin, name=name)
+    try:
+        kinds = plugins.fetchers.names()
+    finally:
+        for name in ("wrapper", "first", "bare"):
+            plugins.pm.unregister(name=name)
+    assert plugins.fetchers.provider("first") == "first"
+    assert seen[:2] == ["before", "first: 0 kinds"]
+    assert "called without arguments" in seen
+    assert seen[-1] == f"after: {len(kinds)} kinds"
+
+
 def test_misspelled_hook_fails_loudly() -> None:
     class Typo:
         @hookimpl
