@@ -28,6 +28,7 @@ from rkt.stage1 import RunOptions, Stage1Backend, Stage1Choice, select_stage1
 
 if TYPE_CHECKING:
     from rkt.context import Runtime
+    from rkt.pod.gc import Stage1Lookup
 
 LOG = logging.getLogger(__name__)
 
@@ -154,6 +155,14 @@ def backend_of(runtime: Runtime, pod: Pod) -> Stage1Backend:
     except (OSError, ValueError) as exc:
         raise PodError(f'pod "{pod.uuid}" has no readable stage1 manifest') from exc
     return runtime.plugins.stage1_backend(stage1_backend_name(manifest))
+
+
+def stop_pod(pod: Pod, stage1_backend: Stage1Lookup, *, force: bool) -> bool:
+    """Ask a running pod's stage1 to stop it (kill it with ``force``); False if not running."""
+    if pod.state() != "running":
+        return False
+    stage1_backend(pod).stop(pod, force=force)
+    return True
 
 
 def ensure_root(command: str) -> None:

@@ -1,0 +1,165 @@
+"""Removing pods: ``rkt rm`` for one pod, ``rkt gc`` for all that are done.
+
+Garbage collection has two steps, as in rkt (``Documentation/commands.md#rkt-gc``):
+
+- *mark*: exited pods move from ``run/`` to ``exited-garbage/``; aborted prepares
+  and prepared pods older than the expiry move to ``garbage/``;
+- *sweep*: pods in ``garbage/`` are removed at once, pods in ``exited-garbage/``
+  once they were marked longer ago than the grace period, so a user still has
+  time to look at a pod that just exited.
+
+Nothing here prints: what happens to each pod is reported as a :class:`GcEvent`,
+and the caller says it to the user.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from rkt.errors import PodError, RktError
+from rkt.pod.dirs import Pod, PodStore
+
+if TYPE_CHECKING:
+    from rkt.stage1 import Stage1Backend
+
+LOG = logging.getLogger(__name__)
+
+#: the stage1 backend that prepared a pod (it releases what it set up outside the pod dir)
+Stage1Lookup = Callable[[Pod], "Stage1Backend"]
+
+GcAction = Literal[
+    "marked-exited",     # an exited pod moved to exited-garbage/
+    "marked-aborted",    # an aborted prepare moved to garbage/
+    "marked-expired",    # a prepared pod past its expiry moved to garbage/
+    "within-grace",      # an exited pod kept: marked less than the grace period ago
+    "collecting",        # a pod about to be removed
+    "failed",            # a pod that could not be removed (``error`` says why)
+]
+
+#: pod states ``rkt rm`` refuses: someone is working on the pod
+ACTIVE_STATES = ("running", "preparing", "deleting", "exited deleting", "embryo")
+
+
+@dataclass(frozen=True)
+class GcEvent:
+    """Something that happened to one pod while removing pods."""
+
+    action: GcAction
+    uuid: str
+    error: RktError | None = None
+
+
+GcReport = Callable[[GcEvent], None]
+
+
+@dataclass
+class GcResult:
+    """The UUIDs of the pods ``collect_pods`` removed, and of those it failed to remove."""
+
+    removed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def delete_pod(pods: PodStore, pod: Pod, stage1_backend: Stage1Lookup) -> None:
+    """Delete a pod nobody works on: lock it, let its stage1 clean up, remove the directory.
+
+    The pod is moved to a garbage phase first, so that if the removal is cut short
+    the next ``gc`` finishes it. A stage1 whose clean-up fails does not keep the pod
+    (what it set up may be gone already); the failure is a ``--debug`` line.
+    """
+    if not pod.lock():
+        raise PodError(f'pod "{pod.uuid}" is in use')
+    try:
+        pods.refresh(pod)
+        if pod.phase == "run":
+            pod.move("exited-garbage")
+        elif pod.phase in ("prepare", "prepared"):
+            pod.move("garbage")
+        try:
+            stage1_backend(pod).gc(pod)
+        except RktError as exc:
+            LOG.debug("stage1 gc of %s: %s", pod.uuid, exc)
+        pods.delete(pod)
+    finally:
+        pod.release()
+
+
+def remove_pod(pods: PodStore, uuid: str, stage1_backend: Stage1Lookup) -> Pod:
+    """``rkt rm``: remove the pod with this UUID (or prefix) unless it is active."""
+    pod = pods.find(uuid)
+    state = pod.state()
+    if state in ACTIVE_STATES:
+        raise PodError(f'pod "{pod.uuid}" is {state}; only exited pods can be removed')
+    delete_pod(pods, pod, stage1_backend)
+    return pod
+
+
+def mark_pods(pods: PodStore, *, expire_prepared: float, report: GcReport) -> None:
+    """Move exited pods, aborted prepares and expired prepared pods to the garbage phases."""
+    now = time.time()
+    for pod in pods.iter_pods(("run", "prepare", "prepared")):
+        try:
+            if pod.phase == "run" and not pod.is_locked_by_other():
+                pod.move("exited-garbage")
+                report(GcEvent("marked-exited", pod.uuid))
+            elif pod.phase == "prepare" and not pod.is_locked_by_other():
+                pod.move("garbage")
+                report(GcEvent("marked-aborted", pod.uuid))
+            elif pod.phase == "prepared":
+                created = pod.created() or now
+                if now - created > expire_prepared and pod.lock():
+                    try:
+                        pod.move("garbage")
+                    finally:
+                        pod.release()
+                    report(GcEvent("marked-expired", pod.uuid))
+        except FileNotFoundError:
+            continue  # another gc or rm won the race
+
+
+def sweep_pods(pods: PodStore, *, grace_period: float, stage1_backend: Stage1Lookup,
+               report: GcReport) -> GcResult:
+    """Remove garbage pods, and exited ones marked longer ago than ``grace_period`` seconds."""
+    result = GcResult()
+    now = time.time()
+    for pod in pods.iter_pods(("exited-garbage", "garbage")):
+        try:
+            if pod.phase == "exited-garbage":
+                # marked when it was renamed into exited-garbage/: the rename's ctime
+                marked = os.stat(pod.path).st_ctime
+                if now - marked < grace_period:
+                    report(GcEvent("within-grace", pod.uuid))
+                    continue
+            if pod.is_locked_by_other():
+                continue
+            report(GcEvent("collecting", pod.uuid))
+            delete_pod(pods, pod, stage1_backend)
+            result.removed.append(pod.uuid)
+        except FileNotFoundError:
+            continue
+        except RktError as exc:
+            report(GcEvent("failed", pod.uuid, exc))
+            result.failed.append(pod.uuid)
+    return result
+
+
+def collect_pods(
+    pods: PodStore,
+    *,
+    grace_period: float,
+    expire_prepared: float,
+    stage1_backend: Stage1Lookup,
+    report: GcReport,
+    mark_only: bool = False,
+) -> GcResult:
+    """``rkt gc``: mark, then (unless ``mark_only``) sweep; durations in seconds."""
+    mark_pods(pods, expire_prepared=expire_prepared, report=report)
+    if mark_only:
+        return GcResult()
+    return sweep_pods(pods, grace_period=grace_period, stage1_backend=stage1_backend,
+                      report=report)

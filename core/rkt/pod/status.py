@@ -1,0 +1,98 @@
+"""What ``rkt list`` and ``rkt status`` show about a pod, and waiting for it to change.
+
+Everything comes from the pod directory alone (its manifest, its lock, a few
+timestamps, the exit codes the supervisor recorded): no image is read, so
+listing stays fast with thousands of pods.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rkt.errors import PodError
+from rkt.pod.dirs import Pod, PodStore
+
+#: phases whose pods have started (and may have exit codes)
+_STARTED_PHASES = ("run", "exited-garbage")
+#: how often a wait looks at the pod again, in seconds
+_POLL_INTERVAL = 0.1
+
+
+@dataclass(frozen=True)
+class AppStatus:
+    name: str | None
+    image_name: str
+    image_id: str
+    #: the pod's state, or "exited" once the app's exit code is recorded
+    state: str
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class PodStatus:
+    uuid: str
+    #: rkt's state words (:meth:`rkt.pod.dirs.Pod.state`)
+    state: str
+    apps: tuple[AppStatus, ...]
+    #: seconds since the epoch
+    created: float | None
+    started: float | None
+
+    @property
+    def app_names(self) -> list[str | None]:
+        return [app.name for app in self.apps]
+
+
+def pod_status(pod: Pod) -> PodStatus:
+    try:
+        manifest: dict[str, Any] = pod.manifest_json()
+    except PodError:
+        manifest = {}
+    state = pod.state()
+    started = pod.phase in _STARTED_PHASES
+    codes = pod.app_exit_codes() if started else {}
+    apps = []
+    for app in manifest.get("apps") or []:
+        image = app.get("image") or {}
+        name = app.get("name")
+        code = codes.get(name)
+        apps.append(AppStatus(
+            name=name,
+            image_name=image.get("name", ""),
+            image_id=image.get("id", ""),
+            state="running" if state == "running" else "exited" if code is not None else state,
+            exit_code=code,
+        ))
+    return PodStatus(
+        uuid=pod.uuid,
+        state=state,
+        apps=tuple(apps),
+        created=pod.created(),
+        started=pod.started() if started else None,
+    )
+
+
+def wait_until_ready(pods: PodStore, pod: Pod, timeout: float) -> bool:
+    """Wait until the pod runs (with its PID recorded) or has exited; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while pod.state() not in ("running", "exited", "exited garbage") or (
+        pod.state() == "running" and pod.pid() is None
+    ):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(_POLL_INTERVAL)
+        pods.refresh(pod)
+    return True
+
+
+def wait_until_exited(pods: PodStore, pod: Pod, timeout: float) -> bool:
+    """Wait until the pod is neither being prepared nor running; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while pod.state() in ("embryo", "preparing", "prepared", "running"):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(_POLL_INTERVAL)
+        pods.refresh(pod)
+    return True
