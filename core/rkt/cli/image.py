@@ -304,71 +304,33 @@ def _fetch(options: GlobalOptions, args: argparse.Namespace) -> int:
 
 
 # -- gc, verify ------------------------------------------------------------------------
-def _pods_in_use(options: GlobalOptions) -> tuple[set[str], set[str]]:
-    """(trees, images) referenced by pods that are not garbage, and by running ones."""
-    from rkt.pod.dirs import PodStore
-
-    trees: set[str] = set()
-    running_images: set[str] = set()
-    for pod in PodStore(options.data_dir).iter_pods():
-        if pod.phase == "garbage":
-            continue
-        for name in [pod.path / "stage1TreeStoreID",
-                     *(pod.path / "appsinfo").glob("*/treeStoreID")]:
-            try:
-                trees.add(name.read_text().strip())
-            except OSError:
-                continue
-        if pod.phase == "run" and pod.is_locked_by_other():
-            try:
-                apps = pod.manifest_json().get("apps") or []
-            except RktError:
-                continue
-            running_images.update(app["image"]["id"] for app in apps  # type: ignore[attr-defined]
-                                  if app.get("image", {}).get("id"))
-    return trees, running_images
-
-
 def _gc(options: GlobalOptions, args: argparse.Namespace) -> int:
     from rkt.cli.pod_cmds import parse_duration
-    from rkt.locks import FileLock
-    from rkt.store.cas import CasStore
+    from rkt.pod.dirs import PodStore
+    from rkt.pod.gc import pod_references, prepare_lock
+    from rkt.store.gc import collect_images
 
     grace = parse_duration(args.grace_period)
     store = options.store
-    if not isinstance(store, CasStore):
-        raise UsageError("image gc: only the built-in store can be garbage collected")
-    locks = options.data_dir / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    # rkt's prepareLock: no pod may pick a tree while we decide which ones are unused
-    with FileLock(locks / "prepareLock"):
-        trees_in_use, running = _pods_in_use(options)
-        for tree in sorted(store.trees.tree_dir.iterdir()):
-            if tree.name not in trees_in_use:
-                store.trees.remove_tree(tree.name)
-                print(f'removed treestore "{tree.name}"', file=options.stdout)
-        now = time.time()
-        for info in store.list_images():
-            if info.id in running or now - info.last_used < grace:
-                continue
-            store.remove(info.id)
-            print(f'successfully removed aci for image: "{info.id}" ("{info.name}")',
-                  file=options.stdout)
-        options.plugins.image_gc(
-            options.data_dir, grace, lambda line: print(line, file=options.stdout)
-        )
-        store.sweep_tmp()
+    data_dir = options.data_dir
+
+    def report(line: str) -> None:
+        print(line, file=options.stdout)
+
+    with prepare_lock(data_dir):
+        in_use = pod_references(PodStore(data_dir))
+        collect_images(store, trees_in_use=in_use.trees, images_in_use=in_use.running_images,
+                       grace_period=grace, report=report)
+        options.plugins.image_gc(data_dir, grace, report)
     return 0
 
 
 def _verify(options: GlobalOptions, args: argparse.Namespace) -> int:
-    from rkt.store.verify import verify_image
-
     failed = 0
     for text in args.images:
         try:
             info = options.store.lookup(text)
-            verify_image(options.store, info.id)  # type: ignore[arg-type]
+            options.store.verify(info.id)
             print(f'successfully verified checksum for image: "{info.id}" ("{info.name}")',
                   file=options.stdout)
         except RktError as exc:

@@ -19,9 +19,11 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from rkt.errors import PodError, RktError
+from rkt.locks import FileLock
 from rkt.pod.dirs import Pod, PodStore
 
 if TYPE_CHECKING:
@@ -163,3 +165,43 @@ def collect_pods(
         return GcResult()
     return sweep_pods(pods, grace_period=grace_period, stage1_backend=stage1_backend,
                       report=report)
+
+
+# -- what pods hold on to in the image store -----------------------------------------------
+@dataclass(frozen=True)
+class PodReferences:
+    """What ``rkt image gc`` must keep for the pods there are."""
+
+    #: rendered trees recorded by pods that are not garbage (``render`` directory names)
+    trees: frozenset[str]
+    #: images the apps of running pods were started from
+    running_images: frozenset[str]
+
+
+def pod_references(pods: PodStore) -> PodReferences:
+    trees: set[str] = set()
+    running_images: set[str] = set()
+    for pod in pods.iter_pods():
+        if pod.phase == "garbage":
+            continue
+        for name in [pod.path / "stage1TreeStoreID",
+                     *(pod.path / "appsinfo").glob("*/treeStoreID")]:
+            try:
+                trees.add(name.read_text().strip())
+            except OSError:
+                continue
+        if pod.phase == "run" and pod.is_locked_by_other():
+            try:
+                apps = pod.manifest_json().get("apps") or []
+            except RktError:
+                continue
+            running_images.update(app["image"]["id"] for app in apps  # type: ignore[attr-defined]
+                                  if app.get("image", {}).get("id"))
+    return PodReferences(frozenset(trees), frozenset(running_images))
+
+
+def prepare_lock(data_dir: Path) -> FileLock:
+    """rkt's ``prepareLock``: held while deciding which rendered trees no pod uses."""
+    locks = data_dir / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return FileLock(locks / "prepareLock")

@@ -9,7 +9,7 @@ unambiguous prefix.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
@@ -65,7 +65,11 @@ AcceptManifest = Callable[["ImageManifest"], None]
 
 
 class ImageStore(Protocol):
-    """What a store plugin implements (``rkt_register_stores``)."""
+    """What a store plugin implements (``rkt_register_stores``).
+
+    rkt reaches a store only through these methods (``rkt image gc`` and ``verify``
+    included), so a third-party store can replace the built-in ``cas`` one.
+    """
 
     data_dir: Path
     #: scratch space on the store's filesystem, for downloads (renames stay atomic)
@@ -136,4 +140,29 @@ class ImageStore(Protocol):
         signature_url: str | None = None, max_age: int = 0,
     ) -> None:
         """Remember where an image came from, for the remote cache."""
+        ...
+
+    # -- upkeep: ``rkt image gc`` and ``rkt image verify`` --------------------------------
+    def remove_unused_trees(self, in_use: Collection[str]) -> list[str]:
+        """Remove every rendered tree whose ID is not in ``in_use``; return the IDs removed.
+
+        A tree's ID is the name of the directory :meth:`render` returned: pods record
+        it, and ``rkt image gc`` passes the IDs recorded by every pod that is not
+        garbage, holding the lock that keeps a new pod from choosing a tree meanwhile.
+        """
+        ...
+
+    def sweep_tmp(self, older_than: float = ...) -> None:
+        """Remove leftovers of interrupted work (downloads, imports, renders) older than
+        ``older_than`` seconds; called by ``rkt image gc``."""
+        ...
+
+    def verify(self, image_id: str) -> None:
+        """Check that the stored image still is what its ID says, and that each of its
+        rendered trees still is what rendering it gives.
+
+        Raise :class:`rkt.errors.ImageError` naming the first problem; remove a tree
+        that differs, so the next pod renders it again. :mod:`rkt.store.verify` has
+        the checks, written against this protocol, for any store to use.
+        """
         ...

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -353,6 +353,17 @@ class CasStore:
             self.trees.remove_for_image(image_id)
             self.manifest_path(image_id).unlink(missing_ok=True)
             self.blob_path(image_id).unlink(missing_ok=True)
+
+    def remove_unused_trees(self, in_use: Collection[str]) -> list[str]:
+        return self.trees.remove_unused(in_use)
+
+    def verify(self, image_id: str) -> None:
+        """The blob against the ID, then each rendered tree against a fresh render."""
+        from rkt.store.verify import verify_blob, verify_trees
+
+        verify_blob(self, image_id)
+        verify_trees(self, image_id, self.trees.rendered_for(image_id),
+                     remove=lambda tree: self.trees.remove_tree(tree.name))
 
     def cached_remote(self, url: str) -> tuple[str | None, str] | None:
         return self.index.get_remote(url)

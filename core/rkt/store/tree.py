@@ -19,6 +19,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -195,6 +196,27 @@ class TreeStore:
                 owner = None
             if owner == image_id or (owner is None and entry.name == tree_id_for([image_id])):
                 self.remove_tree(entry.name)
+
+    def rendered_for(self, image_id: str) -> list[Path]:
+        """The complete trees rendered for ``image_id`` (one per set of dependencies)."""
+        found = []
+        for tree in sorted(self.tree_dir.iterdir()):
+            try:
+                owner = (tree / "image").read_text().strip()
+            except OSError:
+                continue
+            if owner == image_id and (tree / RENDERED_MARKER).exists():
+                found.append(tree)
+        return found
+
+    def remove_unused(self, in_use: Collection[str]) -> list[str]:
+        """Remove every tree whose ID is not in ``in_use``; return the IDs removed."""
+        removed = []
+        for tree in sorted(self.tree_dir.iterdir()):
+            if tree.name not in in_use:
+                self.remove_tree(tree.name)
+                removed.append(tree.name)
+        return removed
 
     def remove_tree(self, tree_id: str) -> None:
         path = self.tree_path(tree_id)

@@ -6,6 +6,9 @@ rendering that blob gives. A tree is compared with a fresh render rather than
 with a hash recorded at render time, so rendering (on every first run of an
 image) pays nothing for a check that is run rarely. A tree that differs is
 removed, so the next pod renders it again: detected and repaired.
+
+The checks use only the :class:`rkt.store.ImageStore` protocol, so any store's
+``verify`` can use them; the built-in store's is :meth:`rkt.store.cas.CasStore.verify`.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ import hashlib
 import os
 import stat
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rkt.errors import ImageError
 from rkt.store import key_from_digest
-from rkt.store.cas import CasStore
-from rkt.store.tree import RENDERED_MARKER, render_image
+from rkt.store.tree import render_image
+
+if TYPE_CHECKING:
+    from rkt.store import ImageStore
 
 #: compared for every entry (and the content of regular files, and link targets)
 _FIELDS = ("st_mode", "st_uid", "st_gid")
@@ -57,26 +64,30 @@ def tree_differences(expected: Path, actual: Path) -> list[str]:
     return _missing_or_changed(expected, actual) + extra
 
 
-def verify_image(store: CasStore, image_id: str) -> None:
+def verify_blob(store: ImageStore, image_id: str) -> None:
+    """Raise :class:`ImageError` unless the stored ACI's SHA-512 is still ``image_id``."""
     digest = hashlib.sha512()
     with store.open_blob(image_id) as blob:
         while chunk := blob.read(1 << 20):
             digest.update(chunk)
     if key_from_digest(digest.hexdigest()) != image_id:
         raise ImageError(f'image "{image_id}": the stored blob no longer matches its ID')
-    for tree in sorted(store.trees.tree_dir.iterdir()):
-        try:
-            owner = (tree / "image").read_text().strip()
-        except OSError:
-            continue
-        if owner != image_id or not (tree / RENDERED_MARKER).exists():
-            continue
+
+
+def verify_trees(store: ImageStore, image_id: str, trees: Iterable[Path],
+                 remove: Callable[[Path], None]) -> None:
+    """Compare each of ``image_id``'s rendered ``trees`` with a fresh render.
+
+    The first tree that differs is removed with ``remove`` and reported as an
+    :class:`ImageError`.
+    """
+    for tree in trees:
         with tempfile.TemporaryDirectory(prefix="verify-", dir=store.tmp_dir) as work:
             fresh = Path(work) / "tree"
             render_image(store, image_id, fresh)
             problems = tree_differences(fresh / "rootfs", tree / "rootfs")
         if problems:
-            store.trees.remove_tree(tree.name)
+            remove(tree)
             raise ImageError(
                 f'image "{image_id}": rendered tree {tree.name} differs from the image '
                 f"({len(problems)} difference(s), first: {problems[0]}); "

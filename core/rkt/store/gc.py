@@ -1,0 +1,38 @@
+"""``rkt image gc``: remove what the store holds that no pod needs.
+
+Written against the :class:`rkt.store.ImageStore` protocol, so it collects
+whichever store is in use. The caller says what pods still need
+(:func:`rkt.pod.gc.pod_references`) and holds the lock that keeps new pods from
+choosing a tree meanwhile (:func:`rkt.pod.gc.prepare_lock`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rkt.store import ImageStore
+
+
+def collect_images(
+    store: ImageStore,
+    *,
+    trees_in_use: Collection[str],
+    images_in_use: Collection[str],
+    grace_period: float,
+    report: Callable[[str], None],
+) -> None:
+    """Remove rendered trees not in ``trees_in_use``, images not in ``images_in_use``
+    unused for ``grace_period`` seconds, and leftovers of interrupted work; ``report``
+    gets one line per tree or image removed."""
+    for tree_id in store.remove_unused_trees(trees_in_use):
+        report(f'removed treestore "{tree_id}"')
+    now = time.time()
+    for info in store.list_images():
+        if info.id in images_in_use or now - info.last_used < grace_period:
+            continue
+        store.remove(info.id)
+        report(f'successfully removed aci for image: "{info.id}" ("{info.name}")')
+    store.sweep_tmp()
