@@ -1,0 +1,137 @@
+"""``rkt.pod.gc`` on pod directories made by hand: what it reports and returns.
+
+No stage1 runs: the lookup hands out a backend whose ``gc`` records the pod (or
+fails, to show that a stage1's failed clean-up does not keep a pod).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from rkt.errors import PodError, Stage1Error
+from rkt.pod.dirs import POD_CREATED, Pod, PodStore
+from rkt.pod.gc import GcEvent, collect_pods, pod_references, remove_pod
+
+
+class RecordingBackend:
+    def __init__(self, fail: bool = False) -> None:
+        self.collected: list[str] = []
+        self.fail = fail
+
+    def gc(self, pod: Pod) -> None:
+        self.collected.append(pod.uuid)
+        if self.fail:
+            raise Stage1Error("the network namespace is gone already")
+
+
+def make_pod(pods: PodStore, phase: str, uuid: str, *, age: float = 0.0) -> Pod:
+    pod = Pod(pods.pods_dir, uuid, phase)
+    pod.path.mkdir()
+    created = pod.path / POD_CREATED
+    created.touch()
+    then = time.time() - age
+    os.utime(created, (then, then))
+    return pod
+
+
+UUIDS = {name: f"{index:08x}-0000-4000-8000-000000000000"
+         for index, name in enumerate(("exited", "aborted", "fresh", "old", "garbage"), 1)}
+
+
+def test_collect_marks_then_sweeps_and_reports_each_pod(tmp_path: Path) -> None:
+    pods = PodStore(tmp_path)
+    make_pod(pods, "run", UUIDS["exited"])
+    make_pod(pods, "prepare", UUIDS["aborted"])
+    make_pod(pods, "prepared", UUIDS["fresh"])
+    make_pod(pods, "prepared", UUIDS["old"], age=3600)
+    make_pod(pods, "garbage", UUIDS["garbage"])
+    backend = RecordingBackend()
+    events: list[GcEvent] = []
+
+    result = collect_pods(pods, grace_period=600, expire_prepared=60,
+                          stage1_backend=lambda pod: backend, report=events.append)
+
+    assert [(e.action, e.uuid) for e in events] == [
+        ("marked-exited", UUIDS["exited"]),
+        ("marked-aborted", UUIDS["aborted"]),
+        ("marked-expired", UUIDS["old"]),
+        ("within-grace", UUIDS["exited"]),  # marked just now
+        ("collecting", UUIDS["aborted"]),
+        ("collecting", UUIDS["old"]),
+        ("collecting", UUIDS["garbage"]),
+    ]
+    assert result.removed == [UUIDS["aborted"], UUIDS["old"], UUIDS["garbage"]]
+    assert result.failed == []
+    assert backend.collected == result.removed
+    left = sorted(p.relative_to(pods.pods_dir).as_posix() for p in pods.pods_dir.glob("*/*"))
+    assert left == [f"exited-garbage/{UUIDS['exited']}", f"prepared/{UUIDS['fresh']}"]
+
+    events.clear()
+    result = collect_pods(pods, grace_period=0, expire_prepared=60,
+                          stage1_backend=lambda pod: backend, report=events.append)
+    assert [(e.action, e.uuid) for e in events] == [("collecting", UUIDS["exited"])]
+    assert result.removed == [UUIDS["exited"]]
+
+
+def test_mark_only_removes_nothing(tmp_path: Path) -> None:
+    pods = PodStore(tmp_path)
+    make_pod(pods, "run", UUIDS["exited"])
+    events: list[GcEvent] = []
+    result = collect_pods(pods, grace_period=0, expire_prepared=0, mark_only=True,
+                          stage1_backend=lambda pod: RecordingBackend(),
+                          report=events.append)
+    assert [e.action for e in events] == ["marked-exited"]
+    assert result.removed == [] and result.failed == []
+    assert (pods.pods_dir / "exited-garbage" / UUIDS["exited"]).is_dir()
+
+
+def test_a_failed_stage1_clean_up_is_a_debug_line_and_the_pod_removed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pods = PodStore(tmp_path)
+    make_pod(pods, "garbage", UUIDS["garbage"])
+    events: list[GcEvent] = []
+    with caplog.at_level(logging.DEBUG, logger="rkt.pod.gc"):
+        result = collect_pods(pods, grace_period=0, expire_prepared=0,
+                              stage1_backend=lambda pod: RecordingBackend(fail=True),
+                              report=events.append)
+    assert [e.action for e in events] == ["collecting"]
+    assert caplog.messages == [
+        f"stage1 gc of {UUIDS['garbage']}: the network namespace is gone already"
+    ]
+    assert result.removed == [UUIDS["garbage"]]
+    assert not any(pods.pods_dir.glob("*/*"))
+
+
+def test_remove_refuses_a_pod_someone_works_on(tmp_path: Path) -> None:
+    pods = PodStore(tmp_path)
+    pod = make_pod(pods, "run", UUIDS["exited"])
+    assert pod.lock()  # as a running pod's stage0 holds it
+    other = Pod(pods.pods_dir, pod.uuid, "run")
+    assert other.state() == "running"
+    try:
+        with pytest.raises(PodError, match="is running; only exited pods can be removed"):
+            remove_pod(pods, UUIDS["exited"][:8], lambda p: RecordingBackend())
+    finally:
+        pod.release()
+    removed = remove_pod(pods, UUIDS["exited"][:8], lambda p: RecordingBackend())
+    assert removed.uuid == UUIDS["exited"]
+    assert not any(pods.pods_dir.glob("*/*"))
+
+
+def test_references_are_the_trees_of_pods_that_are_not_garbage(tmp_path: Path) -> None:
+    pods = PodStore(tmp_path)
+    kept = make_pod(pods, "exited-garbage", UUIDS["exited"])
+    (kept.path / "stage1TreeStoreID").write_text("deps-stage1\n")
+    (kept.path / "appsinfo" / "app").mkdir(parents=True)
+    (kept.path / "appsinfo" / "app" / "treeStoreID").write_text("deps-app\n")
+    gone = make_pod(pods, "garbage", UUIDS["garbage"])
+    (gone.path / "stage1TreeStoreID").write_text("deps-of-garbage\n")
+    references = pod_references(pods)
+    assert references.trees == {"deps-stage1", "deps-app"}
+    assert references.running_images == frozenset()
