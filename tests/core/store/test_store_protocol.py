@@ -1,24 +1,23 @@
 """``rkt image gc`` and ``rkt image verify`` reach the store only through its protocol.
 
 The store here is a third-party one registered through ``rkt_register_stores``
-in place of the built-in: it keeps its images in a real ``CasStore`` (it is not
-one) and records the upkeep calls rkt makes, so the test sees that nothing in
-the commands depends on the built-in store's class.
+and chosen by name in ``paths.d``: it keeps its images in a real ``CasStore`` (it
+is not one) and records the upkeep calls rkt makes, so the test sees that nothing
+in the commands depends on the built-in store's class.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pytest
 
+from rkt.api import ImageError, StoreRegistry, hookimpl
 from rkt.cli.main import main
-from rkt.errors import ImageError
 from rkt.facade import Plugins
-from rkt.hookspecs import hookimpl
 from rkt.plugins import new_plugin_manager
-from rkt.registry import StoreRegistry
 from rkt.store.cas import CasStore
 from rkt.testing import AciBuilder, RktEnv
 
@@ -62,15 +61,20 @@ class RecordingStorePlugin:
 
     @hookimpl
     def rkt_register_stores(self, registry: StoreRegistry) -> None:
-        registry.add("cas", self.open)
+        registry.add("recording", self.open)
 
 
 @pytest.fixture
-def own_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingStorePlugin]:
+def own_store(rkt_env: RktEnv, monkeypatch: pytest.MonkeyPatch
+              ) -> Iterator[RecordingStorePlugin]:
     plugin = RecordingStorePlugin()
-    plugins = Plugins(new_plugin_manager(autoload=False, blocked={"cas_store"}))
+    plugins = Plugins(new_plugin_manager(autoload=False))
     plugins.pm.register(plugin, name="recording-store")
     monkeypatch.setattr(Plugins, "_process_default", plugins)
+    paths_d = rkt_env.local_config / "paths.d"
+    paths_d.mkdir(parents=True, exist_ok=True)
+    (paths_d / "store.json").write_text(
+        json.dumps({"rktKind": "paths", "rktVersion": "v1", "store": "recording"}))
     try:
         yield plugin
     finally:
