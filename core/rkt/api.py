@@ -50,7 +50,19 @@ if TYPE_CHECKING:
     from rkt.hookspecs import hookimpl
     from rkt.imageref import ImageRef
     from rkt.keystore import TrustedKey
+    from rkt.pod.contract import (
+        AppMount,
+        AppPort,
+        OverlayDirs,
+        PlacedApp,
+        PodRuntime,
+        ResolvedApp,
+        ResolvedPod,
+        ResolvedVolume,
+        SupervisorJob,
+    )
     from rkt.pod.dirs import Pod
+    from rkt.pod.runtime import build_job, write_job
     from rkt.progress import ProgressBar
     from rkt.registry import (
         DiscoveryRegistry,
@@ -61,7 +73,7 @@ if TYPE_CHECKING:
         StoreRegistry,
         VerifierRegistry,
     )
-    from rkt.stage1 import RunOptions, Stage1Backend
+    from rkt.stage1 import INTERFACE_VERSION, Stage1Backend
     from rkt.store import ImageInfo, ImageStore
 
 #: public name -> the module that defines it
@@ -88,8 +100,15 @@ _HOMES: dict[str, str] = {
     "ImageInfo": "rkt.store",
     # stage1 backends
     "Stage1Backend": "rkt.stage1",
-    "RunOptions": "rkt.stage1",
+    "INTERFACE_VERSION": "rkt.stage1",
     "Pod": "rkt.pod.dirs",
+    # the typed stage1 contract (docs/stage1.md) and the supervisor's job
+    **dict.fromkeys(
+        ("PodRuntime", "ResolvedPod", "ResolvedApp", "ResolvedVolume", "AppMount", "AppPort",
+         "SupervisorJob", "PlacedApp", "OverlayDirs"),
+        "rkt.pod.contract",
+    ),
+    **dict.fromkeys(("build_job", "write_job"), "rkt.pod.runtime"),
     # user output
     "ProgressBar": "rkt.progress",
     # errors (rkt prints "rkt: <message>" for any of these)
@@ -103,14 +122,16 @@ _HOMES: dict[str, str] = {
 }
 
 __all__ = [
-    "ArchiveError", "ConfigError", "DiscoveredEndpoints", "Discoverer", "DiscoveryRegistry",
-    "FetchError", "FetchSession", "FetchedImage", "Fetcher", "FetcherRegistry", "ImageError",
-    "ImageInfo", "ImageNotFoundError", "ImageRef", "ImageStore", "KeystoreError",
-    "ManifestError", "PluginError", "Pod", "PodError", "ProgressBar", "RemoteRecord",
-    "Reporter", "RktError", "RunOptions", "Runtime", "Signer", "Stage1Backend", "Stage1Error",
-    "Stage1Factory", "Stage1Registry", "StoreError", "StoreFactory", "StoreRegistry",
-    "StreamReporter", "TrustedKey", "UnknownSignerError", "UnsafeArchiveError", "UsageError",
-    "VerificationError", "Verifier", "VerifierRegistry", "hookimpl",
+    "INTERFACE_VERSION", "AppMount", "AppPort", "ArchiveError", "ConfigError",
+    "DiscoveredEndpoints", "Discoverer", "DiscoveryRegistry", "FetchError", "FetchSession",
+    "FetchedImage", "Fetcher", "FetcherRegistry", "ImageError", "ImageInfo",
+    "ImageNotFoundError", "ImageRef", "ImageStore", "KeystoreError", "ManifestError",
+    "OverlayDirs", "PlacedApp", "PluginError", "Pod", "PodError", "PodRuntime", "ProgressBar",
+    "RemoteRecord", "Reporter", "ResolvedApp", "ResolvedPod", "ResolvedVolume", "RktError",
+    "Runtime", "Signer", "Stage1Backend", "Stage1Error", "Stage1Factory", "Stage1Registry",
+    "StoreError", "StoreFactory", "StoreRegistry", "StreamReporter", "SupervisorJob",
+    "TrustedKey", "UnknownSignerError", "UnsafeArchiveError", "UsageError", "VerificationError",
+    "Verifier", "VerifierRegistry", "build_job", "hookimpl", "write_job",
 ]
 
 

@@ -7,9 +7,12 @@ the backend (``coreos.com/rkt/stage1/backend``) and the interface version it
 speaks (``coreos.com/rkt/stage1/interface-version``); ``rkt install`` builds one
 per installed backend into the default stage1 directory.
 
-stage0 (the ``rkt`` command) prepares the pod directory and the resolved apps;
-the backend only has to isolate and start them, normally by running the shared
-supervisor (``rkt.pod.supervisor``) inside whatever isolation it provides.
+stage0 (the ``rkt`` command) prepares the pod directory and the resolved apps
+(``rkt.pod.contract``: the typed stage1 contract); the backend only has to
+isolate and start them, normally by running the shared supervisor
+(``rkt.pod.supervisor``) inside whatever isolation it provides. stage0 reads a
+stage1 image's interface version before it prepares or runs a pod with it, and
+refuses one it does not speak (:func:`check_interface_version`).
 """
 
 from __future__ import annotations
@@ -18,37 +21,28 @@ import json
 import os
 import shutil
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rkt import __version__
-from rkt.errors import ImageNotFoundError, Stage1Error, UsageError
+from rkt import APPC_VERSION, __version__
+from rkt.errors import ImageError, ImageNotFoundError, Stage1Error, UsageError
+from rkt.pod.contract import CONTRACT_VERSION, PodRuntime, ResolvedApp, ResolvedPod
 
 if TYPE_CHECKING:
     from rkt.context import Runtime
     from rkt.pod.dirs import Pod
     from rkt.store import ImageInfo
 
-#: the stage0/stage1 interface this rkt speaks (the annotation's value)
-INTERFACE_VERSION = 1
+#: the stage0/stage1 interface this rkt speaks (the annotation's value). 2: the
+#: typed contract of ``rkt.pod.contract`` (version 1 was untyped dicts).
+INTERFACE_VERSION = CONTRACT_VERSION
 DEFAULT_STAGE1_DIR = Path("/usr/lib/rkt/stage1-images")
 DEFAULT_BACKEND = "nspawn"
 STAGE1_NAME_PREFIX = "coreos.com/rkt/stage1-"
 BACKEND_ANNOTATION = "coreos.com/rkt/stage1/backend"
 INTERFACE_ANNOTATION = "coreos.com/rkt/stage1/interface-version"
 SUPERVISOR_PATH = "rkt/supervisor.py"
-
-
-@dataclass
-class RunOptions:
-    """Pod-level options of ``rkt run`` / ``run-prepared`` that reach the stage1."""
-
-    hostname: str | None = None
-    interactive: bool = False
-    net: list[str] = field(default_factory=lambda: ["host"])
-    debug: bool = False
-    insecure: frozenset[str] = frozenset()
 
 
 class Stage1Backend(Protocol):
@@ -66,17 +60,19 @@ class Stage1Backend(Protocol):
         """
         ...
 
-    def run(self, pod: Pod, apps: dict[str, Any], runtime: RunOptions) -> int:
+    def run(self, pod: Pod, resolved: ResolvedPod, runtime: PodRuntime) -> int:
         """Run the prepared pod to completion and return its exit code.
 
         ``pod`` is in ``run/`` and locked by the caller; the lock's fd
         (``pod.lock_fd``) must stay open in whatever process outlives the
         caller, so the pod reads as running exactly as long as it runs. The
-        backend records the host PID of the pod's PID 1 in ``<pod>/pid``.
+        backend records the host PID of the pod's PID 1 in ``<pod>/pid`` and
+        each app's exit code in ``stage1/rootfs/rkt/status/<app>``
+        (docs/stage1.md).
         """
         ...
 
-    def enter(self, pod: Pod, app: dict[str, Any], command: list[str]) -> int:
+    def enter(self, pod: Pod, app: ResolvedApp, command: list[str]) -> int:
         """Run ``command`` in the running app's namespaces, with its isolation."""
         ...
 
@@ -105,7 +101,7 @@ def build_stage1_image(backend: Stage1Backend, out: Path) -> Path:
     import tempfile
 
     manifest = {
-        "acKind": "ImageManifest", "acVersion": "0.8.11",
+        "acKind": "ImageManifest", "acVersion": APPC_VERSION,
         "name": stage1_image_name(backend.name),
         "labels": [
             {"name": "version", "value": __version__},
@@ -141,6 +137,58 @@ def build_stage1_image(backend: Stage1Backend, out: Path) -> Path:
         os.chmod(tmp, 0o644)
         os.rename(tmp, out)
     return out
+
+
+# -- reading a stage1 image's manifest ---------------------------------------------------
+def _annotation(manifest: dict[str, Any], name: str) -> str | None:
+    """The value of the last annotation called ``name`` (appc: names are unique)."""
+    found = None
+    for item in manifest.get("annotations") or []:
+        if item.get("name") == name:
+            found = item.get("value")
+    return None if found is None else str(found)
+
+
+def stage1_backend_name(manifest: dict[str, Any]) -> str:
+    """The backend a stage1 image's manifest names; :class:`ImageError` if none."""
+    backend = _annotation(manifest, BACKEND_ANNOTATION)
+    if not backend:
+        raise ImageError(
+            f'image "{manifest.get("name")}" is not a stage1 image: '
+            f'it has no "{BACKEND_ANNOTATION}" annotation'
+        )
+    return backend
+
+
+def check_interface_version(manifest: dict[str, Any], backend: Stage1Backend) -> None:
+    """Refuse a stage1 image, or a backend, that speaks another stage1 interface.
+
+    Read before a pod is prepared with the image and again before a prepared
+    pod runs, so that neither an old image nor a future one is half used.
+    """
+    name = manifest.get("name")
+    declared = _annotation(manifest, INTERFACE_ANNOTATION)
+    if declared is None:
+        raise Stage1Error(
+            f'stage1 image "{name}" does not say which stage1 interface version it '
+            f'speaks (no "{INTERFACE_ANNOTATION}" annotation); this rkt speaks '
+            f"{INTERFACE_VERSION}"
+        )
+    if declared != str(INTERFACE_VERSION):
+        hint = ""
+        if declared.isdigit() and int(declared) < INTERFACE_VERSION and str(name).startswith(
+            STAGE1_NAME_PREFIX
+        ):
+            hint = " (run 'rkt install' to rebuild the stage1 images)"
+        raise Stage1Error(
+            f'stage1 image "{name}" speaks stage1 interface version {declared}; '
+            f"this rkt speaks {INTERFACE_VERSION}{hint}"
+        )
+    if backend.interface_version != INTERFACE_VERSION:
+        raise Stage1Error(
+            f'stage1 backend "{backend.name}" speaks stage1 interface version '
+            f"{backend.interface_version}; this rkt speaks {INTERFACE_VERSION}"
+        )
 
 
 # -- choosing the stage1 for a pod -------------------------------------------------------

@@ -14,14 +14,20 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from rkt.console import run_with_console
 from rkt.errors import PodError, UsageError
+from rkt.pod.contract import PodRuntime, ResolvedApp, ResolvedPod
 from rkt.pod.dirs import PID_FILE, Pod
 from rkt.pod.enter import enter
-from rkt.pod.runtime import build_runtime, host_resolv_conf, volume_host_path, write_runtime
-from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH, RunOptions
+from rkt.pod.runtime import (
+    build_job,
+    host_resolv_conf,
+    overlay_on_host,
+    volume_host_path,
+    write_job,
+)
+from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH
 
 
 class FlyStage1:
@@ -31,30 +37,21 @@ class FlyStage1:
     def build_image(self, rootfs: Path) -> None:
         del rootfs  # the common skeleton is all fly needs
 
-    def run(self, pod: Pod, apps: dict[str, Any], options: RunOptions) -> int:
-        if len(apps["apps"]) != 1:
+    def run(self, pod: Pod, resolved: ResolvedPod, runtime: PodRuntime) -> int:
+        if len(resolved.apps) != 1:
             raise UsageError("the fly stage1 runs exactly one app per pod")
         rootfs = pod.stage1_rootfs()
-
-        def overlay(app: dict[str, Any]) -> dict[str, str] | None:
-            if not app["overlay"]:
-                return None
-            base = pod.path / "overlay" / app["tree"]
-            return {"lower": app["lower"], "upper": str(base / "upper" / app["name"]),
-                    "work": str(base / "work" / app["name"])}
-
-        runtime = build_runtime(
-            pod, apps, options, mode="fly",
-            app_root=lambda app: str(rootfs / "opt" / "stage2" / app["name"] / "rootfs"),
-            volume_source=lambda name, volume: volume_host_path(pod, volume),
-            overlay=overlay,
+        job = build_job(
+            pod, resolved, runtime, mode="fly",
+            app_root=lambda app: str(rootfs / "opt" / "stage2" / app.name / "rootfs"),
+            volume_source=lambda volume: volume_host_path(pod, volume),
+            overlay=overlay_on_host(pod),
             status_dir=str(rootfs / "rkt" / "status"),
             pids_dir=str(rootfs / "rkt" / "pids"),
             # the host's network, so the host's resolver (when the image has none)
             resolv_conf=host_resolv_conf(),
         )
-        runtime["die_with_parent"] = False
-        spec = write_runtime(pod, runtime)
+        spec = write_job(pod, job)
         if pod.lock_fd is not None:
             os.set_inheritable(pod.lock_fd, True)
 
@@ -68,7 +65,7 @@ class FlyStage1:
 
         command = [sys.executable, "-I", "-S", str(rootfs / SUPERVISOR_PATH), str(spec)]
         return run_with_console(
-            command, interactive=options.interactive, kill=kill,
+            command, interactive=runtime.interactive, kill=kill,
             pass_fds=(pod.lock_fd,) if pod.lock_fd is not None else (), on_start=record,
         )
 
@@ -87,11 +84,11 @@ class FlyStage1:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    def enter(self, pod: Pod, app: dict[str, Any], command: list[str]) -> int:
+    def enter(self, pod: Pod, app: ResolvedApp, command: list[str]) -> int:
         try:
-            app_pid = int((pod.stage1_rootfs() / "rkt" / "pids" / app["name"]).read_text())
+            app_pid = int((pod.stage1_rootfs() / "rkt" / "pids" / app.name).read_text())
         except (OSError, ValueError) as exc:
-            raise PodError(f'app "{app["name"]}" has not started') from exc
+            raise PodError(f'app "{app.name}" has not started') from exc
         return enter(app_pid, app, command)
 
     def stop(self, pod: Pod, *, force: bool) -> None:

@@ -21,13 +21,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from rkt.errors import PodError, Stage1Error
+from rkt.pod.contract import PodRuntime, ResolvedApp, ResolvedPod
 from rkt.pod.dirs import PID_FILE, PPID_FILE, Pod
 from rkt.pod.enter import children, enter, host_pid_of, namespace_pids
-from rkt.pod.runtime import build_runtime, host_resolv_conf, volume_host_path, write_runtime
-from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH, RunOptions
+from rkt.pod.runtime import build_job, host_resolv_conf, volume_host_path, write_job
+from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -75,44 +75,42 @@ class NspawnStage1:
         # Nothing beyond the common skeleton: nspawn and Python come from the host.
         del rootfs
 
-    def _command(self, pod: Pod, apps: dict[str, Any], options: RunOptions) -> list[str]:
+    def _command(self, pod: Pod, resolved: ResolvedPod, runtime: PodRuntime) -> list[str]:
         rootfs = pod.stage1_rootfs()
         console = "interactive" if sys.stdin.isatty() and sys.stdout.isatty() else "pipe"
         command = [
             _nspawn_binary(), "--register=no", "--keep-unit", "--quiet",
             f"--directory={rootfs}", f"--machine=rkt-{pod.uuid}",
-            f"--hostname={options.hostname or f'rkt-{pod.uuid}'}",
+            f"--hostname={runtime.pod_hostname(pod.uuid)}",
             "--bind-ro=/usr", "--kill-signal=SIGTERM", f"--console={console}",
             # apps get their capability set from the supervisor; it needs them all
             "--capability=all",
         ]
-        if "none" in options.net:
+        if runtime.private_network:
             command.append("--private-network")
-        for app in apps["apps"]:
-            if app["overlay"]:
-                upper = pod.path / "overlay" / app["tree"] / "upper" / app["name"]
-                command.append(
-                    f"--overlay={app['lower']}:{upper}:/opt/stage2/{app['name']}/rootfs"
-                )
-        for name, volume in apps["volumes"].items():
-            flag = "--bind-ro" if volume["read_only"] else "--bind"
-            recursive = "rbind" if volume.get("recursive", True) else "norbind"
+        for app in resolved.apps:
+            if app.overlay:
+                upper = pod.path / "overlay" / app.tree / "upper" / app.name
+                command.append(f"--overlay={app.lower}:{upper}:/opt/stage2/{app.name}/rootfs")
+        for volume in resolved.volumes:
+            flag = "--bind-ro" if volume.read_only else "--bind"
+            recursive = "rbind" if volume.recursive else "norbind"
             source = volume_host_path(pod, volume)
-            command.append(f"{flag}={source}:/rkt/volumes/{name}:{recursive}")
+            command.append(f"{flag}={source}:/rkt/volumes/{volume.name}:{recursive}")
         command += ["--", SYSTEM_PYTHON, "-I", "-S", f"/{SUPERVISOR_PATH}"]
         return command
 
-    def run(self, pod: Pod, apps: dict[str, Any], options: RunOptions) -> int:
-        runtime = build_runtime(
-            pod, apps, options, mode="nspawn",
-            app_root=lambda app: f"/opt/stage2/{app['name']}/rootfs",
-            volume_source=lambda name, volume: f"/rkt/volumes/{name}",
-            overlay=lambda app: None,
-            resolv_conf=host_resolv_conf() if "none" not in options.net else None,
+    def run(self, pod: Pod, resolved: ResolvedPod, runtime: PodRuntime) -> int:
+        # nspawn mounts the overlays (--overlay) and volumes (--bind) itself
+        job = build_job(
+            pod, resolved, runtime, mode="nspawn",
+            app_root=lambda app: f"/opt/stage2/{app.name}/rootfs",
+            volume_source=lambda volume: f"/rkt/volumes/{volume.name}",
+            resolv_conf=None if runtime.private_network else host_resolv_conf(),
         )
-        write_runtime(pod, runtime)
+        write_job(pod, job)
         prepare_host()
-        command = self._command(pod, apps, options)
+        command = self._command(pod, resolved, runtime)
         pass_fds = (pod.lock_fd,) if pod.lock_fd is not None else ()
         if pod.lock_fd is not None:
             os.set_inheritable(pod.lock_fd, True)
@@ -148,16 +146,16 @@ class NspawnStage1:
                 return
             time.sleep(0.005)
 
-    def enter(self, pod: Pod, app: dict[str, Any], command: list[str]) -> int:
+    def enter(self, pod: Pod, app: ResolvedApp, command: list[str]) -> int:
         pid1 = _wait_for_pid(pod)
-        pid_file = pod.stage1_rootfs() / "rkt" / "pids" / app["name"]
+        pid_file = pod.stage1_rootfs() / "rkt" / "pids" / app.name
         try:
             inner = int(pid_file.read_text())
         except (OSError, ValueError) as exc:
-            raise PodError(f'app "{app["name"]}" has not started') from exc
+            raise PodError(f'app "{app.name}" has not started') from exc
         app_pid = host_pid_of(inner, pid1)
         if app_pid is None:
-            raise PodError(f'app "{app["name"]}" is not running')
+            raise PodError(f'app "{app.name}" is not running')
         return enter(app_pid, app, command)
 
     def stop(self, pod: Pod, *, force: bool) -> None:

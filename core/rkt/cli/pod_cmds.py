@@ -223,17 +223,17 @@ def _status(options: GlobalOptions, args: argparse.Namespace) -> int:
 
 def _enter(options: GlobalOptions, args: argparse.Namespace) -> int:
     from rkt.pod.lifecycle import backend_of, ensure_root
-    from rkt.pod.prepare import load_apps
+    from rkt.pod.prepare import load_resolved_pod
 
     ensure_root("enter")
     pod = _pods(options).find(args.uuid)
     if pod.state() != "running":
         raise PodError(f'pod "{pod.uuid}" is not running (state: {pod.state()})')
-    apps = load_apps(pod)["apps"]
+    apps = load_resolved_pod(pod).apps
     if args.app:
-        chosen = [a for a in apps if a["name"] == args.app]
+        chosen = [a for a in apps if a.name == args.app]
         if not chosen:
-            names = ", ".join(a["name"] for a in apps)
+            names = ", ".join(a.name for a in apps)
             raise UsageError(f'pod "{pod.uuid}" has no app "{args.app}" (apps: {names})')
         app = chosen[0]
     elif len(apps) == 1:

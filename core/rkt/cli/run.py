@@ -167,7 +167,7 @@ def _pod_request(args: argparse.Namespace) -> object:
 
 
 def _run_options(options: GlobalOptions, args: argparse.Namespace, app_count: int) -> object:
-    from rkt.stage1 import RunOptions
+    from rkt.pod.contract import PodRuntime
 
     if args.interactive and app_count > 1:
         raise UsageError("--interactive can only be used with a single image")
@@ -185,7 +185,7 @@ def _run_options(options: GlobalOptions, args: argparse.Namespace, app_count: in
         )
     if args.port:
         raise UsageError("--port needs a contained network, which this version lacks")
-    return RunOptions(hostname=args.hostname, interactive=args.interactive, net=nets,
+    return PodRuntime(hostname=args.hostname, interactive=args.interactive, net=tuple(nets),
                       debug=options.debug, insecure=options.insecure)
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import ctypes
 import os
 from pathlib import Path
-from typing import Any
 
 from rkt.errors import PodError
 from rkt.pod import supervisor
+from rkt.pod.contract import ResolvedApp
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -73,7 +73,7 @@ def _join_cgroups(pid: int) -> None:
                 break
 
 
-def enter(app_pid: int, app: dict[str, Any], command: list[str]) -> int:
+def enter(app_pid: int, app: ResolvedApp, command: list[str]) -> int:
     """Fork a child inside the app's namespaces and cgroups; return its exit code."""
     fds = {}
     try:
@@ -95,10 +95,11 @@ def enter(app_pid: int, app: dict[str, Any], command: list[str]) -> int:
                         )
                 child = os.fork()  # a PID namespace applies to children only
                 if child == 0:
-                    env = dict(app["env"])
-                    supervisor.drop_privileges(app)
+                    env = app.environment()
+                    # the supervisor's own privilege dropping, given the same fields
+                    supervisor.drop_privileges(app.to_json())
                     try:
-                        os.chdir(app.get("working_directory") or "/")
+                        os.chdir(app.working_directory)
                     except OSError:
                         os.chdir("/")
                     supervisor._exec(command, env)

@@ -15,16 +15,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkt.errors import PodError, UsageError
+from rkt.pod.contract import PodRuntime, ResolvedPod
 from rkt.pod.dirs import STARTED_FILE, Pod, PodStore
 from rkt.pod.prepare import (
     PodRequest,
     ResolvedImage,
     build_pod_manifest,
-    load_apps,
+    load_resolved_pod,
     prepare_pod,
+)
+from rkt.stage1 import (
+    Stage1Backend,
+    Stage1Choice,
+    check_interface_version,
+    select_stage1,
     stage1_backend_name,
 )
-from rkt.stage1 import RunOptions, Stage1Backend, Stage1Choice, select_stage1
 
 if TYPE_CHECKING:
     from rkt.context import Runtime
@@ -37,6 +43,8 @@ LOG = logging.getLogger(__name__)
 class PreparedPod:
     pod: Pod
     backend: Stage1Backend
+    #: known when this process prepared the pod; else read from ``apps.json``
+    resolved: ResolvedPod | None = None
 
 
 def _resolve(runtime: Runtime, image_id: str) -> ResolvedImage:
@@ -46,7 +54,10 @@ def _resolve(runtime: Runtime, image_id: str) -> ResolvedImage:
 
 
 def backend_for(runtime: Runtime, stage1: ResolvedImage) -> Stage1Backend:
-    return runtime.plugins.stage1_backend(stage1_backend_name(stage1.manifest))
+    """The stage1 image's backend, if it speaks this rkt's stage1 interface."""
+    backend = runtime.plugins.stage1_backend(stage1_backend_name(stage1.manifest))
+    check_interface_version(stage1.manifest, backend)
+    return backend
 
 
 def create_pod(
@@ -77,14 +88,15 @@ def create_pod(
     pods = PodStore(runtime.data_dir)
     pod = pods.create_embryo(uuid)
     try:
-        prepare_pod(pod, runtime.store, stage1, manifest, request, insecure=runtime.insecure)
+        resolved = prepare_pod(pod, runtime.store, stage1, manifest, request,
+                               insecure=runtime.insecure)
     except BaseException:
         pod.release()
         pods.delete(pod)
         raise
     for runtime_app in manifest["apps"]:
         runtime.store.touch(runtime_app["image"]["id"])
-    return PreparedPod(pod, backend)
+    return PreparedPod(pod, backend, resolved)
 
 
 def _load_pod_manifest(runtime: Runtime, path: Path) -> dict[str, Any]:
@@ -114,17 +126,21 @@ def _load_pod_manifest(runtime: Runtime, path: Path) -> dict[str, Any]:
     return document
 
 
-def run_pod(runtime: Runtime, prepared: PreparedPod, run_options: RunOptions,
+def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
             *, uuid_file: str | None = None) -> int:
     """Move the locked pod to ``run/`` and hand it to its stage1; return the exit code."""
     pod = prepared.pod
+    try:
+        resolved = prepared.resolved or load_resolved_pod(pod)
+    except BaseException:
+        pod.release()
+        raise
     pod.move("run")
     if uuid_file:
         Path(uuid_file).write_text(pod.uuid)
     (pod.path / STARTED_FILE).touch()
-    apps = load_apps(pod)
     try:
-        return prepared.backend.run(pod, apps, run_options)
+        return prepared.backend.run(pod, resolved, pod_runtime)
     finally:
         pod.release()
 
@@ -146,15 +162,29 @@ def open_prepared(runtime: Runtime, uuid: str) -> PreparedPod:
     if pod.phase != "prepared":
         pod.release()
         raise PodError(f'pod "{pod.uuid}" is no longer prepared')
-    return PreparedPod(pod, backend_of(runtime, pod))
+    try:
+        manifest = _stage1_manifest(pod)
+        backend = runtime.plugins.stage1_backend(stage1_backend_name(manifest))
+        # prepared by another rkt, perhaps: refuse before anything moves
+        check_interface_version(manifest, backend)
+    except BaseException:
+        pod.release()
+        raise
+    return PreparedPod(pod, backend)
+
+
+def _stage1_manifest(pod: Pod) -> dict[str, Any]:
+    try:
+        manifest: dict[str, Any] = json.loads((pod.path / "stage1" / "manifest").read_text())
+    except (OSError, ValueError) as exc:
+        raise PodError(f'pod "{pod.uuid}" has no readable stage1 manifest') from exc
+    return manifest
 
 
 def backend_of(runtime: Runtime, pod: Pod) -> Stage1Backend:
-    try:
-        manifest = json.loads((pod.path / "stage1" / "manifest").read_text())
-    except (OSError, ValueError) as exc:
-        raise PodError(f'pod "{pod.uuid}" has no readable stage1 manifest') from exc
-    return runtime.plugins.stage1_backend(stage1_backend_name(manifest))
+    """The backend of an existing pod, whatever interface version it speaks
+    (``stop`` and ``gc`` must work for pods an older rkt started)."""
+    return runtime.plugins.stage1_backend(stage1_backend_name(_stage1_manifest(pod)))
 
 
 def stop_pod(pod: Pod, stage1_backend: Stage1Lookup, *, force: bool) -> bool:

@@ -6,8 +6,12 @@ here, before any pod directory exists or, when it already does, with the pod
 left in ``prepare/`` unlocked, which ``gc`` removes as an aborted prepare.
 
 The result is the pod manifest (``pod``, appc's PodManifest) plus
-``stage1/rootfs/rkt/apps.json``: the fully resolved apps (uids, environment,
-mounts, rootfs locations) that any backend turns into its runtime spec.
+``stage1/rootfs/rkt/apps.json``: the :class:`~rkt.pod.contract.ResolvedPod`
+(uids, environment, mounts, rootfs locations) that a backend receives.
+
+Three steps, each its own function: :func:`build_pod_manifest` (images and
+flags to the appc pod manifest), :func:`resolve_volumes` and, per app,
+``_render_app_rootfs`` then :func:`resolve_app`.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rkt import __version__
-from rkt.errors import ImageError, PodError, UsageError
+from rkt import APPC_VERSION, __version__
+from rkt.errors import PodError, UsageError
 from rkt.pod.apps import (
     AC_IDENTIFIER,
     AC_NAME,
@@ -31,6 +35,14 @@ from rkt.pod.apps import (
     VolumeSpec,
     app_name_from_image,
 )
+from rkt.pod.contract import (
+    AppMount,
+    AppPort,
+    ContractVersionError,
+    ResolvedApp,
+    ResolvedPod,
+    ResolvedVolume,
+)
 from rkt.pod.dirs import POD_MANIFEST, Pod
 from rkt.pod.supervisor import resolve_in_root
 
@@ -38,8 +50,6 @@ if TYPE_CHECKING:
     from rkt.store import ImageInfo, ImageStore
 
 APPS_FILE = "apps.json"
-STAGE1_BACKEND_ANNOTATION = "coreos.com/rkt/stage1/backend"
-INTERFACE_VERSION_ANNOTATION = "coreos.com/rkt/stage1/interface-version"
 MUTABLE_ANNOTATION = "coreos.com/rkt/stage1/mutable"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -154,80 +164,105 @@ def _check_request(request: AppRequest) -> None:
             raise UsageError(f'--annotation "{key}": not a valid annotation name')
 
 
+def _replace_isolators(app: dict[str, Any], given: list[dict[str, Any]]) -> None:
+    """``given`` replaces the image's isolators of the same names."""
+    replaced = {i["name"] for i in given}
+    app["isolators"] = [i for i in app.get("isolators") or []
+                        if i["name"] not in replaced] + given
+
+
+def _app_definition(image: ResolvedImage, request: AppRequest) -> dict[str, Any]:
+    """The image's app (appc-spec/aci.md) with the per-app flags applied."""
+    image_app = image.manifest.get("app")
+    app: dict[str, Any] = (
+        json.loads(json.dumps(image_app)) if image_app else {"user": "0", "group": "0"}
+    )
+    if request.exec_ is not None:
+        app["exec"] = list(request.exec_)
+    if request.args is not None:
+        app["exec"] = [*(app.get("exec") or [])[:1], *request.args]
+    if not app.get("exec"):
+        raise UsageError(f'image "{image.name}" has no app to run; use --exec')
+    if request.user is not None:
+        app["user"] = request.user
+    if request.group is not None:
+        app["group"] = request.group
+    if request.supplementary_gids is not None:
+        app["supplementaryGIDs"] = request.supplementary_gids
+    if request.working_dir is not None:
+        app["workingDirectory"] = request.working_dir
+    for isolator_name, caps in (
+        ("os/linux/capabilities-retain-set", request.caps_retain),
+        ("os/linux/capabilities-remove-set", request.caps_remove),
+    ):
+        if caps is not None:
+            # the two capability isolators exclude each other: a flag replaces both
+            app["isolators"] = [i for i in app.get("isolators") or []
+                                if not i["name"].startswith("os/linux/capabilities-")]
+            _replace_isolators(app, [{"name": isolator_name, "value": {"set": caps}}])
+    if request.isolators:
+        _replace_isolators(app, list(request.isolators))
+    if request.environment:
+        env = {e["name"]: e["value"] for e in app.get("environment") or []}
+        env.update(request.environment)
+        app["environment"] = [{"name": k, "value": v} for k, v in env.items()]
+    return app
+
+
+def _app_mounts(
+    app: dict[str, Any], request: AppRequest, volumes: list[dict[str, object]]
+) -> list[dict[str, str]]:
+    """The app's mounts: ``--mount`` flags, then its image's mount points.
+
+    ace.md: a mount point that no volume fills gets an implicit empty volume,
+    appended to ``volumes``.
+    """
+    declared = {str(v["name"]) for v in volumes}
+    for volume_name, _ in request.mounts:
+        if volume_name not in declared:
+            raise UsageError(f'--mount: no volume named "{volume_name}" (add --volume)')
+    mounts = [{"volume": volume, "path": target} for volume, target in request.mounts]
+    mounted = {m["volume"] for m in mounts}
+    for point in app.get("mountPoints") or []:
+        if point["name"] in mounted:
+            continue
+        if point["name"] not in declared:
+            declared.add(point["name"])
+            volumes.append(VolumeSpec(point["name"], "empty",
+                                      read_only=point.get("readOnly", False)).to_manifest())
+        mounts.append({"volume": point["name"], "path": point.get("path") or "/" + point["name"]})
+    return mounts
+
+
 def build_pod_manifest(
     images: list[ResolvedImage], request: PodRequest
 ) -> tuple[dict[str, Any], list[str]]:
-    """The appc pod manifest (as JSON data) for these images and flags, and the app names."""
+    """The appc pod manifest (as JSON data) for these images and flags, and the app names.
+
+    Plain JSON data, for speed (see :class:`ResolvedImage`); the tests validate
+    every shape it produces against ``rkt.schema.pod.PodManifest`` and its
+    exact round trip, so it cannot drift from the spec.
+    """
     apps: list[dict[str, Any]] = []
     names: list[str] = []
-    declared = {v.name for v in request.volumes}
     volumes = [v.to_manifest() for v in request.volumes]
-    for resolved, app_request in zip(images, request.apps, strict=True):
+    for image, app_request in zip(images, request.apps, strict=True):
         _check_request(app_request)
-        name = app_request.name or app_name_from_image(resolved.name)
+        name = app_request.name or app_name_from_image(image.name)
         if name in names:
             raise UsageError(
                 f'two apps would be named "{name}"; give one a different --name'
             )
         names.append(name)
-        image_app = resolved.manifest.get("app")
-        app: dict[str, Any] = (
-            json.loads(json.dumps(image_app)) if image_app else {"user": "0", "group": "0"}
-        )
-        if app_request.exec_ is not None:
-            app["exec"] = list(app_request.exec_)
-        if app_request.args is not None:
-            app["exec"] = [*(app.get("exec") or [])[:1], *app_request.args]
-        if not app.get("exec"):
-            raise UsageError(f'image "{resolved.name}" has no app to run; use --exec')
-        if app_request.user is not None:
-            app["user"] = app_request.user
-        if app_request.group is not None:
-            app["group"] = app_request.group
-        if app_request.supplementary_gids is not None:
-            app["supplementaryGIDs"] = app_request.supplementary_gids
-        if app_request.working_dir is not None:
-            app["workingDirectory"] = app_request.working_dir
-        for isolator_name, caps in (
-            ("os/linux/capabilities-retain-set", app_request.caps_retain),
-            ("os/linux/capabilities-remove-set", app_request.caps_remove),
-        ):
-            if caps is not None:
-                isolators = [i for i in app.get("isolators", []) if not i["name"].startswith(
-                    "os/linux/capabilities-")]
-                isolators.append({"name": isolator_name, "value": {"set": caps}})
-                app["isolators"] = isolators
-        if app_request.isolators:
-            replaced = {i["name"] for i in app_request.isolators}
-            app["isolators"] = [i for i in app.get("isolators", [])
-                                if i["name"] not in replaced] + app_request.isolators
-        if app_request.environment:
-            env = {e["name"]: e["value"] for e in app.get("environment", [])}
-            env.update(app_request.environment)
-            app["environment"] = [{"name": k, "value": v} for k, v in env.items()]
-        mounts = [{"volume": volume, "path": target} for volume, target in app_request.mounts]
-        mounted = {m["volume"] for m in mounts}
-        for volume_name, _ in app_request.mounts:
-            if volume_name not in declared:
-                raise UsageError(f'--mount: no volume named "{volume_name}" (add --volume)')
-        # ace.md: a mount point with no volume gets an implicit empty one
-        for point in app.get("mountPoints") or []:
-            if point["name"] in mounted:
-                continue
-            if point["name"] not in declared:
-                declared.add(point["name"])
-                volumes.append(VolumeSpec(point["name"], "empty",
-                                          read_only=point.get("readOnly", False)).to_manifest())
-            mounts.append({"volume": point["name"],
-                           "path": point.get("path") or "/" + point["name"]})
+        app = _app_definition(image, app_request)
         runtime_app: dict[str, Any] = {
             "name": name,
-            "image": {"name": resolved.name, "id": resolved.info.id,
+            "image": {"name": image.name, "id": image.info.id,
                       "labels": [{"name": k, "value": v}
-                                 for k, v in sorted(resolved.info.labels.items())]},
+                                 for k, v in sorted(image.info.labels.items())]},
             "app": app,
             "readOnlyRootFS": bool(app_request.readonly_rootfs),
-            "mounts": mounts,
+            "mounts": _app_mounts(app, app_request, volumes),
         }
         if app_request.annotations:
             runtime_app["annotations"] = [
@@ -235,7 +270,7 @@ def build_pod_manifest(
             ]
         apps.append(runtime_app)
     document: dict[str, Any] = {
-        "acVersion": "0.8.11", "acKind": "PodManifest", "apps": apps, "volumes": volumes,
+        "acVersion": APPC_VERSION, "acKind": "PodManifest", "apps": apps, "volumes": volumes,
         "isolators": None,
         "annotations": [{"name": MUTABLE_ANNOTATION, "value": "false"}],
         "ports": [],
@@ -258,6 +293,163 @@ def copy_tree(source: Path, dest: Path) -> None:
         raise PodError(f"cannot copy {source}: {result.stderr.strip()}")
 
 
+def _write_pod_manifest(pod: Pod, manifest: dict[str, Any]) -> None:
+    (pod.path / POD_MANIFEST).write_text(json.dumps(manifest))
+    os.chmod(pod.path / POD_MANIFEST, 0o640)
+
+
+def _install_stage1(pod: Pod, store: ImageStore, stage1: ResolvedImage) -> Path:
+    """A private copy of the stage1's (small) rendered tree, the pod's root; its rootfs."""
+    stage1_tree = store.render(stage1.info.id)
+    stage1_dir = pod.path / "stage1"
+    stage1_dir.mkdir()
+    copy_tree(stage1_tree / "rootfs", stage1_dir / "rootfs")
+    shutil.copyfile(stage1_tree / "manifest", stage1_dir / "manifest")
+    (pod.path / "stage1TreeStoreID").write_text(stage1_tree.name)
+    (stage1_dir / "rootfs" / "rkt" / "status").mkdir(parents=True, exist_ok=True)
+    return stage1_dir / "rootfs"
+
+
+def resolve_volumes(pod: Pod, manifest: dict[str, Any]) -> tuple[ResolvedVolume, ...]:
+    """The pod manifest's volumes on the host; empty ones are made in the pod dir."""
+    resolved = []
+    for volume in manifest.get("volumes") or []:
+        name = volume["name"]
+        read_only = bool(volume.get("readOnly", False))
+        if volume["kind"] == "host":
+            source = Path(volume.get("source") or "")
+            if not source.exists():
+                raise PodError(f'volume "{name}": source {source} does not exist')
+            resolved.append(ResolvedVolume(name, "host", str(source), read_only,
+                                           bool(volume.get("recursive", True))))
+        else:
+            shared = pod.path / "sharedVolumes" / name
+            shared.mkdir(parents=True)
+            os.chmod(shared, int(str(volume.get("mode", "0755")), 8))
+            os.chown(shared, int(volume.get("uid", 0)), int(volume.get("gid", 0)))
+            # relative to the pod directory, which moves from prepare/ to run/
+            resolved.append(ResolvedVolume(name, "empty", f"sharedVolumes/{name}", read_only))
+    return tuple(resolved)
+
+
+def _render_app_rootfs(pod: Pod, store: ImageStore, stage1_rootfs: Path, app_name: str,
+                       image_id: str, *, overlay: bool) -> tuple[str, Path]:
+    """Render the app's image and give the app its rootfs; (tree store ID, lower dir)."""
+    tree = store.render(image_id)
+    info_dir = pod.path / "appsinfo" / app_name
+    info_dir.mkdir(parents=True)
+    shutil.copyfile(tree / "manifest", info_dir / "manifest")
+    (info_dir / "treeStoreID").write_text(tree.name)
+    lower = tree / "rootfs"
+    app_root = stage1_rootfs / "opt" / "stage2" / app_name
+    app_root.mkdir(parents=True)
+    shutil.copyfile(tree / "manifest", app_root / "manifest")
+    if overlay:
+        (app_root / "rootfs").mkdir()
+        (pod.path / "overlay" / tree.name / "upper" / app_name).mkdir(parents=True)
+        (pod.path / "overlay" / tree.name / "work" / app_name).mkdir(parents=True)
+    else:
+        copy_tree(lower, app_root / "rootfs")
+    return tree.name, lower
+
+
+def _app_environment(app: dict[str, Any], app_name: str,
+                     request: PodRequest) -> tuple[tuple[str, str], ...]:
+    """rkt's order: inherited, defaults, image (with --environment), env file, --set-env."""
+    env: dict[str, str] = dict(os.environ) if request.inherit_env else {}
+    env.update({
+        "PATH": DEFAULT_PATH, "AC_APP_NAME": app_name,
+        "AC_METADATA_URL": "", "container": "rkt",
+    })
+    env.update({e["name"]: e["value"] for e in app.get("environment") or []})
+    env.update(dict(request.set_env_file))
+    env.update(dict(request.set_env))
+    return tuple(env.items())
+
+
+def _ports(app: dict[str, Any]) -> tuple[AppPort, ...]:
+    return tuple(
+        AppPort(name=p["name"], protocol=p["protocol"], port=int(p["port"]),
+                count=int(p.get("count", 1)),
+                socket_activated=bool(p.get("socketActivated", False)))
+        for p in app.get("ports") or []
+    )
+
+
+def resolve_app(
+    runtime_app: dict[str, Any],
+    *,
+    tree: str,
+    lower: Path,
+    overlay: bool,
+    volumes: tuple[ResolvedVolume, ...],
+    request: PodRequest,
+    insecure: frozenset[str],
+) -> ResolvedApp:
+    """One pod manifest app, resolved against its rendered image; raises on bad input."""
+    app_name = runtime_app["name"]
+    image_id = runtime_app["image"]["id"]
+    image_name = runtime_app["image"].get("name") or image_id
+    app: dict[str, Any] = runtime_app["app"]
+    env = _app_environment(app, app_name, request)
+    exec_ = tuple(app.get("exec") or ())
+    if not exec_:
+        raise PodError(f'app "{app_name}" has nothing to run')
+    manifest_mounts = runtime_app.get("mounts") or []
+    if not _find_in_root(lower, exec_[0], dict(env).get("PATH", DEFAULT_PATH)):
+        covered = any(exec_[0].startswith(m["path"].rstrip("/") + "/") for m in manifest_mounts)
+        if not covered:
+            raise PodError(
+                f'app "{app_name}": executable "{exec_[0]}" '
+                f'not found in image "{image_name}"'
+            )
+    uid = _lookup_id(lower, "passwd", str(app["user"]), "user")
+    gid = _lookup_id(lower, "group", str(app["group"]), "group")
+    by_name = {v.name: v for v in volumes}
+    mounts = []
+    for mount in manifest_mounts:
+        volume = by_name.get(mount["volume"])
+        if volume is None:
+            raise PodError(f'app "{app_name}": no volume named "{mount["volume"]}"')
+        mounts.append(AppMount(mount["volume"], mount["path"], volume.read_only,
+                               volume.recursive))
+    working_directory = app.get("workingDirectory") or "/"
+    if not _exists_in_root(lower, working_directory) and not any(
+        working_directory.startswith(m.target) for m in mounts
+    ):
+        raise PodError(
+            f'app "{app_name}": working directory '
+            f'"{working_directory}" does not exist in the image'
+        )
+    pre = _named(app.get("eventHandlers"), "pre-start")
+    post = _named(app.get("eventHandlers"), "post-stop")
+    no_new_privs = _named(app.get("isolators"), "os/linux/no-new-privileges")
+    oom_score_adj = _named(app.get("isolators"), "os/linux/oom-score-adj")
+    capabilities = _capabilities(app, "capabilities" in insecure)
+    return ResolvedApp(
+        name=app_name,
+        image_name=image_name,
+        image_id=image_id,
+        tree=tree,
+        lower=str(lower),
+        overlay=overlay,
+        exec=exec_,
+        env=env,
+        uid=uid,
+        gid=gid,
+        supplementary_gids=tuple(int(g) for g in app.get("supplementaryGIDs") or ()),
+        working_directory=working_directory,
+        read_only_rootfs=bool(runtime_app.get("readOnlyRootFS", False)),
+        mounts=tuple(mounts),
+        capabilities=None if capabilities is None else tuple(capabilities),
+        no_new_privileges=bool(no_new_privs and no_new_privs.get("value") is True),
+        oom_score_adj=int(oom_score_adj["value"]) if oom_score_adj else None,
+        pre_start=tuple(pre["exec"]) if pre else None,
+        post_stop=tuple(post["exec"]) if post else None,
+        ports=_ports(app),
+    )
+
+
 def prepare_pod(
     pod: Pod,
     store: ImageStore,
@@ -266,145 +458,32 @@ def prepare_pod(
     request: PodRequest,
     *,
     insecure: frozenset[str],
-) -> None:
-    """Fill the (locked) pod directory in ``prepare/``; raises on bad input."""
-    path = pod.path
-    (path / POD_MANIFEST).write_text(json.dumps(manifest))
-    os.chmod(path / POD_MANIFEST, 0o640)
+) -> ResolvedPod:
+    """Fill the (locked) pod directory in ``prepare/``; raises on bad input.
 
-    # stage1: a private copy of its (small) rendered tree is the pod's root
-    stage1_tree = store.render(stage1.info.id)
-    stage1_dir = path / "stage1"
-    stage1_dir.mkdir()
-    copy_tree(stage1_tree / "rootfs", stage1_dir / "rootfs")
-    shutil.copyfile(stage1_tree / "manifest", stage1_dir / "manifest")
-    (path / "stage1TreeStoreID").write_text(stage1_tree.name)
-    (stage1_dir / "rootfs" / "rkt" / "status").mkdir(parents=True, exist_ok=True)
-
-    resolved_volumes: dict[str, dict[str, Any]] = {}
-    for volume in manifest.get("volumes") or []:
-        name = volume["name"]
-        read_only = bool(volume.get("readOnly", False))
-        if volume["kind"] == "host":
-            source = Path(volume.get("source") or "")
-            if not source.exists():
-                raise PodError(f'volume "{name}": source {source} does not exist')
-            resolved_volumes[name] = {
-                "kind": "host", "source": str(source), "read_only": read_only,
-                "recursive": bool(volume.get("recursive", True)),
-            }
-        else:
-            shared = path / "sharedVolumes" / name
-            shared.mkdir(parents=True)
-            os.chmod(shared, int(str(volume.get("mode", "0755")), 8))
-            os.chown(shared, int(volume.get("uid", 0)), int(volume.get("gid", 0)))
-            # relative to the pod directory, which moves from prepare/ to run/
-            resolved_volumes[name] = {
-                "kind": "empty", "source": f"sharedVolumes/{name}",
-                "read_only": read_only, "recursive": True,
-            }
-
-    base_env: list[tuple[str, str]] = []
-    if request.inherit_env:
-        base_env += list(os.environ.items())
-    apps: list[dict[str, Any]] = []
+    Writes the pod manifest, the stage1's rootfs, each app's rootfs, and the
+    resolved pod (``stage1/rootfs/rkt/apps.json``), which it returns.
+    """
+    _write_pod_manifest(pod, manifest)
+    stage1_rootfs = _install_stage1(pod, store, stage1)
+    volumes = resolve_volumes(pod, manifest)
     overlay = not request.no_overlay
+    apps = []
     for runtime_app in manifest["apps"]:
-        app_name = runtime_app["name"]
-        image_id = runtime_app["image"]["id"]
-        image_name = runtime_app["image"].get("name") or image_id
-        tree = store.render(image_id)
-        info_dir = path / "appsinfo" / app_name
-        info_dir.mkdir(parents=True)
-        shutil.copyfile(tree / "manifest", info_dir / "manifest")
-        (info_dir / "treeStoreID").write_text(tree.name)
-        lower = tree / "rootfs"
-        app_root = stage1_dir / "rootfs" / "opt" / "stage2" / app_name
-        app_root.mkdir(parents=True)
-        shutil.copyfile(tree / "manifest", app_root / "manifest")
-        if overlay:
-            (app_root / "rootfs").mkdir()
-            upper = path / "overlay" / tree.name / "upper" / app_name
-            work = path / "overlay" / tree.name / "work" / app_name
-            upper.mkdir(parents=True)
-            work.mkdir(parents=True)
-        else:
-            copy_tree(lower, app_root / "rootfs")
-        app: dict[str, Any] = runtime_app["app"]
-        env: dict[str, str] = {}
-        for key, value in base_env:
-            env[key] = value
-        env.update({
-            "PATH": DEFAULT_PATH, "AC_APP_NAME": app_name,
-            "AC_METADATA_URL": "", "container": "rkt",
-        })
-        env.update({e["name"]: e["value"] for e in app.get("environment") or []})
-        env.update(dict(request.set_env_file))
-        env.update(dict(request.set_env))
-        exec_ = list(app.get("exec") or [])
-        if not exec_:
-            raise PodError(f'app "{app_name}" has nothing to run')
-        if not _find_in_root(lower, exec_[0], env.get("PATH", DEFAULT_PATH)):
-            covered = any(exec_[0].startswith(m["path"].rstrip("/") + "/")
-                          for m in runtime_app.get("mounts") or [])
-            if not covered:
-                raise PodError(
-                    f'app "{app_name}": executable "{exec_[0]}" '
-                    f'not found in image "{image_name}"'
-                )
-        uid = _lookup_id(lower, "passwd", str(app["user"]), "user")
-        gid = _lookup_id(lower, "group", str(app["group"]), "group")
-        mounts = []
-        for mount in runtime_app.get("mounts") or []:
-            resolved = resolved_volumes.get(mount["volume"])
-            if resolved is None:
-                raise PodError(f'app "{app_name}": no volume named "{mount["volume"]}"')
-            mounts.append({"volume": mount["volume"], "target": mount["path"],
-                           "read_only": resolved["read_only"],
-                           "recursive": resolved["recursive"]})
-        pre = _named(app.get("eventHandlers"), "pre-start")
-        post = _named(app.get("eventHandlers"), "post-stop")
-        no_new_privs = _named(app.get("isolators"), "os/linux/no-new-privileges")
-        oom_score_adj = _named(app.get("isolators"), "os/linux/oom-score-adj")
-        working_directory = app.get("workingDirectory") or "/"
-        apps.append({
-            "name": app_name,
-            "image_id": image_id,
-            "image_name": image_name,
-            "tree": tree.name,
-            "lower": str(lower),
-            "overlay": overlay,
-            "exec": exec_,
-            "env": list(env.items()),
-            "uid": uid,
-            "gid": gid,
-            "supplementary_gids": list(app.get("supplementaryGIDs") or []),
-            "working_directory": working_directory,
-            "read_only_rootfs": bool(runtime_app.get("readOnlyRootFS", False)),
-            "pre_start": list(pre["exec"]) if pre else None,
-            "post_stop": list(post["exec"]) if post else None,
-            "mounts": mounts,
-            "capabilities": _capabilities(app, "capabilities" in insecure),
-            "no_new_privileges": bool(no_new_privs and no_new_privs.get("value") is True),
-            "oom_score_adj": oom_score_adj["value"] if oom_score_adj else None,
-        })
-        if not _exists_in_root(lower, working_directory) and not any(
-            working_directory.startswith(m["target"]) for m in mounts
-        ):
-            raise PodError(
-                f'app "{app_name}": working directory '
-                f'"{working_directory}" does not exist in the image'
-            )
-    document = {
-        "version": 1, "uuid": pod.uuid, "rkt_version": __version__, "volumes": resolved_volumes,
-        "apps": apps,
-    }
-    (stage1_dir / "rootfs" / "rkt" / APPS_FILE).write_text(json.dumps(document, indent=1))
+        tree, lower = _render_app_rootfs(pod, store, stage1_rootfs, runtime_app["name"],
+                                         runtime_app["image"]["id"], overlay=overlay)
+        apps.append(resolve_app(runtime_app, tree=tree, lower=lower, overlay=overlay,
+                                volumes=volumes, request=request, insecure=insecure))
+    resolved = ResolvedPod(uuid=pod.uuid, apps=tuple(apps), volumes=volumes,
+                           rkt_version=__version__)
+    (stage1_rootfs / "rkt" / APPS_FILE).write_text(resolved.to_json())
     if overlay:
-        (path / "overlay-prepared").touch()
+        (pod.path / "overlay-prepared").touch()
+    return resolved
 
 
 def load_apps(pod: Pod) -> dict[str, Any]:
+    """``apps.json`` as plain JSON data (see :func:`load_resolved_pod` for the typed pod)."""
     try:
         document: dict[str, Any] = json.loads(
             (pod.stage1_rootfs() / "rkt" / APPS_FILE).read_text()
@@ -414,11 +493,14 @@ def load_apps(pod: Pod) -> dict[str, Any]:
     return document
 
 
-def stage1_backend_name(manifest: dict[str, Any]) -> str:
-    annotation = _named(manifest.get("annotations"), STAGE1_BACKEND_ANNOTATION)
-    if not annotation or not annotation.get("value"):
-        raise ImageError(
-            f'image "{manifest.get("name")}" is not a stage1 image: '
-            f'it has no "{STAGE1_BACKEND_ANNOTATION}" annotation'
-        )
-    return str(annotation["value"])
+def load_resolved_pod(pod: Pod) -> ResolvedPod:
+    """The pod as ``rkt prepare`` resolved it; one-line errors for a missing or
+    foreign ``apps.json``."""
+    try:
+        return ResolvedPod.from_json((pod.stage1_rootfs() / "rkt" / APPS_FILE).read_bytes())
+    except FileNotFoundError as exc:
+        raise PodError(f'pod "{pod.uuid}" was not fully prepared') from exc
+    except ContractVersionError as exc:
+        raise PodError(f'pod "{pod.uuid}": {exc}') from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PodError(f'pod "{pod.uuid}" has an unreadable apps.json: {exc}') from exc

@@ -1,19 +1,26 @@
-"""The supervisor's job description (``/rkt/runtime.json``), built by a backend at run time.
+"""The supervisor's job (``/rkt/runtime.json``), placed by a backend at run time.
 
-``rkt.pod.prepare`` resolves the apps once (``apps.json``); a backend then says
-where things are *inside its isolation*: where each app's rootfs is mounted,
+``rkt.pod.prepare`` resolves the apps once (a :class:`ResolvedPod`); a backend
+then says where things are *inside its isolation*: where each app's rootfs is,
 where each volume appears, whether the supervisor mounts the overlays itself.
+The result is a :class:`SupervisorJob`, serialised by ``rkt.pod.contract``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from rkt.pod.contract import (
+    OverlayDirs,
+    PlacedApp,
+    PodRuntime,
+    ResolvedApp,
+    ResolvedPod,
+    ResolvedVolume,
+    SupervisorJob,
+)
 from rkt.pod.dirs import Pod
-from rkt.stage1 import RunOptions
 
 RUNTIME_FILE = "runtime.json"
 
@@ -26,71 +33,76 @@ def hosts_file(hostname: str) -> str:
     )
 
 
-def build_runtime(
+def no_overlay(app: ResolvedApp) -> OverlayDirs | None:
+    """For backends that mount the apps' overlays themselves (or none is wanted)."""
+    del app
+    return None
+
+
+def overlay_on_host(pod: Pod) -> Callable[[ResolvedApp], OverlayDirs | None]:
+    """The apps' overlays as host paths, for a supervisor that sees the host's files."""
+
+    def overlay(app: ResolvedApp) -> OverlayDirs | None:
+        if not app.overlay:
+            return None
+        base = pod.path / "overlay" / app.tree
+        return OverlayDirs(lower=app.lower, upper=str(base / "upper" / app.name),
+                           work=str(base / "work" / app.name))
+
+    return overlay
+
+
+def build_job(
     pod: Pod,
-    apps_doc: dict[str, Any],
-    options: RunOptions,
+    resolved: ResolvedPod,
+    runtime: PodRuntime,
     *,
     mode: str,
-    app_root: Callable[[dict[str, Any]], str],
-    volume_source: Callable[[str, dict[str, Any]], str],
-    overlay: Callable[[dict[str, Any]], dict[str, str] | None],
+    app_root: Callable[[ResolvedApp], str],
+    volume_source: Callable[[ResolvedVolume], str],
+    overlay: Callable[[ResolvedApp], OverlayDirs | None] = no_overlay,
     status_dir: str = "/rkt/status",
     pids_dir: str = "/rkt/pids",
     resolv_conf: str | None = None,
-) -> dict[str, Any]:
-    hostname = options.hostname or f"rkt-{pod.uuid}"
-    volumes = apps_doc["volumes"]
-    apps = []
-    for app in apps_doc["apps"]:
-        etc_files = {"hosts": hosts_file(hostname)}
-        if resolv_conf is not None:
-            etc_files["resolv.conf"] = resolv_conf
-        apps.append({
-            "name": app["name"],
-            "root": app_root(app),
-            "overlay": overlay(app),
-            "exec": app["exec"],
-            "env": dict(app["env"]),
-            "uid": app["uid"],
-            "gid": app["gid"],
-            "supplementary_gids": app["supplementary_gids"],
-            "working_directory": app["working_directory"],
-            "read_only_rootfs": app["read_only_rootfs"],
-            "pre_start": app["pre_start"],
-            "post_stop": app["post_stop"],
-            "capabilities": app["capabilities"],
-            "no_new_privileges": app["no_new_privileges"],
-            "oom_score_adj": app.get("oom_score_adj"),
-            "mounts": [
-                {"source": volume_source(m["volume"], volumes[m["volume"]]),
-                 "target": m["target"], "read_only": m["read_only"],
-                 "recursive": m["recursive"]}
-                for m in app["mounts"]
-            ],
-            "etc_files": etc_files,
-        })
-    return {
-        "version": 1,
-        "mode": mode,
-        "uuid": pod.uuid,
-        "hostname": hostname,
-        "interactive": options.interactive,
-        "status_dir": status_dir,
-        "pids_dir": pids_dir,
-        "apps": apps,
-    }
+    set_hostname: bool = False,
+    die_with_parent: bool = False,
+) -> SupervisorJob:
+    """The supervisor's job for ``resolved``, placed by the backend's callbacks.
+
+    Every app gets an ``/etc/hosts`` naming the pod's hostname, and
+    ``resolv_conf`` as ``/etc/resolv.conf`` when given; the supervisor writes
+    them only where the image has no such file.
+    """
+    hostname = runtime.pod_hostname(pod.uuid)
+    etc_files = [("hosts", hosts_file(hostname))]
+    if resolv_conf is not None:
+        etc_files.append(("resolv.conf", resolv_conf))
+    placed = tuple(
+        PlacedApp(
+            app=app,
+            root=app_root(app),
+            overlay=overlay(app),
+            mount_sources=tuple(volume_source(resolved.volume(m.volume)) for m in app.mounts),
+            etc_files=tuple(etc_files),
+        )
+        for app in resolved.apps
+    )
+    return SupervisorJob(
+        uuid=pod.uuid, hostname=hostname, mode=mode, apps=placed,
+        interactive=runtime.interactive, status_dir=status_dir, pids_dir=pids_dir,
+        set_hostname=set_hostname, die_with_parent=die_with_parent,
+    )
 
 
-def volume_host_path(pod: Pod, volume: dict[str, Any]) -> str:
+def volume_host_path(pod: Pod, volume: ResolvedVolume) -> str:
     """Where a resolved volume is on the host (empty volumes live in the pod dir)."""
-    source = str(volume["source"])
-    return source if source.startswith("/") else str(pod.path / source)
+    return volume.host_path(str(pod.path))
 
 
-def write_runtime(pod: Pod, runtime: dict[str, Any]) -> Path:
+def write_job(pod: Pod, job: SupervisorJob) -> Path:
+    """Write ``stage1/rootfs/rkt/runtime.json``; returns its path on the host."""
     path = pod.stage1_rootfs() / "rkt" / RUNTIME_FILE
-    path.write_text(json.dumps(runtime, indent=1))
+    path.write_text(job.to_json())
     return path
 
 

@@ -2,8 +2,9 @@
 
 This file is copied into every stage1 image as ``/rkt/supervisor.py`` and runs
 with the system's ``/usr/bin/python3``, so it imports the standard library only.
-stage0 writes the whole job to ``/rkt/runtime.json`` (see ``rkt.pod.runtime``);
-the supervisor does no policy of its own.
+stage0 writes the whole job to ``/rkt/runtime.json`` (``rkt.pod.contract``'s
+``SupervisorJob``, see docs/stage1.md); the supervisor does no policy of its own
+and refuses a job of a stage1 interface version other than its own.
 
 For each app it forks a child that gets its own mount namespace, mounts the
 app's rootfs (an overlay, when asked to), ``/proc``, ``/sys`` (read-only), a
@@ -36,6 +37,19 @@ if TYPE_CHECKING:
     from typing import Any
 
 RUNTIME = "/rkt/runtime.json"
+#: the stage1 interface version of the jobs this supervisor reads (it is
+#: ``rkt.pod.contract.CONTRACT_VERSION`` of the rkt that built the image)
+JOB_VERSION = 2
+#: the keys of a job and of each of its apps (``SupervisorJob.to_json``)
+JOB_KEYS = frozenset({
+    "version", "mode", "uuid", "hostname", "interactive", "status_dir", "pids_dir",
+    "set_hostname", "die_with_parent", "stop_timeout", "ready_file", "apps",
+})
+APP_KEYS = frozenset({
+    "name", "root", "overlay", "exec", "env", "uid", "gid", "supplementary_gids",
+    "working_directory", "read_only_rootfs", "pre_start", "post_stop", "capabilities",
+    "no_new_privileges", "oom_score_adj", "mounts", "etc_files",
+})
 STATUS_DIR = "/rkt/status"
 PIDS_DIR = "/rkt/pids"
 
@@ -425,10 +439,32 @@ def _touch(path: str) -> None:
     os.utime(path, None)
 
 
+class JobError(Exception):
+    """The job file is not one this supervisor can run."""
+
+
+def load_job(path: str) -> dict[str, Any]:
+    """Read and check a job: its version, and that nothing it needs is missing."""
+    with open(path) as handle:
+        spec: dict[str, Any] = json.load(handle)
+    version = spec.get("version")
+    if version != JOB_VERSION:
+        raise JobError(f"{path} is of stage1 interface version {version}; "
+                       f"this supervisor speaks {JOB_VERSION}")
+    missing = JOB_KEYS - spec.keys()
+    for app in spec.get("apps", ()):
+        missing |= APP_KEYS - app.keys()
+    if missing:
+        raise JobError(f"{path} lacks {', '.join(sorted(missing))}")
+    return spec
+
+
 def main(argv: list[str]) -> int:
-    runtime = argv[1] if len(argv) > 1 else RUNTIME
-    with open(runtime) as handle:
-        spec = json.load(handle)
+    try:
+        spec = load_job(argv[1] if len(argv) > 1 else RUNTIME)
+    except (OSError, ValueError, JobError) as exc:
+        os.write(2, f"rkt: supervisor: {exc}\n".encode())
+        return 254
     supervisor = Supervisor(spec)
 
     def on_signal(signum: int, frame: object) -> None:

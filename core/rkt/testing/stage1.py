@@ -8,12 +8,12 @@ and garbage collection need neither root nor systemd-nspawn.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from rkt.hookspecs import hookimpl
+from rkt.pod.contract import PodRuntime, ResolvedApp, ResolvedPod
 from rkt.pod.dirs import PID_FILE, Pod
 from rkt.registry import Stage1Registry
-from rkt.stage1 import INTERFACE_VERSION, RunOptions
+from rkt.stage1 import INTERFACE_VERSION
 
 
 class NoopStage1:
@@ -24,16 +24,16 @@ class NoopStage1:
     def build_image(self, rootfs: Path) -> None:
         (rootfs / "rkt" / "noop").write_text("this stage1 runs nothing\n")
 
-    def run(self, pod: Pod, apps: dict[str, Any], options: RunOptions) -> int:
-        del options
+    def run(self, pod: Pod, resolved: ResolvedPod, runtime: PodRuntime) -> int:
+        del runtime
         status = pod.stage1_rootfs() / "rkt" / "status"
         status.mkdir(parents=True, exist_ok=True)
-        for app in apps["apps"]:
-            (status / app["name"]).write_text(str(self.exit_code))
+        for app in resolved.apps:
+            (status / app.name).write_text(str(self.exit_code))
         (pod.path / PID_FILE).write_text("0")
         return self.exit_code
 
-    def enter(self, pod: Pod, app: dict[str, Any], command: list[str]) -> int:
+    def enter(self, pod: Pod, app: ResolvedApp, command: list[str]) -> int:
         del pod, app, command
         return 0
 

@@ -1,6 +1,7 @@
 """An example third-party stage1: each pod gets new PID, UTS and IPC namespaces from
 util-linux's ``unshare``, no container manager at all, and rkt's shared supervisor
-does the rest. About sixty lines: see docs/stage1.md for the contract.
+does the rest. About sixty lines, written against the typed stage1 contract
+(``rkt.pod.contract``, interface version 2): see docs/stage1.md.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+from rkt.errors import PodError
+from rkt.pod.contract import PodRuntime, ResolvedApp, ResolvedPod
 from rkt.pod.dirs import PID_FILE, PPID_FILE, Pod
 from rkt.pod.enter import children, enter, host_pid_of
-from rkt.pod.runtime import build_runtime, volume_host_path, write_runtime
-from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH, RunOptions
+from rkt.pod.runtime import build_job, overlay_on_host, volume_host_path, write_job
+from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH
 
 
 class UnshareStage1:
@@ -26,23 +28,18 @@ class UnshareStage1:
     def build_image(self, rootfs: Path) -> None:
         (rootfs / "rkt" / "README").write_text("pods isolated with unshare(1)\n")
 
-    def run(self, pod: Pod, apps: dict[str, Any], options: RunOptions) -> int:
+    def run(self, pod: Pod, resolved: ResolvedPod, runtime: PodRuntime) -> int:
         rootfs = pod.stage1_rootfs()
-
-        def overlay(app: dict[str, Any]) -> dict[str, str] | None:
-            base = pod.path / "overlay" / app["tree"]
-            return {"lower": app["lower"], "upper": str(base / "upper" / app["name"]),
-                    "work": str(base / "work" / app["name"])} if app["overlay"] else None
-
-        runtime = build_runtime(
-            pod, apps, options, mode="fly",
-            app_root=lambda app: str(rootfs / "opt" / "stage2" / app["name"] / "rootfs"),
-            volume_source=lambda name, volume: volume_host_path(pod, volume),
-            overlay=overlay,
+        # the supervisor sees the host's files: host paths, and it mounts the overlays
+        job = build_job(
+            pod, resolved, runtime, mode="fly",
+            app_root=lambda app: str(rootfs / "opt" / "stage2" / app.name / "rootfs"),
+            volume_source=lambda volume: volume_host_path(pod, volume),
+            overlay=overlay_on_host(pod),
             status_dir=str(rootfs / "rkt" / "status"), pids_dir=str(rootfs / "rkt" / "pids"),
+            set_hostname=True,  # a new UTS namespace, and nobody else to name it
         )
-        runtime["set_hostname"] = True
-        spec = write_runtime(pod, runtime)
+        spec = write_job(pod, job)
         command = ["unshare", "--pid", "--fork", "--uts", "--ipc", "--kill-child", "--",
                    sys.executable, "-I", "-S", str(rootfs / SUPERVISOR_PATH), str(spec)]
         os.set_inheritable(pod.lock_fd, True)  # type: ignore[arg-type]
@@ -57,12 +54,12 @@ class UnshareStage1:
             time.sleep(0.005)
         return process.wait()
 
-    def enter(self, pod: Pod, app: dict[str, Any], command: list[str]) -> int:
-        inner = int((pod.stage1_rootfs() / "rkt" / "pids" / app["name"]).read_text())
+    def enter(self, pod: Pod, app: ResolvedApp, command: list[str]) -> int:
+        inner = int((pod.stage1_rootfs() / "rkt" / "pids" / app.name).read_text())
         pid1 = pod.pid()
         app_pid = host_pid_of(inner, pid1) if pid1 else None
         if app_pid is None:
-            raise RuntimeError(f"app {app['name']} is not running")
+            raise PodError(f'app "{app.name}" is not running')
         return enter(app_pid, app, command)
 
     def stop(self, pod: Pod, *, force: bool) -> None:

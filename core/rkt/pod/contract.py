@@ -1,0 +1,398 @@
+"""The stage1 contract: a pod as stage0 hands it to a stage1 backend, typed.
+
+stage0 resolves everything that depends on the images and the flags (user and
+group numbers, environment, volumes, mounts, capabilities) once, at prepare
+time, into a :class:`ResolvedPod`; ``rkt run`` adds the :class:`PodRuntime`
+(the options that only matter while the pod runs). A backend receives both as
+these frozen objects, decides where things appear inside its isolation, and
+hands the shared supervisor a :class:`SupervisorJob`.
+
+Everything crosses a process boundary as JSON, serialised here and only here:
+``stage1/rootfs/rkt/apps.json`` is :meth:`ResolvedPod.to_json`, and
+``stage1/rootfs/rkt/runtime.json`` (what the supervisor reads, with the system
+Python and the standard library only) is :meth:`SupervisorJob.to_json`. Both
+carry ``version``, the stage1 interface version (:data:`CONTRACT_VERSION`);
+the supervisor refuses a job of any other version. docs/stage1.md describes
+every field.
+
+Plain dataclasses, not the pydantic schema models: these are built and read on
+every pod start, where importing pydantic would cost more than the pod itself
+(docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "AppMount",
+    "AppPort",
+    "ContractVersionError",
+    "OverlayDirs",
+    "PlacedApp",
+    "PodRuntime",
+    "ResolvedApp",
+    "ResolvedPod",
+    "ResolvedVolume",
+    "SupervisorJob",
+]
+
+#: the version of the JSON documents below; it is the stage1 interface version
+#: (``rkt.stage1.INTERFACE_VERSION``), because the supervisor inside a stage1
+#: image is what reads them
+CONTRACT_VERSION = 2
+
+
+class ContractVersionError(ValueError):
+    """A document of a contract version this rkt does not speak."""
+
+
+def _check_version(document: dict[str, Any], what: str) -> None:
+    version = document.get("version")
+    if version != CONTRACT_VERSION:
+        raise ContractVersionError(
+            f"{what} is of stage1 interface version {version}; this rkt speaks "
+            f"{CONTRACT_VERSION}"
+        )
+
+
+def _strings(values: Any) -> tuple[str, ...] | None:
+    return None if values is None else tuple(str(v) for v in values)
+
+
+@dataclass(frozen=True)
+class ResolvedVolume:
+    """A pod volume, resolved on the host.
+
+    ``kind`` is ``"host"`` (``source`` is the absolute host path the user named)
+    or ``"empty"`` (``source`` is relative to the pod directory, which moves
+    from ``prepare/`` to ``run/``: use :meth:`host_path`).
+    """
+
+    name: str
+    kind: str
+    source: str
+    read_only: bool = False
+    recursive: bool = True
+
+    def host_path(self, pod_dir: str) -> str:
+        """Where the volume is on the host, for a pod in ``pod_dir``."""
+        return self.source if self.source.startswith("/") else f"{pod_dir}/{self.source}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "source": self.source, "read_only": self.read_only,
+                "recursive": self.recursive}
+
+    @classmethod
+    def from_json(cls, name: str, data: dict[str, Any]) -> ResolvedVolume:
+        return cls(name=name, kind=str(data["kind"]), source=str(data["source"]),
+                   read_only=bool(data["read_only"]), recursive=bool(data["recursive"]))
+
+
+@dataclass(frozen=True)
+class AppMount:
+    """A volume mounted into an app at ``target`` (an absolute path in its rootfs).
+
+    ``read_only`` and ``recursive`` are the volume's (appc-spec/pods.md).
+    """
+
+    volume: str
+    target: str
+    read_only: bool = False
+    recursive: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"volume": self.volume, "target": self.target, "read_only": self.read_only,
+                "recursive": self.recursive}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AppMount:
+        return cls(volume=str(data["volume"]), target=str(data["target"]),
+                   read_only=bool(data["read_only"]), recursive=bool(data["recursive"]))
+
+
+@dataclass(frozen=True)
+class AppPort:
+    """A port the app's image declares it listens on (appc-spec/aci.md ``ports``).
+
+    Nothing forwards them yet; they are here for the network attachments to come.
+    """
+
+    name: str
+    protocol: str
+    port: int
+    count: int = 1
+    socket_activated: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "protocol": self.protocol, "port": self.port,
+                "count": self.count, "socket_activated": self.socket_activated}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AppPort:
+        return cls(name=str(data["name"]), protocol=str(data["protocol"]),
+                   port=int(data["port"]), count=int(data.get("count", 1)),
+                   socket_activated=bool(data.get("socket_activated", False)))
+
+
+@dataclass(frozen=True)
+class ResolvedApp:
+    """One app of the pod, with everything the image and the flags said resolved.
+
+    Numbers, not names: ``uid``/``gid``/``supplementary_gids`` were looked up
+    in the image's ``/etc/passwd`` and ``/etc/group`` (appc-spec/aci.md).
+    ``env`` is ordered ``(name, value)`` pairs, already merged in rkt's order
+    (inherited, defaults, image, ``--set-env-file``, ``--set-env``, per-app
+    ``--environment``). ``capabilities`` is the bounding set to keep, ``None``
+    meaning keep every capability (``--insecure-options=capabilities``).
+    """
+
+    name: str
+    #: the image, for messages and ``rkt export``
+    image_name: str
+    image_id: str
+    #: the tree store ID of the rendered image, and its rootfs on the host
+    tree: str
+    lower: str
+    #: True: mount ``lower`` read-only under an overlay whose upper and work
+    #: dirs are ``<pod>/overlay/<tree>/{upper,work}/<name>``; False
+    #: (``--no-overlay``): the rootfs was copied to
+    #: ``stage1/rootfs/opt/stage2/<name>/rootfs``
+    overlay: bool
+    exec: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    uid: int
+    gid: int
+    supplementary_gids: tuple[int, ...] = ()
+    working_directory: str = "/"
+    read_only_rootfs: bool = False
+    mounts: tuple[AppMount, ...] = ()
+    capabilities: tuple[str, ...] | None = None
+    no_new_privileges: bool = False
+    oom_score_adj: int | None = None
+    #: the ``pre-start`` and ``post-stop`` event handlers' commands
+    pre_start: tuple[str, ...] | None = None
+    post_stop: tuple[str, ...] | None = None
+    ports: tuple[AppPort, ...] = ()
+
+    def environment(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "image_name": self.image_name,
+            "image_id": self.image_id,
+            "tree": self.tree,
+            "lower": self.lower,
+            "overlay": self.overlay,
+            "exec": list(self.exec),
+            "env": [list(pair) for pair in self.env],
+            "uid": self.uid,
+            "gid": self.gid,
+            "supplementary_gids": list(self.supplementary_gids),
+            "working_directory": self.working_directory,
+            "read_only_rootfs": self.read_only_rootfs,
+            "mounts": [m.to_json() for m in self.mounts],
+            "capabilities": None if self.capabilities is None else list(self.capabilities),
+            "no_new_privileges": self.no_new_privileges,
+            "oom_score_adj": self.oom_score_adj,
+            "pre_start": None if self.pre_start is None else list(self.pre_start),
+            "post_stop": None if self.post_stop is None else list(self.post_stop),
+            "ports": [p.to_json() for p in self.ports],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ResolvedApp:
+        oom = data.get("oom_score_adj")
+        return cls(
+            name=str(data["name"]),
+            image_name=str(data["image_name"]),
+            image_id=str(data["image_id"]),
+            tree=str(data["tree"]),
+            lower=str(data["lower"]),
+            overlay=bool(data["overlay"]),
+            exec=tuple(str(a) for a in data["exec"]),
+            env=tuple((str(k), str(v)) for k, v in data["env"]),
+            uid=int(data["uid"]),
+            gid=int(data["gid"]),
+            supplementary_gids=tuple(int(g) for g in data.get("supplementary_gids") or ()),
+            working_directory=str(data.get("working_directory") or "/"),
+            read_only_rootfs=bool(data.get("read_only_rootfs", False)),
+            mounts=tuple(AppMount.from_json(m) for m in data.get("mounts") or ()),
+            capabilities=_strings(data.get("capabilities")),
+            no_new_privileges=bool(data.get("no_new_privileges", False)),
+            oom_score_adj=None if oom is None else int(oom),
+            pre_start=_strings(data.get("pre_start")),
+            post_stop=_strings(data.get("post_stop")),
+            ports=tuple(AppPort.from_json(p) for p in data.get("ports") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedPod:
+    """What ``rkt prepare`` resolved: the pod's apps and volumes (``apps.json``)."""
+
+    uuid: str
+    apps: tuple[ResolvedApp, ...]
+    volumes: tuple[ResolvedVolume, ...] = ()
+    #: the rkt that prepared the pod
+    rkt_version: str = ""
+
+    def app(self, name: str) -> ResolvedApp | None:
+        return next((a for a in self.apps if a.name == name), None)
+
+    def volume(self, name: str) -> ResolvedVolume:
+        for volume in self.volumes:
+            if volume.name == name:
+                return volume
+        raise KeyError(name)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "version": CONTRACT_VERSION,
+            "uuid": self.uuid,
+            "rkt_version": self.rkt_version,
+            "volumes": {v.name: v.to_json() for v in self.volumes},
+            "apps": [a.to_json() for a in self.apps],
+        }, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ResolvedPod:
+        """Parse ``apps.json``; :class:`ContractVersionError` for another version."""
+        document = json.loads(text)
+        _check_version(document, "the pod's apps.json")
+        return cls(
+            uuid=str(document["uuid"]),
+            rkt_version=str(document.get("rkt_version", "")),
+            volumes=tuple(ResolvedVolume.from_json(name, v)
+                          for name, v in document["volumes"].items()),
+            apps=tuple(ResolvedApp.from_json(a) for a in document["apps"]),
+        )
+
+
+@dataclass(frozen=True)
+class PodRuntime:
+    """The pod-level options of ``rkt run`` / ``run-prepared`` that reach the stage1.
+
+    ``net`` is the ``--net`` list (``host``, ``none``; CNI network names once
+    contained networks exist, whose attachments will join this object).
+    ``insecure`` holds the ``--insecure-options`` names (``capabilities``,
+    ``seccomp``, ...) a backend must honour or refuse.
+    """
+
+    hostname: str | None = None
+    interactive: bool = False
+    net: tuple[str, ...] = ("host",)
+    debug: bool = False
+    insecure: frozenset[str] = frozenset()
+
+    def pod_hostname(self, uuid: str) -> str:
+        """``--hostname``, or rkt's default ``rkt-<uuid>``."""
+        return self.hostname or f"rkt-{uuid}"
+
+    @property
+    def private_network(self) -> bool:
+        """True when the pod must not see the host's network (``--net=none``)."""
+        return "none" in self.net
+
+
+@dataclass(frozen=True)
+class OverlayDirs:
+    """The overlay the supervisor mounts as an app's root (backends that do not
+    mount it themselves, as nspawn's ``--overlay`` does)."""
+
+    lower: str
+    upper: str
+    work: str
+
+
+@dataclass(frozen=True)
+class PlacedApp:
+    """An app as the supervisor sees it inside the backend's isolation.
+
+    ``root`` is where its rootfs is (or is to be overlay-mounted), and
+    ``mount_sources`` the path of each of ``app.mounts``' volumes, in order.
+    ``etc_files`` are written into the app's ``/etc`` when the image has none
+    of that name (``hosts``, ``resolv.conf``).
+    """
+
+    app: ResolvedApp
+    root: str
+    mount_sources: tuple[str, ...]
+    overlay: OverlayDirs | None = None
+    etc_files: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        app = self.app
+        return {
+            "name": app.name,
+            "root": self.root,
+            "overlay": None if self.overlay is None else {
+                "lower": self.overlay.lower, "upper": self.overlay.upper,
+                "work": self.overlay.work},
+            "exec": list(app.exec),
+            "env": [list(pair) for pair in app.env],
+            "uid": app.uid,
+            "gid": app.gid,
+            "supplementary_gids": list(app.supplementary_gids),
+            "working_directory": app.working_directory,
+            "read_only_rootfs": app.read_only_rootfs,
+            "pre_start": None if app.pre_start is None else list(app.pre_start),
+            "post_stop": None if app.post_stop is None else list(app.post_stop),
+            "capabilities": None if app.capabilities is None else list(app.capabilities),
+            "no_new_privileges": app.no_new_privileges,
+            "oom_score_adj": app.oom_score_adj,
+            "mounts": [
+                {"source": source, "target": m.target, "read_only": m.read_only,
+                 "recursive": m.recursive}
+                for m, source in zip(app.mounts, self.mount_sources, strict=True)
+            ],
+            "etc_files": dict(self.etc_files),
+        }
+
+
+@dataclass(frozen=True)
+class SupervisorJob:
+    """The shared supervisor's whole job (``runtime.json``); it has no policy of its own.
+
+    ``mode`` is ``"nspawn"`` (the supervisor is PID 1 of a container with its
+    own ``/dev/pts``) or ``"fly"`` (it shares the host's ``/dev/pts``).
+    ``status_dir`` and ``pids_dir`` are where it records each app's exit code
+    and PID, as paths it can reach. ``set_hostname`` makes it set the pod's
+    hostname itself (for a backend that makes a UTS namespace and nothing
+    more); ``die_with_parent`` kills it with the process that started it;
+    ``ready_file`` is touched once every app has been started.
+    """
+
+    uuid: str
+    hostname: str
+    mode: str
+    apps: tuple[PlacedApp, ...]
+    interactive: bool = False
+    status_dir: str = "/rkt/status"
+    pids_dir: str = "/rkt/pids"
+    set_hostname: bool = False
+    die_with_parent: bool = False
+    stop_timeout: float = 10.0
+    ready_file: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "version": CONTRACT_VERSION,
+            "mode": self.mode,
+            "uuid": self.uuid,
+            "hostname": self.hostname,
+            "interactive": self.interactive,
+            "status_dir": self.status_dir,
+            "pids_dir": self.pids_dir,
+            "set_hostname": self.set_hostname,
+            "die_with_parent": self.die_with_parent,
+            "stop_timeout": self.stop_timeout,
+            "ready_file": self.ready_file,
+            "apps": [a.to_json() for a in self.apps],
+        }, indent=1)
+
