@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rkt import APPC_VERSION
+
 BUSYBOX = Path("/bin/busybox")
 #: applets linked into images built with ``busybox=True``
 BUSYBOX_APPLETS = (
@@ -38,7 +40,7 @@ def image_manifest(
         labels.append({"name": "version", "value": version})
     if os_arch:
         labels += [{"name": "os", "value": "linux"}, {"name": "arch", "value": "amd64"}]
-    manifest: dict[str, Any] = {"acKind": "ImageManifest", "acVersion": "0.8.11", "name": name}
+    manifest: dict[str, Any] = {"acKind": "ImageManifest", "acVersion": APPC_VERSION, "name": name}
     if labels:
         manifest["labels"] = labels
     if exec_ is not None or app is not None:
