@@ -8,7 +8,6 @@ the two sides to the same fields and the same version.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ APP = ResolvedApp(
     mounts=(AppMount("data", "/data", read_only=True, recursive=False),),
     capabilities=("CAP_NET_BIND_SERVICE",), no_new_privileges=True, oom_score_adj=-10,
     pre_start=("/bin/setup",), post_stop=("/bin/cleanup", "now"),
-    ports=(AppPort("http", "tcp", 80, count=2, socket_activated=True),),
+    ports=(AppPort("http", "tcp", 80, port_count=2, socket_activated=True),),
 )
 POD = ResolvedPod(
     uuid="00000000-1111-2222-3333-444444444444", apps=(APP,), rkt_version="0.1.0",
@@ -56,7 +55,7 @@ def test_resolved_pod_round_trips_through_apps_json() -> None:
 
 def test_keep_all_capabilities_stays_distinct_from_keep_none() -> None:
     for caps in (None, ()):
-        app = replace(APP, capabilities=caps)
+        app = APP._replace(capabilities=caps)
         assert ResolvedApp.from_json(app.to_json()).capabilities == caps
 
 

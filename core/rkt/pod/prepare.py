@@ -370,7 +370,7 @@ def _app_environment(app: dict[str, Any], app_name: str,
 def _ports(app: dict[str, Any]) -> tuple[AppPort, ...]:
     return tuple(
         AppPort(name=p["name"], protocol=p["protocol"], port=int(p["port"]),
-                count=int(p.get("count", 1)),
+                port_count=int(p.get("count", 1)),
                 socket_activated=bool(p.get("socketActivated", False)))
         for p in app.get("ports") or []
     )
