@@ -182,6 +182,24 @@ class ResolvedApp(NamedTuple):
     def environment(self) -> dict[str, str]:
         return dict(self.env)
 
+    def process_json(self) -> dict[str, Any]:
+        """The fields that say how the app's process is started, with the names
+        the supervisor reads (also what ``rkt enter`` drops privileges by)."""
+        return {
+            "exec": list(self.exec),
+            "env": [list(pair) for pair in self.env],
+            "uid": self.uid,
+            "gid": self.gid,
+            "supplementary_gids": list(self.supplementary_gids),
+            "working_directory": self.working_directory,
+            "read_only_rootfs": self.read_only_rootfs,
+            "capabilities": None if self.capabilities is None else list(self.capabilities),
+            "no_new_privileges": self.no_new_privileges,
+            "oom_score_adj": self.oom_score_adj,
+            "pre_start": None if self.pre_start is None else list(self.pre_start),
+            "post_stop": None if self.post_stop is None else list(self.post_stop),
+        }
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -190,19 +208,8 @@ class ResolvedApp(NamedTuple):
             "tree": self.tree,
             "lower": self.lower,
             "overlay": self.overlay,
-            "exec": list(self.exec),
-            "env": [list(pair) for pair in self.env],
-            "uid": self.uid,
-            "gid": self.gid,
-            "supplementary_gids": list(self.supplementary_gids),
-            "working_directory": self.working_directory,
-            "read_only_rootfs": self.read_only_rootfs,
+            **self.process_json(),
             "mounts": [m.to_json() for m in self.mounts],
-            "capabilities": None if self.capabilities is None else list(self.capabilities),
-            "no_new_privileges": self.no_new_privileges,
-            "oom_score_adj": self.oom_score_adj,
-            "pre_start": None if self.pre_start is None else list(self.pre_start),
-            "post_stop": None if self.post_stop is None else list(self.post_stop),
             "ports": [p.to_json() for p in self.ports],
         }
 
@@ -324,29 +331,17 @@ class PlacedApp(NamedTuple):
     etc_files: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        app = self.app
+        overlay = self.overlay
         return {
-            "name": app.name,
+            "name": self.app.name,
             "root": self.root,
-            "overlay": None if self.overlay is None else {
-                "lower": self.overlay.lower, "upper": self.overlay.upper,
-                "work": self.overlay.work},
-            "exec": list(app.exec),
-            "env": [list(pair) for pair in app.env],
-            "uid": app.uid,
-            "gid": app.gid,
-            "supplementary_gids": list(app.supplementary_gids),
-            "working_directory": app.working_directory,
-            "read_only_rootfs": app.read_only_rootfs,
-            "pre_start": None if app.pre_start is None else list(app.pre_start),
-            "post_stop": None if app.post_stop is None else list(app.post_stop),
-            "capabilities": None if app.capabilities is None else list(app.capabilities),
-            "no_new_privileges": app.no_new_privileges,
-            "oom_score_adj": app.oom_score_adj,
+            "overlay": None if overlay is None else {
+                "lower": overlay.lower, "upper": overlay.upper, "work": overlay.work},
+            **self.app.process_json(),
             "mounts": [
                 {"source": source, "target": m.target, "read_only": m.read_only,
                  "recursive": m.recursive}
-                for m, source in zip(app.mounts, self.mount_sources, strict=True)
+                for m, source in zip(self.app.mounts, self.mount_sources, strict=True)
             ],
             "etc_files": dict(self.etc_files),
         }

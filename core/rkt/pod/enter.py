@@ -97,7 +97,7 @@ def enter(app_pid: int, app: ResolvedApp, command: list[str]) -> int:
                 if child == 0:
                     env = app.environment()
                     # the supervisor's own privilege dropping, given the same fields
-                    supervisor.drop_privileges(app.to_json())
+                    supervisor.drop_privileges(app.process_json())
                     try:
                         os.chdir(app.working_directory)
                     except OSError:
