@@ -199,7 +199,7 @@ def _app_definition(image: ResolvedImage, request: AppRequest) -> dict[str, Any]
             # the two capability isolators exclude each other: a flag replaces both
             app["isolators"] = [i for i in app.get("isolators") or []
                                 if not i["name"].startswith("os/linux/capabilities-")]
-            _replace_isolators(app, [{"name": isolator_name, "value": {"set": caps}}])
+            app["isolators"].append({"name": isolator_name, "value": {"set": caps}})
     if request.isolators:
         _replace_isolators(app, list(request.isolators))
     if request.environment:
