@@ -32,7 +32,7 @@ from rkt.keystore import name_prefixes
 from rkt.registry import DiscoveryRegistry
 
 if TYPE_CHECKING:
-    from rkt_plugins.http_session import HttpSession
+    from rkt.http import HttpSession
 
 LOG = logging.getLogger(__name__)
 
@@ -121,10 +121,10 @@ class MetaDiscovery:
     def _http(self, session: FetchSession) -> HttpSession:
         if self._http_factory is not None:
             return self._http_factory(session)
-        from rkt_plugins.http_session import HttpSession
+        from rkt.http import session_for
 
         allow_http = session.runtime.is_insecure("http") or session.allow_http
-        return HttpSession(session.runtime, allow_http=allow_http)
+        return session_for(session.runtime, allow_http=allow_http)
 
     def discover(
         self, name: str, labels: dict[str, str], session: FetchSession

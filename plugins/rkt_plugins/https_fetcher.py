@@ -30,9 +30,9 @@ from rkt.registry import FetcherRegistry
 
 if TYPE_CHECKING:
     from rkt.context import Runtime
+    from rkt.http import HttpSession
     from rkt.store import ImageStore
     from rkt.store.index import RemoteEntry
-    from rkt_plugins.http_session import HttpSession
 
 LOG = logging.getLogger(__name__)
 
@@ -56,9 +56,9 @@ def signature_url_for(url: str) -> str:
 
 
 def default_http(session: FetchSession) -> HttpSession:
-    from rkt_plugins.http_session import HttpSession
+    from rkt.http import session_for
 
-    return HttpSession(session.runtime)
+    return session_for(session.runtime)
 
 
 def _cached(store: ImageStore, url: str) -> tuple[str, str | None, bool] | None:

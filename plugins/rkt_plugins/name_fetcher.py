@@ -28,7 +28,7 @@ from rkt_plugins.https_fetcher import default_http, fetch_remote_aci
 
 if TYPE_CHECKING:
     from rkt.context import Runtime
-    from rkt_plugins.http_session import HttpSession
+    from rkt.http import HttpSession
 
 LOG = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """appc meta discovery against a real HTTPS server, with the spec's own fixture pages.
 
 Names such as ``example.com/myapp`` cannot resolve here, so these in-process tests
-route their hosts to loopback servers through ``loopback_transport`` (a seam: TLS,
+route their hosts to loopback servers through ``loopback_dial`` (a seam: TLS,
 HTTP and the server are real, only name resolution is replaced). Discovery of
 ``localhost/...`` names through the real ``rkt`` command is in
 ``tests/cli/test_fetch_remote.py``.
@@ -19,7 +19,8 @@ import pytest
 from rkt.context import Runtime, StreamReporter
 from rkt.errors import FetchError, UsageError
 from rkt.fetching import DiscoveredEndpoints, FetchSession
-from rkt.testing.https_server import HttpsServer, loopback_transport
+from rkt.http import HttpSession, session_for
+from rkt.testing.https_server import HttpsServer, loopback_dial
 from rkt_plugins.discovery import (
     MetaDiscovery,
     MetaTag,
@@ -28,7 +29,6 @@ from rkt_plugins.discovery import (
     parse_meta_tags,
     render_template,
 )
-from rkt_plugins.http_session import HttpSession
 
 TESTDATA = Path(__file__).parent / "data" / "discovery"
 STORAGE = "https://storage.example.com/example.com/myapp"
@@ -103,11 +103,11 @@ def _session(
     hosts: dict[str, HttpsServer] = {"example.com": server, "https://example.com": server}
     if plain is not None:
         hosts["http://example.com"] = plain
-    transport = loopback_transport(hosts)
+    dial = loopback_dial(hosts)
 
     def http(session: FetchSession) -> HttpSession:
         allowed = session.runtime.is_insecure("http") or session.allow_http
-        return HttpSession(session.runtime, transport=transport, allow_http=allowed,
+        return session_for(session.runtime, dial=dial, allow_http=allowed,
                            timeout=1.0, attempts=2)
 
     session = FetchSession(runtime=options, tmp_dir=tmp_path, allow_http=allow_http)

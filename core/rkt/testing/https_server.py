@@ -418,38 +418,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
 
 
-def loopback_transport(servers: Mapping[str, HttpsServer]) -> Any:
-    """A ``requests.Session`` that sends requests for the given hosts to loopback servers.
+def loopback_dial(servers: Mapping[str, HttpsServer]) -> Callable[[str, str, int], tuple[str, int]]:
+    """A ``dial`` for :class:`rkt.http.HttpClient` that sends the given hosts to loopback servers.
 
     ``servers`` maps a host name (``example.com``, or ``http://example.com`` for one
-    scheme only) to the server that plays it; any other host is refused. The
-    request keeps its ``Host`` header, so the server routes by the name, and the
-    response reports the URL that was asked for. A seam for in-process tests of
-    names that cannot resolve here; TLS and HTTP stay real. Pass it as
-    ``HttpSession(..., transport=loopback_transport(...))``.
+    scheme only) to the server that plays it; any other host is refused. Only the
+    socket moves: the ``Host`` header, the TLS server name and the URLs stay the
+    names asked for. A seam for in-process tests of names that cannot resolve here;
+    TLS and HTTP stay real. Pass it as ``session_for(..., dial=loopback_dial(...))``.
     """
-    import requests
-    from requests.adapters import HTTPAdapter
 
-    class _LoopbackAdapter(HTTPAdapter):
-        def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-            original = request.url
-            parts = urlsplit(original)
-            host = parts.hostname or ""
-            server = servers.get(f"{parts.scheme}://{host}") or servers.get(host)
-            if server is not None and server.scheme == parts.scheme:
-                target = server.base()
-            else:
-                target = f"{parts.scheme}://127.0.0.1:9"  # nothing listens: refused
-            request.url = target + original[len(f"{parts.scheme}://{parts.netloc}"):]
-            request.headers["Host"] = parts.netloc
-            response = super().send(request, *args, **kwargs)
-            response.url = original
-            return response
+    def dial(scheme: str, host: str, port: int) -> tuple[str, int]:
+        del port
+        server = servers.get(f"{scheme}://{host}") or servers.get(host)
+        if server is not None and server.scheme == scheme:
+            return ("127.0.0.1", server.port)
+        return ("127.0.0.1", 9)  # nothing listens: refused
 
-    session = requests.Session()
-    session.trust_env = False
-    adapter = _LoopbackAdapter()
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+    return dial

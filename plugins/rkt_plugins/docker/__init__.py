@@ -7,7 +7,7 @@ shares layers with one fetched before downloads only what is new, and a re-fetch
 an unchanged tag costs one manifest request.
 
 Modules, in the order a fetch uses them: :mod:`.reference` (the ``docker://``
-syntax), :mod:`.transport` (HTTP), :mod:`.registry` (the registry API and its
+syntax), :mod:`.registry` (the registry API over :mod:`rkt.http`, and its
 authentication), :mod:`.documents` (manifests, indexes, configs), :mod:`.cache`
 (the layer cache), :mod:`.squash` (layers to an ACI), :mod:`.convert` (config to
 manifest), :mod:`.fetcher` (the ``docker`` fetcher) and :mod:`.archives` (the

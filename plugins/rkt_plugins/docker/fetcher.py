@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from rkt.errors import FetchError, ImageError, ImageNotFoundError, VerificationError
 from rkt.fetching import FetchedImage, FetchSession, RemoteRecord
+from rkt.http import HttpClient
 from rkt.imageref import ImageRef
 from rkt_plugins.docker.convert import CONVERTER_VERSION, Origin
 from rkt_plugins.docker.documents import (
@@ -40,7 +41,6 @@ from rkt_plugins.docker.reference import (
     strip_scheme,
 )
 from rkt_plugins.docker.registry import Credentials, RegistryClient
-from rkt_plugins.docker.transport import HttpClient
 
 if TYPE_CHECKING:
     from rkt.config import Config
@@ -125,7 +125,9 @@ class DockerFetcher:
         runtime.reporter.info(f"rkt: fetching image from {ref.text}")
         if runtime.is_insecure("tls"):
             runtime.reporter.warn("TLS verification has been disabled")
-        http = HttpClient(verify_tls=not runtime.is_insecure("tls"))
+        http = HttpClient(
+            verify_tls=not runtime.is_insecure("tls"), allow_http=runtime.is_insecure("http")
+        )
         try:
             client = RegistryClient(
                 docker_ref.registry, http,

@@ -20,21 +20,25 @@ import hashlib
 import io
 import json
 import logging
-import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from rkt.errors import FetchError, ImageError
-from rkt_plugins.docker.documents import ACCEPTED_MANIFESTS, Descriptor, digest_of, media_type_of
-from rkt_plugins.docker.transport import (
+from rkt.http import (
+    RETRY_STATUSES,
     ConnectionProblem,
     HttpClient,
     HttpResponse,
+    RefusedUrl,
     TlsProblem,
+    env_attempts,
+    range_start,
+    retry_pause,
+    retrying,
 )
-from rkt_plugins.http_session import env_attempts
+from rkt_plugins.docker.documents import ACCEPTED_MANIFESTS, Descriptor, digest_of, media_type_of
 
 LOG = logging.getLogger(__name__)
 
@@ -42,7 +46,6 @@ MAX_MANIFEST_SIZE = 4 << 20
 MAX_CONFIG_SIZE = 8 << 20
 MAX_TOKEN_RESPONSE = 1 << 20
 MAX_ERROR_BODY = 64 << 10
-RETRY_DELAY = 0.2
 _READ_SIZE = 1 << 20
 
 
@@ -258,25 +261,22 @@ class RegistryClient:
 
     # -- requests --------------------------------------------------------------------------
     def _get(self, url: str, headers: dict[str, str]) -> HttpResponse:
-        """GET with bounded retries on dropped connections, 5xx and 429."""
-        delay = RETRY_DELAY
-        for attempt in range(1, self.attempts + 1):
-            try:
-                response = self.http.request("GET", url, headers, allow_downgrade=self.allow_http)
-            except TlsProblem:
-                raise
-            except ConnectionProblem as exc:
-                if attempt == self.attempts:
-                    raise
-                LOG.debug("GET %s failed (%s); retrying", url, exc)
-            else:
-                if (response.status < 500 and response.status != 429) or attempt == self.attempts:
-                    return response
-                LOG.debug("GET %s: %s; retrying", url, response.status)
+        """GET with rkt's retries (:func:`rkt.http.retrying`): dropped connections,
+        timeouts and busy answers are tried again; the last answer is returned."""
+
+        def attempt(last: bool) -> HttpResponse:
+            response = self.http.request("GET", url, headers)
+            if response.status in RETRY_STATUSES and not last:
                 response.close()
-            time.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+                raise ConnectionProblem(f"HTTP {response.status} {response.reason}")
+            return response
+
+        try:
+            return retrying(attempt, self.attempts, url)
+        except RefusedUrl as exc:
+            raise FetchError(
+                f"registry {self.registry}: {exc.describe('registry data')}"
+            ) from exc
 
     def _repository_get(
         self, repository: str, path: str, headers: dict[str, str]
@@ -399,11 +399,12 @@ class RegistryClient:
                     f"{what} {descriptor.digest} not found in {self.registry}/{repository} (404)"
                 )
             if response.status == 206:
-                start = (response.header("Content-Range") or "").removeprefix("bytes ")
-                if not start.startswith(headers.get("Range", "bytes=").removeprefix("bytes=")):
+                start = range_start(response.header("Content-Range"))
+                asked = int(headers.get("Range", "bytes=0-").removeprefix("bytes=").rstrip("-"))
+                if start != asked:
                     raise FetchError(
                         f"registry {self.registry} resumed {what} {descriptor.digest} at the "
-                        f"wrong offset ({start[:40]})"
+                        f"wrong offset ({start} instead of {asked})"
                     )
             elif response.status != 200:
                 raise FetchError(
@@ -468,7 +469,7 @@ class BlobStream:
                     f"{client.attempts} times: {self._last_problem}"
                 )
             if self._attempt > 1:
-                time.sleep(RETRY_DELAY * (self._attempt - 1))
+                retry_pause(self._attempt - 1)
             headers = {"Range": f"bytes={self._received}-"} if self._received else {}
             try:
                 response = client._blob_request(

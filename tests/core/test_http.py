@@ -1,5 +1,5 @@
-"""The HTTP layer every remote fetch goes through, against a real loopback HTTPS server:
-retries, timeouts, resume, ETags, redirects, credentials and TLS."""
+"""``rkt.http``, the HTTP layer every remote fetch goes through, against a real loopback
+HTTPS server: retries, timeouts, resume, ETags, redirects, credentials and TLS."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 
 from rkt.context import Runtime, StreamReporter
 from rkt.errors import ConfigError, FetchError
+from rkt.http import HttpSession, parse_max_age, session_for
 from rkt.testing.https_server import HttpsServer, Recorded, Route
-from rkt_plugins.http_session import HttpSession, parse_max_age
 
 BODY = os.urandom(3 * (1 << 20) + 12345)
 
@@ -50,7 +50,7 @@ def _http(tmp_path: Path, **kwargs: object) -> HttpSession:
     insecure = kwargs.pop("insecure", frozenset())
     kwargs.setdefault("timeout", 1.0)
     kwargs.setdefault("attempts", 3)
-    return HttpSession(_options(tmp_path, insecure), **kwargs)  # type: ignore[arg-type]
+    return session_for(_options(tmp_path, insecure), **kwargs)  # type: ignore[arg-type]
 
 
 def _downloads(tmp_path: Path) -> Path:
@@ -293,9 +293,11 @@ def test_unknown_ca_and_insecure_tls(
     monkeypatch.setenv("SSL_CERT_FILE", str(srv.ca_bundle))
     assert _http(tmp_path).download(f"{srv.url}/x.aci", _downloads(tmp_path)).size == len(BODY)
     monkeypatch.delenv("SSL_CERT_FILE")
-    http = _http(tmp_path, insecure=frozenset({"tls"}))
+    options = _options(tmp_path, frozenset({"tls"}))
+    http = session_for(options, timeout=1.0)
     assert http.download(f"{srv.url}/x.aci", _downloads(tmp_path)).size == len(BODY)
-    assert http.runtime.reporter.stderr.getvalue() == (  # type: ignore[attr-defined]
+    session_for(options)  # warned once per invocation, however many sessions
+    assert options.reporter.stderr.getvalue() == (  # type: ignore[attr-defined]
         "rkt: warning: TLS verification has been disabled\n"
     )
 
