@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.server
 import io
+import json
 import ssl
 import stat
 import threading
@@ -26,6 +28,7 @@ from rkt.keystore import format_fingerprint
 from rkt.plugins import new_plugin_manager
 from rkt.testing import RktEnv
 from rkt.testing.gpg import GpgHome
+from rkt.testing.https_server import HttpsServer
 
 
 @dataclass
@@ -377,7 +380,7 @@ def test_https_key_with_unknown_ca_is_refused(
     _assert_clean_failure(
         result, rkt_env,
         f'cannot fetch key "{url}": TLS certificate verification failed '
-        "(--insecure-options=tls skips it)",
+        "(unable to get local issuer certificate; --insecure-options=tls skips it)",
     )
 
 
@@ -423,3 +426,33 @@ def test_unsupported_scheme(rkt_env: RktEnv) -> None:
         result, rkt_env,
         'unsupported key location "ftp://example.com/key.asc": give a file path or an https URL',
     )
+
+
+def test_https_key_behind_basic_auth_uses_auth_d(rkt_env: RktEnv, keys: Keys) -> None:
+    """``rkt trust`` sends the ``auth.d`` credentials of the key's host, and only there."""
+    basic = "Basic " + base64.b64encode(b"bob:secret").decode()
+    auth = rkt_env.local_config / "auth.d"
+    auth.mkdir(parents=True, exist_ok=True)
+    (auth / "keys.json").write_text(json.dumps({
+        "rktKind": "auth", "rktVersion": "v1", "domains": ["localhost"], "type": "basic",
+        "credentials": {"user": "bob", "password": "secret"},
+    }))
+    with HttpsServer(hostnames=("localhost", "127.0.0.1")) as server:
+        server.serve("/keys/plain.asc", keys.file("plain.asc").read_bytes(), authorization=basic)
+        # another host behind a redirect must not see the credentials
+        server.redirect("/away.asc", f"{server.base('127.0.0.1')}/keys/plain.asc")
+        env = {"REQUESTS_CA_BUNDLE": str(server.ca_bundle)}
+        url = f"{server.base('localhost')}/keys/plain.asc"
+        result = rkt_env.run("trust", "--prefix", "example.com", url, input="yes\n", env=env)
+        assert result.returncode == 0, result.stderr
+        assert _stored(rkt_env) == [f"prefix.d/example.com/{keys.plain}"]
+        assert server.requests[-1].header("Authorization") == basic
+
+        away = f"{server.base('localhost')}/away.asc"
+        result = rkt_env.run("trust", "--prefix", "example.org", away, input="yes\n", env=env)
+        assert result.stderr.strip().splitlines()[-1] == (
+            f'rkt: cannot fetch key "{away}": 127.0.0.1 answered HTTP 401 Unauthorized '
+            "(no credentials for 127.0.0.1 in auth.d)"
+        )
+        sent = [(r.host, r.path, r.header("Authorization")) for r in server.requests[-2:]]
+        assert sent == [("localhost", "/away.asc", basic), ("127.0.0.1", "/keys/plain.asc", None)]

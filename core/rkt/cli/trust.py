@@ -22,7 +22,6 @@ from rkt.keystore import describe_key, validate_prefix
 
 #: public keys are a few KiB; anything much larger is not what the user meant to trust
 MAX_KEY_SIZE = 1 << 20
-HTTP_TIMEOUT = (10.0, 60.0)  # connect, read (seconds)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -119,58 +118,17 @@ def _read_file(path: Path, location: str) -> bytes:
 
 
 def _download(options: GlobalOptions, url: str, allow_http: bool) -> tuple[bytes, bool]:
-    import requests
+    """The key at ``url``, through :mod:`rkt.http`: auth.d credentials, retries, redirects."""
+    from rkt.http import session_for
 
-    from rkt import __version__
-
-    verify_tls = not options.is_insecure("tls")
-    if not verify_tls:
-        options.warn("TLS verification has been disabled")
-    try:
-        with requests.get(
-            url, stream=True, timeout=HTTP_TIMEOUT, verify=verify_tls,
-            headers={"User-Agent": f"rkt/{__version__}"},
-        ) as response:
-            final = response.url
-            if final.lower().startswith("http://") and not allow_http:
-                raise UsageError(
-                    f'key "{url}" redirects to plain http ({final}); '
-                    "refusing without --insecure-allow-http"
-                )
-            if response.status_code != 200:
-                raise FetchError(
-                    f'cannot fetch key "{url}": HTTP {response.status_code} {response.reason}'
-                )
-            data = b""
-            for chunk in response.iter_content(64 * 1024):
-                data += chunk
-                if len(data) > MAX_KEY_SIZE:
-                    raise FetchError(f'key "{url}" is larger than {MAX_KEY_SIZE} bytes')
-    except requests.exceptions.SSLError as exc:
-        raise FetchError(
-            f'cannot fetch key "{url}": TLS certificate verification failed '
-            "(--insecure-options=tls skips it)"
-        ) from exc
-    except requests.exceptions.RequestException as exc:
-        raise FetchError(f'cannot fetch key "{url}": {_reason(exc)}') from exc
-    return data, verify_tls and final.lower().startswith("https://")
-
-
-def _reason(exc: BaseException) -> str:
-    # requests wraps urllib3's MaxRetryError, which wraps the real cause in ``reason``;
-    # the innermost message is the one a user can act on ("Connection refused").
-    inner: BaseException = exc
-    while True:
-        nested = getattr(inner, "reason", None)
-        if not isinstance(nested, BaseException) and inner.args:
-            nested = inner.args[0] if isinstance(inner.args[0], BaseException) else None
-        if not isinstance(nested, BaseException):
-            break
-        inner = nested
-    text = str(inner).strip().splitlines()
-    message = text[0] if text else type(inner).__name__
-    # urllib3 prefixes "<urllib3.connection.HTTPSConnection object at 0x...>: "
-    return message.split(">: ", 1)[-1]
+    shown = f'key "{url}"'
+    with session_for(options, allow_http=allow_http, http_flag="--insecure-allow-http") as web:
+        page = web.get(url, what="key", limit=MAX_KEY_SIZE, shown=shown)
+        if page.status != 200:
+            raise web.status_error("key", url, page.status, page.reason,
+                                   answered_by=page.url, shown=shown)
+        verified = web.client.verify_tls
+    return page.body, verified and page.url.lower().startswith("https://")
 
 
 def _discover_keys(
