@@ -48,6 +48,7 @@ if TYPE_CHECKING:
         Verifier,
     )
     from rkt.hookspecs import hookimpl
+    from rkt.http import HttpClient, HttpSession, session_for
     from rkt.imageref import ImageRef
     from rkt.keystore import TrustedKey
     from rkt.pod.contract import (
@@ -94,6 +95,8 @@ _HOMES: dict[str, str] = {
         "rkt.fetching",
     ),
     "ImageRef": "rkt.imageref",
+    # HTTP with the user's TLS, proxy, auth.d, retry and timeout settings
+    **dict.fromkeys(("HttpClient", "HttpSession", "session_for"), "rkt.http"),
     "TrustedKey": "rkt.keystore",
     # stores
     "ImageStore": "rkt.store",
@@ -124,14 +127,15 @@ _HOMES: dict[str, str] = {
 __all__ = [
     "INTERFACE_VERSION", "AppMount", "AppPort", "ArchiveError", "ConfigError",
     "DiscoveredEndpoints", "Discoverer", "DiscoveryRegistry", "FetchError", "FetchSession",
-    "FetchedImage", "Fetcher", "FetcherRegistry", "ImageError", "ImageInfo",
-    "ImageNotFoundError", "ImageRef", "ImageStore", "KeystoreError", "ManifestError",
-    "OverlayDirs", "PlacedApp", "PluginError", "Pod", "PodError", "PodRuntime", "ProgressBar",
-    "RemoteRecord", "Reporter", "ResolvedApp", "ResolvedPod", "ResolvedVolume", "RktError",
-    "Runtime", "Signer", "Stage1Backend", "Stage1Error", "Stage1Factory", "Stage1Registry",
-    "StoreError", "StoreFactory", "StoreRegistry", "StreamReporter", "SupervisorJob",
-    "TrustedKey", "UnknownSignerError", "UnsafeArchiveError", "UsageError", "VerificationError",
-    "Verifier", "VerifierRegistry", "build_job", "hookimpl", "write_job",
+    "FetchedImage", "Fetcher", "FetcherRegistry", "HttpClient", "HttpSession", "ImageError",
+    "ImageInfo", "ImageNotFoundError", "ImageRef", "ImageStore", "KeystoreError",
+    "ManifestError", "OverlayDirs", "PlacedApp", "PluginError", "Pod", "PodError",
+    "PodRuntime", "ProgressBar", "RemoteRecord", "Reporter", "ResolvedApp", "ResolvedPod",
+    "ResolvedVolume", "RktError", "Runtime", "Signer", "Stage1Backend", "Stage1Error",
+    "Stage1Factory", "Stage1Registry", "StoreError", "StoreFactory", "StoreRegistry",
+    "StreamReporter", "SupervisorJob", "TrustedKey", "UnknownSignerError",
+    "UnsafeArchiveError", "UsageError", "VerificationError", "Verifier", "VerifierRegistry",
+    "build_job", "hookimpl", "session_for", "write_job",
 ]
 
 
