@@ -83,6 +83,7 @@ __all__ = [
     "HttpResponse",
     "HttpSession",
     "Page",
+    "RangeReader",
     "RefusedUrl",
     "TlsProblem",
     "env_attempts",
@@ -90,6 +91,7 @@ __all__ = [
     "host_of",
     "parse_max_age",
     "range_start",
+    "resume_headers",
     "retry_pause",
     "retrying",
     "session_for",
@@ -212,6 +214,20 @@ def range_start(content_range: str | None) -> int | None:
     """The first byte of a ``206`` answer (``Content-Range: bytes 100-199/200``)."""
     match = _CONTENT_RANGE.match(content_range or "")
     return int(match.group(1)) if match else None
+
+
+def resume_headers(received: int, validator: str | None = None) -> dict[str, str]:
+    """The headers that ask for the rest of a resource from byte ``received`` on.
+
+    ``validator`` (a strong ETag) makes the server send the whole resource instead
+    when it changed meanwhile (``If-Range``), so that two versions are never spliced.
+    """
+    if not received:
+        return {}
+    headers = {"Range": f"bytes={received}-"}
+    if validator:
+        headers["If-Range"] = validator
+    return headers
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -902,10 +918,7 @@ class _Resumable:
 
     def _headers(self) -> dict[str, str]:
         if self.received and self.resumable:
-            headers = {"Range": f"bytes={self.received}-"}
-            if self.validator:
-                headers["If-Range"] = self.validator
-            return headers
+            return resume_headers(self.received, self.validator)
         if self.etag is not None:
             return {"If-None-Match": self.etag}
         return {}
@@ -988,6 +1001,105 @@ class _Resumable:
                 f"{lost} after {_count(self.received)} of {_count(self.total)}",
                 timed_out=exc.timed_out,
             ) from exc
+
+
+class RangeReader:
+    """A resource that cannot change (a blob named by its digest), read once to its end
+    across dropped connections, for a consumer that uses the bytes as they come.
+
+    ``open(headers)`` sends the request (with :func:`resume_headers` after a drop)
+    and checks the answer: it returns a ``200`` or ``206`` response, or raises. A
+    ``206`` must start at the byte reached; a server that ignores ``Range`` sends
+    the resource whole again, and the bytes already read are skipped. At most
+    ``attempts`` openings, :func:`retry_pause` between them; then the last
+    :class:`ConnectionProblem` is raised with its ``attempts`` set. ``size`` is the
+    length expected, so that a clean but early end counts as a drop.
+    """
+
+    def __init__(
+        self, open: Callable[[Mapping[str, str]], HttpResponse], *, attempts: int,
+        size: int | None = None,
+    ) -> None:
+        self._open_response = open
+        self.attempts = attempts
+        self.size = size
+        #: bytes handed to the consumer so far
+        self.received = 0
+        self._opened = 0
+        self._response: HttpResponse | None = None
+        self._problem: ConnectionProblem | None = None
+
+    def _open(self) -> HttpResponse:
+        while True:
+            if self._opened == self.attempts:
+                problem = self._problem or ConnectionProblem("no answer")
+                problem.attempts = self.attempts
+                raise problem
+            if self._opened:
+                LOG.debug("reopening at byte %d: %s", self.received, self._problem)
+                retry_pause(self._opened)
+            self._opened += 1
+            headers = resume_headers(self.received)
+            try:
+                response = self._open_response(headers)
+                if response.status == 206:
+                    start = range_start(response.header("Content-Range"))
+                    if start != self.received:
+                        response.close()
+                        raise ConnectionProblem(
+                            f"the server resumed at byte {start}, not {self.received}"
+                        )
+                else:
+                    self._skip(response, self.received)
+            except ConnectionProblem as exc:
+                self._problem = exc
+                continue
+            return response
+
+    @staticmethod
+    def _skip(response: HttpResponse, count: int) -> None:
+        while count:
+            dropped = response.read(min(count, CHUNK))
+            if not dropped:
+                raise ConnectionProblem("connection closed while resending")
+            count -= len(dropped)
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes; b"" only at the real end (``size`` bytes, if known)."""
+        while True:
+            if self.size is not None and self.received >= self.size:
+                return b""
+            if self._response is None:
+                self._response = self._open()
+            want = size if self.size is None else min(size, self.size - self.received)
+            try:
+                data = self._response.read(want)
+            except ConnectionProblem as exc:
+                self._problem = exc
+                self._response = None
+                continue
+            if not data and self.size is not None:
+                self._problem = ConnectionProblem(
+                    f"connection closed after {self.received} of {self.size} bytes"
+                )
+                self.close()
+                continue
+            self.received += len(data)
+            return data
+
+    def overrun(self) -> bool:
+        """Whether the server has more than ``size`` bytes: read after the end."""
+        if self._response is None:
+            return False
+        try:
+            return bool(self._response.read(1))
+        except ConnectionProblem:
+            return False  # every byte promised has arrived
+
+    def close(self) -> None:
+        response, self._response = self._response, None
+        if response is not None:
+            response.close()
 
 
 def _strong_etag(etag: str | None) -> str | None:

@@ -16,7 +16,14 @@ import pytest
 
 from rkt.context import Runtime, StreamReporter
 from rkt.errors import ConfigError, FetchError
-from rkt.http import HttpSession, parse_max_age, session_for
+from rkt.http import (
+    ConnectionProblem,
+    HttpClient,
+    HttpSession,
+    RangeReader,
+    parse_max_age,
+    session_for,
+)
 from rkt.testing.https_server import HttpsServer, Recorded, Route
 
 BODY = os.urandom(3 * (1 << 20) + 12345)
@@ -336,3 +343,39 @@ def test_small_document_dripping_slowly_is_bounded(tmp_path: Path, srv: HttpsSer
     assert str(caught.value) == (
         f"cannot fetch discovery page {srv.url}/page: answer not complete after 1s (2 attempts)"
     )
+
+
+# -- streaming resume (docker blobs) ----------------------------------------------------
+def _range_reader(srv: HttpsServer, path: str, attempts: int = 3) -> tuple[RangeReader, Any]:
+    client = HttpClient(timeout=1.0)
+    reader = RangeReader(lambda headers: client.request("GET", f"{srv.url}{path}", headers),
+                         attempts=attempts, size=len(BODY))
+    return reader, client
+
+
+def _read_all(reader: RangeReader) -> bytes:
+    data = bytearray()
+    while chunk := reader.read(1 << 20):
+        data += chunk
+    return bytes(data)
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_range_reader_gives_each_byte_once_across_cuts(srv: HttpsServer, ranges: bool) -> None:
+    srv.serve("/blob", BODY, ranges=ranges, cut_after=1 << 20, cut_times=1)
+    reader, client = _range_reader(srv, "/blob")
+    assert _read_all(reader) == BODY and not reader.overrun()
+    client.close()
+    # the rest is asked for; a server without Range support sends it all again, and
+    # the start is skipped
+    assert [r.header("Range") for r in srv.requests] == [None, f"bytes={1 << 20}-"]
+    assert [r.status for r in srv.requests] == [200, 206 if ranges else 200]
+
+
+def test_range_reader_gives_up_after_its_attempts(srv: HttpsServer) -> None:
+    srv.serve("/blob", BODY, ranges=False, cut_after=1000, cut_times=10)
+    reader, client = _range_reader(srv, "/blob", attempts=2)
+    with pytest.raises(ConnectionProblem) as caught:
+        _read_all(reader)
+    client.close()
+    assert caught.value.attempts == 2 and len(srv.requests) == 2

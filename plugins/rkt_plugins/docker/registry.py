@@ -21,7 +21,7 @@ import io
 import json
 import logging
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -31,11 +31,10 @@ from rkt.http import (
     ConnectionProblem,
     HttpClient,
     HttpResponse,
+    RangeReader,
     RefusedUrl,
     TlsProblem,
     env_attempts,
-    range_start,
-    retry_pause,
     retrying,
 )
 from rkt_plugins.docker.documents import ACCEPTED_MANIFESTS, Descriptor, digest_of, media_type_of
@@ -391,22 +390,15 @@ class RegistryClient:
     def _blob_request(
         self, repository: str, descriptor: Descriptor, headers: dict[str, str], what: str
     ) -> HttpResponse:
-        """The response to a blob request, checked: 200, or 206 at the asked offset."""
+        """The response to a blob request, checked: 200 or 206 (whose offset
+        :class:`rkt.http.RangeReader` checks)."""
         response = self._repository_get(repository, f"blobs/{descriptor.digest}", headers)
         try:
             if response.status == 404:
                 raise FetchError(
                     f"{what} {descriptor.digest} not found in {self.registry}/{repository} (404)"
                 )
-            if response.status == 206:
-                start = range_start(response.header("Content-Range"))
-                asked = int(headers.get("Range", "bytes=0-").removeprefix("bytes=").rstrip("-"))
-                if start != asked:
-                    raise FetchError(
-                        f"registry {self.registry} resumed {what} {descriptor.digest} at the "
-                        f"wrong offset ({start} instead of {asked})"
-                    )
-            elif response.status != 200:
+            if response.status not in (200, 206):
                 raise FetchError(
                     f"registry {self.registry} answered {response.status} {response.reason} "
                     f"for {what} {descriptor.digest}"
@@ -423,9 +415,9 @@ class BlobStream:
     Every byte is hashed, and copied to ``tee`` (the layer cache's staging file) when
     one is given; more bytes than the descriptor's size are refused, and reading to
     the end checks the digest (:class:`FetchError` if it differs). A connection that
-    drops mid-blob is resumed with a ``Range`` request, ``RKT_HTTP_ATTEMPTS`` tries in
-    all; a server that ignores ``Range`` resends the blob, whose first bytes are then
-    skipped. The consumer sees each byte once, in order, whatever happened below.
+    drops mid-blob is resumed by :class:`rkt.http.RangeReader` (``Range``,
+    ``RKT_HTTP_ATTEMPTS`` tries in all), so the consumer sees each byte once, in
+    order, whatever happened below.
     """
 
     def __init__(
@@ -449,98 +441,52 @@ class BlobStream:
         algorithm, _, self._expected = descriptor.digest.partition(":")
         self._hash = hashlib.new(algorithm)
         self._algorithm = algorithm
-        self._received = 0
-        self._attempt = 0
-        self._last_problem = ""
-        self._response: HttpResponse | None = None
+        self._body = RangeReader(self._open, attempts=client.attempts, size=descriptor.size)
         self._verified = False
 
     @property
     def _name(self) -> str:
         return f"{self._what} {self._descriptor.digest}"
 
-    def _open(self) -> HttpResponse:
-        client = self._client
-        while True:
-            self._attempt += 1
-            if self._attempt > client.attempts:
-                raise FetchError(
-                    f"download of {self._name} from {client.registry} failed "
-                    f"{client.attempts} times: {self._last_problem}"
-                )
-            if self._attempt > 1:
-                retry_pause(self._attempt - 1)
-            headers = {"Range": f"bytes={self._received}-"} if self._received else {}
-            try:
-                response = client._blob_request(
-                    self._repository, self._descriptor, headers, self._what
-                )
-            except ConnectionProblem as exc:
-                self._last_problem = str(exc)
-                continue
-            skip = self._received if (self._received and response.status == 200) else 0
-            try:
-                while skip:
-                    dropped = response.read(min(skip, _READ_SIZE))
-                    if not dropped:
-                        raise ConnectionProblem("connection closed while resending")
-                    skip -= len(dropped)
-            except ConnectionProblem as exc:
-                response.close()
-                self._last_problem = str(exc)
-                continue
-            if self._started is not None:
-                self._started()
-                self._started = None
-            return response
+    def _open(self, headers: Mapping[str, str]) -> HttpResponse:
+        response = self._client._blob_request(
+            self._repository, self._descriptor, dict(headers), self._what
+        )
+        if self._started is not None:
+            self._started()
+            self._started = None
+        return response
 
     def read(self, size: int = -1) -> bytes:
         size = _READ_SIZE if size is None or size < 0 else size
-        descriptor = self._descriptor
-        while True:
-            if self._received >= descriptor.size:
-                self._finish()
-                return b""
-            if self._response is None:
-                self._response = self._open()
-            try:
-                data = self._response.read(min(size, descriptor.size - self._received))
-            except ConnectionProblem as exc:
-                self._last_problem = str(exc)
-                LOG.debug("download of %s dropped at %d bytes: %s", descriptor.digest,
-                          self._received, exc)
-                self._drop_response()
-                continue
-            if not data:
-                self._last_problem = (
-                    f"connection closed after {self._received} of {descriptor.size} bytes"
-                )
-                self._drop_response()
-                continue
-            self._received += len(data)
-            self._hash.update(data)
-            if self._tee is not None:
-                self._tee.write(data)
-            if self._advance is not None:
-                self._advance(len(data))
-            return data
+        try:
+            data = self._body.read(size)
+        except ConnectionProblem as exc:
+            raise FetchError(
+                f"download of {self._name} from {self._client.registry} failed "
+                f"{exc.attempts} times: {exc}"
+            ) from exc
+        if not data:
+            self._finish()
+            return b""
+        self._hash.update(data)
+        if self._tee is not None:
+            self._tee.write(data)
+        if self._advance is not None:
+            self._advance(len(data))
+        return data
 
     def _finish(self) -> None:
         if self._verified:
             return
-        response, self._response = self._response, None
-        if response is not None:
-            # A byte beyond the descriptor's size means the blob is not the one named.
-            try:
-                extra = response.read(1)
-            except ConnectionProblem:
-                extra = b""  # every byte the descriptor promised has arrived
-            response.close()
-            if extra:
-                raise FetchError(
-                    f"{self._name} from {self._client.registry} is longer than the "
-                    f"{self._descriptor.size} bytes its descriptor gives"
-                )
+        # A byte beyond the descriptor's size means the blob is not the one named.
+        overrun = self._body.overrun()
+        self._body.close()
+        if overrun:
+            raise FetchError(
+                f"{self._name} from {self._client.registry} is longer than the "
+                f"{self._descriptor.size} bytes its descriptor gives"
+            )
         got = self._hash.hexdigest()
         if got != self._expected:
             raise FetchError(
@@ -549,17 +495,11 @@ class BlobStream:
             )
         self._verified = True
 
-    def _drop_response(self) -> None:
-        if self._response is not None:
-            self._response.close()
-            self._response = None
-
     def close(self) -> None:
-        self._drop_response()
+        self._body.close()
 
     def __enter__(self) -> BlobStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
