@@ -259,9 +259,16 @@ def test_two_apps_run_at_once_and_share_a_volume(env: RktEnv, busybox_image: Pat
 def test_failing_app_code_wins_and_status_shows_each_app(env: RktEnv, busybox_image: Path,
                                                          tmp_path: Path) -> None:
     uuid_file = tmp_path / "uuid"
-    result = run(env, "run", f"--uuid-file-save={uuid_file}",
-                 busybox_image, "--name=ok", "--exec=/bin/true", "---",
-                 busybox_image, "--name=bad", "--exec=/bin/sh", "--", "-c", "exit 4")
+    # A failing app stops the others, so "bad" fails only once "ok" has finished
+    # (it leaves a file just before exiting): otherwise, on a loaded machine, "ok"
+    # may still be starting when "bad" fails, and is stopped (143).
+    wait_then_fail = ("i=0; while [ ! -e /shared/ok ]; do i=$((i+1)); [ $i -gt 200 ] && "
+                      "exit 9; sleep 0.05; done; sleep 1; exit 4")
+    result = run(env, "run", f"--uuid-file-save={uuid_file}", "--volume=shared,kind=empty",
+                 busybox_image, "--name=ok", "--mount=volume=shared,target=/shared",
+                 "--exec=/bin/touch", "--", "/shared/ok", "---",
+                 busybox_image, "--name=bad", "--mount=volume=shared,target=/shared",
+                 "--exec=/bin/sh", "--", "-c", wait_then_fail)
     assert result.returncode == 4
     status = env.run("status", uuid_file.read_text()).stdout
     assert "app-ok=0" in status and "app-bad=4" in status and "exited=true" in status
