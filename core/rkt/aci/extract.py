@@ -17,31 +17,22 @@ metadata is set on the new file's descriptor (``fchmod``/``fchown``/``futimens``
 or with ``AT_SYMLINK_NOFOLLOW``. The final component of an entry is therefore never
 followed.
 
-Decisions, per kind of hostile input:
+The rules themselves (which names are refused, how parents, hard links and
+whiteouts resolve, what an opaque whiteout removes, when directory metadata is
+applied) are :mod:`rkt.aci.entries`, shared with the Docker plugin's squash; here
+they are carried out on the file system:
 
-* **Names** that are absolute or contain a ``..`` component are *rejected*
-  (:class:`~rkt.errors.UnsafeArchiveError`), as GNU tar refuses them.
-* **Symlinks** are created exactly as written; their targets are never followed
-  during extraction (apps see them later inside their chroot).
 * **A parent component that is a symlink** in ``dest`` (from this archive or from a
-  layer extracted before) is *contained*: it is resolved the way the kernel would
-  resolve it if ``dest`` were the root directory (chroot semantics, like
-  ``openat2(RESOLVE_IN_ROOT)``): absolute targets restart at ``dest``, ``..`` never
-  climbs above it, more than 40 hops is an error. Docker and rkt (which extracted
-  inside ``chroot(dest)``) behave the same, so layered images keep working.
-  Missing parent directories are created (mode 0755).
-* **An entry over an existing path** replaces it (appc-spec/ace.md, rendering: later
-  files overwrite earlier ones, and a symlink to a directory is replaced, not
-  followed); only a directory over a directory merges. Removal never follows
-  symlinks (``shutil.rmtree`` with ``dir_fd``).
-* **Hard links** must name an entry under ``strip_prefix``; the target is resolved
-  inside ``dest`` like a parent, its last component is not followed (a link to a
-  symlink links the symlink itself), and no metadata is applied to it, so a link
-  cannot be used to chmod a file elsewhere (CVE-2021-32760).
-* **Whiteouts** (``whiteouts=True``) delete inside ``dest`` only; their parents are
-  resolved like any parent and the name they delete is never followed. ``.wh..``
-  and ``.wh...`` (whiteouts of ``.`` and ``..``) are rejected; other
-  ``.wh..wh.`` names are AUFS metadata and are ignored.
+  layer extracted before) is resolved by :class:`~rkt.aci.entries.RootedWalk`, one
+  ``openat`` per component: only real directories are entered, symlinks are read
+  with ``readlinkat`` and their targets walked inside ``dest``. Docker and rkt
+  (which extracted inside ``chroot(dest)``) behave the same, so layered images keep
+  working.
+* **An entry over an existing path** replaces it after removing what was there;
+  removal never follows symlinks (``shutil.rmtree`` with ``dir_fd``).
+* **Hard links** are made with ``linkat`` without following the target's last
+  component (a link to a symlink links the symlink itself), and no metadata is
+  applied to them, so a link cannot be used to chmod a file elsewhere.
 * **Devices and fifos** are made only when running as root; otherwise they are
   skipped with a warning.
 * **pathWhitelist**: a whitelisted hard link whose target is not whitelisted gets
@@ -70,12 +61,23 @@ import posixpath
 import shutil
 import stat
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
 from rkt.aci.archive import DEFAULT_LIMITS, READ_SIZE, ArchiveLimits
 from rkt.aci.compression import Compression, detect, open_decompressed
+from rkt.aci.entries import (
+    IMPLICIT_DIR_MODE,
+    PENDING_DIR_MODE,
+    ArchivePass,
+    RootedWalk,
+    Step,
+    StepKind,
+    kept_xattrs,
+    link_to_directory,
+    missing_link_target,
+    symlink_target,
+)
 from rkt.aci.tarstream import (
     BLOCKDEV,
     CHARDEV,
@@ -89,23 +91,15 @@ from rkt.aci.tarstream import (
     TarEntry,
     TarReader,
     quote_name,
-    split_name,
 )
-from rkt.errors import ArchiveError, StoreError, UnsafeArchiveError
+from rkt.errors import ArchiveError, StoreError
 
 LOG = logging.getLogger(__name__)
 
 _DIR_FLAGS: Final = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _META_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_MAX_SYMLINK_HOPS: Final = 40
-#: Deeper trees break recursive removal (shutil.rmtree) and no real image needs them.
-_MAX_DEPTH: Final = 512
-_MAX_WALK_STEPS: Final = 8192
 _MAX_CACHED_DIRS: Final = 256
-_WHITEOUT: Final = ".wh."
-_WHITEOUT_META: Final = ".wh..wh."
-_WHITEOUT_OPAQUE: Final = ".wh..wh..opq"
 #: Failures of the machine rather than of the archive.
 _STORE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 
@@ -161,17 +155,6 @@ def extract_tar(
         os.close(root_fd)
 
 
-@dataclass(slots=True)
-class _DirMeta:
-    """A directory's metadata, applied when extraction ends (after its contents)."""
-
-    mode: int
-    uid: int
-    gid: int
-    mtime_ns: int
-    xattrs: dict[str, bytes] | None
-
-
 class _Extractor:
     def __init__(
         self,
@@ -184,19 +167,20 @@ class _Extractor:
     ) -> None:
         self.root_fd = root_fd
         self.reader = reader
-        self.prefix = split_name(strip_prefix)
-        self.whiteouts = whiteouts
         self.is_root = os.geteuid() == 0
         self.chown = self.is_root if preserve_owner is None else preserve_owner
         self.umask = _current_umask()
         self.dirs: dict[str, int] = {}
         self.stale = False
-        self.deferred: dict[str, _DirMeta] = {}
-        self.unpacked: set[str] = set()
-        self.keep: frozenset[str] | None = None
+        self.keep: frozenset[str] = frozenset()
         self.keep_dirs: frozenset[str] = frozenset()
         if path_whitelist is not None:
             self._set_whitelist(path_whitelist)
+        self.archive = ArchivePass(
+            strip_prefix,
+            whiteouts=whiteouts,
+            keep=self._kept if path_whitelist is not None else None,
+        )
         self.skipped_files: dict[str, TarEntry] = {}
         self.file_source = reader.source if isinstance(reader.source, FileSource) else None
         self.copy = _KernelCopy()
@@ -219,18 +203,16 @@ class _Extractor:
     # -- driver -------------------------------------------------------------------
 
     def run(self) -> None:
-        prefix = self.prefix
-        plen = len(prefix)
+        place = self.archive.place
         try:
             for entry in self.reader:
-                parts = split_name(entry.name)
-                if parts[:plen] != prefix:
+                step = place(entry)
+                if step is None:
                     continue
-                rel = parts[plen:]
                 if self.stale:
                     self._forget_dirs()
                 try:
-                    self._entry(entry, rel)
+                    self._apply(step, entry)
                 except OSError as exc:
                     raise _os_error(exc, entry.describe()) from exc
             self.reader.drain()
@@ -239,43 +221,29 @@ class _Extractor:
         finally:
             self._forget_dirs()
 
-    def _entry(self, entry: TarEntry, rel: list[str]) -> None:
-        key = "/".join(rel)
-        if not rel:
-            if entry.type != DIRECTORY:
-                raise UnsafeArchiveError(
-                    f"archive entry {entry.describe()} would replace the extraction root"
-                )
-            self._defer(key, entry)
+    def _apply(self, step: Step, entry: TarEntry) -> None:
+        if step.kind is StepKind.WHITEOUT:
+            self._whiteout(step)
             return
-        name = rel[-1]
-        if self.whiteouts:
-            if name.startswith(_WHITEOUT):
-                self._whiteout(entry, rel[:-1], name)
-                return
-            if any(part.startswith(_WHITEOUT_META) for part in rel):
-                LOG.debug("ignoring whiteout metadata entry %s", entry.describe())
-                return
-        if self.keep is not None and not self._kept(entry, key):
+        if step.kind is StepKind.OPAQUE:
+            self._opaque(step)
             return
-        if self.whiteouts:
-            self.unpacked.add(key)
-        parent = self._parent(rel[:-1], create=True)
+        parent = self._parent(step.parent, create=True)
         assert parent is not None
+        name = step.name
         kind = entry.type
         if kind == REGULAR:
             self._file(parent, name, entry)
         elif kind == DIRECTORY:
-            self._directory(parent, name, key, entry)
+            self._directory(parent, name, step.key, entry)
         elif kind == SYMLINK:
             self._symlink(parent, name, entry)
         elif kind == HARDLINK:
-            self._hardlink(parent, name, rel, entry)
+            self._hardlink(parent, step, entry)
         else:
             self._special(parent, name, entry)
 
     def _kept(self, entry: TarEntry, key: str) -> bool:
-        assert self.keep is not None
         if key in self.keep:
             return True
         if entry.type == DIRECTORY and key in self.keep_dirs:
@@ -303,85 +271,52 @@ class _Extractor:
         return fd
 
     def _walk(self, parts: list[str], *, create: bool) -> int | None:
-        """Resolve ``parts`` from dest with chroot semantics; returns a new O_PATH fd.
+        """Resolve ``parts`` from dest with :class:`RootedWalk`; returns a new O_PATH fd.
 
         Returns None when a component is missing (and ``create`` is false) or is
-        not a directory. Symlinks met on the way are followed *inside* dest: their
-        targets are spliced into the components still to walk, an absolute one
-        restarts at dest, and ``..`` at dest stays there. Only real directories are
-        ever entered, so the kernel's ``..`` of a directory below dest is the one we
-        came from, and no stack of descriptors is needed.
+        not a directory. Only real directories are ever entered, so the kernel's
+        ``..`` of a directory below dest is the one we came from, and no stack of
+        descriptors is needed.
         """
-        cur = self.root_fd
-        depth = 0
-        todo = list(reversed(parts))
-        hops = steps = 0
+        root = self.root_fd
+        cur = root  # any other descriptor here is ours to close
+        walk = RootedWalk(parts)
         try:
-            while todo:
-                comp = todo.pop()
-                if comp in ("", "."):
-                    continue
-                steps += 1
-                if steps > _MAX_WALK_STEPS:
-                    raise UnsafeArchiveError(
-                        f"symbolic links below {quote_name('/'.join(parts))} expand too far"
-                    )
+            while (comp := walk.next()) is not None:
                 if comp == "..":
-                    if depth:
-                        up = self.root_fd if depth == 1 else os.open("..", _DIR_FLAGS, dir_fd=cur)
-                        os.close(cur)
-                        cur, depth = up, depth - 1
+                    up = os.open("..", _DIR_FLAGS, dir_fd=cur) if walk.depth else root
+                    os.close(cur)
+                    cur = up
                     continue
-                if depth >= _MAX_DEPTH:
-                    raise ArchiveError(
-                        f"cannot extract below {quote_name('/'.join(parts))}: "
-                        f"directories nested more than {_MAX_DEPTH} deep"
-                    )
                 try:
                     nxt = os.open(comp, _DIR_FLAGS, dir_fd=cur)
                 except FileNotFoundError:
                     if not create:
                         return None
-                    os.mkdir(comp, 0o755, dir_fd=cur)
+                    os.mkdir(comp, IMPLICIT_DIR_MODE, dir_fd=cur)
                     nxt = os.open(comp, _DIR_FLAGS, dir_fd=cur)
                 except OSError as exc:
                     if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
-                    target = self._symlink_target(cur, comp, parts, create=create)
-                    if target is None:
+                    info = os.stat(comp, dir_fd=cur, follow_symlinks=False)
+                    if not stat.S_ISLNK(info.st_mode):
+                        if create:
+                            raise walk.not_a_directory(comp) from None
                         return None
-                    hops += 1
-                    if hops > _MAX_SYMLINK_HOPS:
-                        raise UnsafeArchiveError(
-                            f"too many levels of symbolic links in {quote_name('/'.join(parts))}"
-                        ) from None
-                    if target.startswith("/") and depth:
+                    if walk.follow(os.readlink(comp, dir_fd=cur)):
                         os.close(cur)
-                        cur, depth = self.root_fd, 0
-                    todo.extend(reversed(target.split("/")))
+                        cur = root
                     continue
-                if depth:
+                if cur != root:
                     os.close(cur)
-                cur, depth = nxt, depth + 1
-            result = cur if depth else os.dup(self.root_fd)
-            depth = 0  # the caller owns it now
+                cur = nxt
+                walk.entered()
+            result = cur if cur != root else os.dup(root)
+            cur = root  # the caller owns it now
             return result
         finally:
-            if depth:
+            if cur != root:
                 os.close(cur)
-
-    @staticmethod
-    def _symlink_target(dir_fd: int, name: str, parts: list[str], *, create: bool) -> str | None:
-        """The target of symlink ``name``; None (or an error when creating) otherwise."""
-        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        if stat.S_ISLNK(info.st_mode):
-            return os.readlink(name, dir_fd=dir_fd)
-        if create:
-            raise ArchiveError(
-                f"cannot extract below {quote_name('/'.join(parts))}: "
-                f"{quote_name(name)} is not a directory"
-            )
-        return None
 
     def _forget_dirs(self) -> None:
         """Close cached directory fds: a removal may have made some of them stale."""
@@ -443,47 +378,31 @@ class _Extractor:
 
     def _directory(self, parent: int, name: str, key: str, entry: TarEntry) -> None:
         try:
-            os.mkdir(name, 0o700, dir_fd=parent)
+            os.mkdir(name, PENDING_DIR_MODE, dir_fd=parent)
         except FileExistsError:
             info = os.stat(name, dir_fd=parent, follow_symlinks=False)
             if not stat.S_ISDIR(info.st_mode):
                 # Includes a symlink to a directory: replaced, not followed (ace.md).
                 self._remove(parent, name)
-                os.mkdir(name, 0o700, dir_fd=parent)
-        self._defer(key, entry)
-
-    def _defer(self, key: str, entry: TarEntry) -> None:
-        self.deferred.pop(key, None)  # the last entry for a path wins
-        self.deferred[key] = _DirMeta(
-            entry.mode, entry.uid, entry.gid, entry.mtime_ns, entry.xattrs
-        )
+                os.mkdir(name, PENDING_DIR_MODE, dir_fd=parent)
+        self.archive.defer(key, entry)
 
     def _symlink(self, parent: int, name: str, entry: TarEntry) -> None:
-        if not entry.linkname:
-            raise ArchiveError(f"symlink {entry.describe()} has an empty target")
+        target = symlink_target(entry)
         try:
-            os.symlink(entry.linkname, name, dir_fd=parent)
+            os.symlink(target, name, dir_fd=parent)
         except FileExistsError:
             self._remove(parent, name)
-            os.symlink(entry.linkname, name, dir_fd=parent)
+            os.symlink(target, name, dir_fd=parent)
         if self.chown:
             os.chown(name, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
         os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
 
-    def _hardlink(self, parent: int, name: str, rel: list[str], entry: TarEntry) -> None:
-        try:
-            target = split_name(entry.linkname)
-        except UnsafeArchiveError:
-            target = []
-        plen = len(self.prefix)
-        if len(target) <= plen or target[:plen] != self.prefix:
-            raise UnsafeArchiveError(
-                f"hard link {entry.describe()} points outside the extracted tree: "
-                f"{quote_name(entry.linkname)}"
-            )
-        target = target[plen:]
-        if target == rel:
-            return  # a link to itself: the file is already there
+    def _hardlink(self, parent: int, step: Step, entry: TarEntry) -> None:
+        target = self.archive.link_target(entry, step)
+        if target is None:
+            return
+        name = step.name
         skipped = self.skipped_files.get("/".join(target))
         if skipped is not None:
             if self.file_source is None:
@@ -495,22 +414,17 @@ class _Extractor:
             self._file(parent, name, skipped, data_of=skipped)
             return
         tparent = self._parent(target[:-1], create=False)
-        missing = ArchiveError(
-            f"hard link {entry.describe()} points to a missing file {quote_name(entry.linkname)}"
-        )
         if tparent is None:
-            raise missing
+            raise missing_link_target(entry)
         try:
             self._link(tparent, target[-1], parent, name)
         except FileExistsError:
             self._remove(parent, name)
             self._link(tparent, target[-1], parent, name)
         except FileNotFoundError:
-            raise missing from None
+            raise missing_link_target(entry) from None
         except PermissionError:
-            raise ArchiveError(
-                f"hard link {entry.describe()} points to a directory {quote_name(entry.linkname)}"
-            ) from None
+            raise link_to_directory(entry) from None
 
     @staticmethod
     def _link(tparent: int, tname: str, parent: int, name: str) -> None:
@@ -537,48 +451,36 @@ class _Extractor:
 
     # -- whiteouts -----------------------------------------------------------------
 
-    def _whiteout(self, entry: TarEntry, parent_parts: list[str], name: str) -> None:
-        if name == _WHITEOUT_OPAQUE:
-            self._opaque(parent_parts)
-            return
-        if name.startswith(_WHITEOUT_META):
-            LOG.debug("ignoring whiteout metadata entry %s", entry.describe())
-            return
-        victim = name[len(_WHITEOUT) :]
-        if victim in ("", ".", ".."):
-            raise UnsafeArchiveError(f"invalid whiteout entry {entry.describe()}")
-        parent = self._parent(parent_parts, create=False)
+    def _whiteout(self, step: Step) -> None:
+        parent = self._parent(step.parent, create=False)
         if parent is None:
             return
         with contextlib.suppress(FileNotFoundError):
-            self._remove(parent, victim)
+            self._remove(parent, step.name)
 
-    def _opaque(self, parts: list[str]) -> None:
+    def _opaque(self, step: Step) -> None:
         """Empty a directory of what earlier layers put there (OCI opaque whiteout)."""
-        parent = self._parent(parts, create=False)
+        parent = self._parent(step.parent, create=False)
         if parent is None:
             return
-        base = "/".join(parts)
         fd = os.open(".", _META_DIR_FLAGS, dir_fd=parent)
         try:
             names = os.listdir(fd)
         finally:
             os.close(fd)
-        for child in names:
-            key = f"{base}/{child}" if base else child
-            if key not in self.unpacked:
-                self._remove(parent, child)
+        for child in self.archive.earlier(step, names):
+            self._remove(parent, child)
 
     # -- metadata --------------------------------------------------------------------
 
     def _finish_dirs(self) -> None:
-        for key, meta in reversed(self.deferred.items()):
+        for key, entry in self.archive.finished_dirs():
             try:
-                self._finish_dir(key, meta)
+                self._finish_dir(key, entry)
             except OSError as exc:
                 raise _os_error(exc, quote_name(key or ".")) from exc
 
-    def _finish_dir(self, key: str, meta: _DirMeta) -> None:
+    def _finish_dir(self, key: str, entry: TarEntry) -> None:
         if key:
             parts = key.split("/")
             parent = self._parent(parts[:-1], create=False)
@@ -594,19 +496,16 @@ class _Extractor:
             fd = os.dup(self.root_fd)
         try:
             if self.chown:
-                os.fchown(fd, meta.uid, meta.gid)
-            os.fchmod(fd, meta.mode)
-            if meta.xattrs:
-                self._set_xattrs(fd, meta)
-            os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
+                os.fchown(fd, entry.uid, entry.gid)
+            os.fchmod(fd, entry.mode)
+            if entry.xattrs:
+                self._set_xattrs(fd, entry)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
         finally:
             os.close(fd)
 
-    def _set_xattrs(self, fd: int, entry: TarEntry | _DirMeta) -> None:
-        assert entry.xattrs is not None
-        for name, value in entry.xattrs.items():
-            if not (name.startswith("user.") or name == "security.capability"):
-                continue
+    def _set_xattrs(self, fd: int, entry: TarEntry) -> None:
+        for name, value in (kept_xattrs(entry.xattrs) or {}).items():
             try:
                 os.setxattr(fd, name, value)
             except OSError as exc:
