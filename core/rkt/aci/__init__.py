@@ -6,7 +6,10 @@
   of appc-spec/aci.md in one sequential pass and returns the raw manifest.
 * :mod:`rkt.aci.extract`: :func:`~rkt.aci.extract.extract_tar` unpacks a (hostile)
   tar into a directory without ever touching anything outside it.
-* :mod:`rkt.aci.tarstream`: the strict tar reader both of them use.
+* :mod:`rkt.aci.entries`: the rules a tar entry obeys when it is applied to a tree
+  (names, parents resolved inside the root, hard links, whiteouts), written once for
+  the extractor and the Docker plugin's layer squash.
+* :mod:`rkt.aci.tarstream`: the strict tar reader all of them use.
 
 Importing this package imports none of them, so that ``rkt version`` stays cheap.
 """

@@ -73,6 +73,11 @@ WHITEOUT_OPAQUE: Final = ".wh..wh..opq"
 KEPT_XATTR: Final = "security.capability"
 KEPT_XATTR_PREFIX: Final = "user."
 
+#: What :class:`RootedWalk` gives to go to the parent directory (never the root).
+UP: Final = ".."
+#: What :class:`RootedWalk` gives to go (back) to the root.
+ROOT: Final = "/"
+
 
 class StepKind(enum.Enum):
     """What applying an entry does to the tree."""
@@ -96,7 +101,8 @@ class Step:
         self.parent = parent
         #: the member's name, the whiteout's victim; "" for an opaque whiteout
         self.name = name
-        #: ``parent/name`` joined: the member's path relative to the root
+        #: ``parent/name`` joined, the path relative to the root (for an opaque
+        #: whiteout, the directory it empties)
         self.key = key
 
 
@@ -246,73 +252,77 @@ class RootedWalk:
 
     It owns the containment rules (``.`` and empty components skipped, ``..`` never
     above the root, absolute symlink targets restarting at the root, the bounds on
-    hops, steps and depth); the applier owns its tree and loops::
+    hops, steps and depth); the applier owns its tree. Iterating gives what to do
+    next, starting at the root::
 
         walk = RootedWalk(parts)
-        while (name := walk.next()) is not None:
-            if name == "..":        # go to the parent (never above the root)
-            elif <name is a directory>:   walk.entered(), go there
-            elif <name is a symlink>:     if walk.follow(target): go to the root
-            elif <missing, and making parents>: make it, walk.entered(), go there
+        for name in walk:
+            if name == UP:      go to the parent directory (never the root)
+            elif name == ROOT:  go to the root
+            elif <name is a directory here>:  go into it
+            elif <name is a symlink here>:    walk.follow(its target)
+            elif <missing, and making parents>:  make it, go into it
             else: stop (raise walk.not_a_directory(name) when making parents)
+
+    When the loop ends, the applier is in the directory ``parts`` names. (Iterating
+    is a generator: one resume per component, which keeps the squash's walks cheap.)
     """
 
-    __slots__ = ("depth", "hops", "parts", "steps", "todo")
+    __slots__ = ("_followed", "parts")
 
     def __init__(self, parts: list[str]) -> None:
         self.parts = parts
-        self.todo = parts[::-1]
-        #: directories entered below the root: where ``..`` stops
-        self.depth = 0
-        self.hops = 0
-        self.steps = 0
+        self._followed: list[str] = []  # the target of the symlink just given
 
-    def next(self) -> str | None:
-        """The next component to take: a name to look up in the current directory,
-        ``".."`` to go to its parent (the depth is already one less), or None at the end.
-        """
-        todo = self.todo
+    def __iter__(self) -> Iterator[str]:
+        todo = self.parts[::-1]
+        pop = todo.pop
+        followed = self._followed
+        depth = hops = steps = 0  # depth: directories entered below the root
         while todo:
-            comp = todo.pop()
-            if comp == "" or comp == ".":
+            comp = pop()
+            if not comp or comp == ".":
                 continue
-            self.steps += 1
-            if self.steps > MAX_WALK_STEPS:
-                raise UnsafeArchiveError(f"symbolic links below {self._path()} expand too far")
+            steps += 1
             if comp == "..":
-                if self.depth:
-                    self.depth -= 1
-                    return comp
+                if steps > MAX_WALK_STEPS:
+                    raise self._too_far()
+                if depth:
+                    depth -= 1
+                    yield UP if depth else ROOT
                 continue
-            if self.depth >= MAX_DEPTH:
+            if steps > MAX_WALK_STEPS:
+                raise self._too_far()
+            if depth >= MAX_DEPTH:
                 raise ArchiveError(
                     f"cannot extract below {self._path()}: "
                     f"directories nested more than {MAX_DEPTH} deep"
                 )
-            return comp
-        return None
+            depth += 1
+            yield comp
+            if followed:  # a symlink, not entered: walk its target instead
+                target = followed.pop()
+                depth -= 1
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    raise UnsafeArchiveError(f"too many levels of symbolic links in {self._path()}")
+                todo.extend(reversed(target.split("/")))
+                if target.startswith("/") and depth:
+                    depth = 0
+                    yield ROOT
 
-    def entered(self) -> None:
-        """The name just taken was a directory, and the applier went into it."""
-        self.depth += 1
-
-    def follow(self, target: str) -> bool:
-        """The name just taken was a symlink to ``target``: walk it instead. True when
-        the applier must go back to the root first (an absolute target, below it)."""
-        self.hops += 1
-        if self.hops > MAX_SYMLINK_HOPS:
-            raise UnsafeArchiveError(f"too many levels of symbolic links in {self._path()}")
-        self.todo.extend(reversed(target.split("/")))
-        if target.startswith("/") and self.depth:
-            self.depth = 0
-            return True
-        return False
+    def follow(self, target: str) -> None:
+        """The name just given is a symlink to ``target``: walk that instead."""
+        self._followed.append(target)
 
     def not_a_directory(self, name: str) -> ArchiveError:
         """The error when ``name``, needed as a directory, is something else."""
         return ArchiveError(
             f"cannot extract below {self._path()}: {quote_name(name)} is not a directory"
         )
+
+    def _too_far(self) -> UnsafeArchiveError:
+        return UnsafeArchiveError(f"symbolic links below {self._path()} expand too far")
 
     def _path(self) -> str:
         return quote_name("/".join(self.parts))

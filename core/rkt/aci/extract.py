@@ -69,6 +69,8 @@ from rkt.aci.compression import Compression, detect, open_decompressed
 from rkt.aci.entries import (
     IMPLICIT_DIR_MODE,
     PENDING_DIR_MODE,
+    ROOT,
+    UP,
     ArchivePass,
     RootedWalk,
     Step,
@@ -282,11 +284,16 @@ class _Extractor:
         cur = root  # any other descriptor here is ours to close
         walk = RootedWalk(parts)
         try:
-            while (comp := walk.next()) is not None:
-                if comp == "..":
-                    up = os.open("..", _DIR_FLAGS, dir_fd=cur) if walk.depth else root
+            for comp in walk:
+                if comp == UP:
+                    up = os.open("..", _DIR_FLAGS, dir_fd=cur)
                     os.close(cur)
                     cur = up
+                    continue
+                if comp == ROOT:
+                    if cur != root:
+                        os.close(cur)
+                        cur = root
                     continue
                 try:
                     nxt = os.open(comp, _DIR_FLAGS, dir_fd=cur)
@@ -303,14 +310,11 @@ class _Extractor:
                         if create:
                             raise walk.not_a_directory(comp) from None
                         return None
-                    if walk.follow(os.readlink(comp, dir_fd=cur)):
-                        os.close(cur)
-                        cur = root
+                    walk.follow(os.readlink(comp, dir_fd=cur))
                     continue
                 if cur != root:
                     os.close(cur)
                 cur = nxt
-                walk.entered()
             result = cur if cur != root else os.dup(root)
             cur = root  # the caller owns it now
             return result

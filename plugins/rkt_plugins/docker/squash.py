@@ -10,21 +10,13 @@ file data copied in the kernel (``copy_file_range``) straight from the plain
 layers. Nothing from a layer is ever written as a file, so no layer can make the
 conversion touch anything outside its own temp files.
 
-The tree follows exactly the rules of :func:`rkt.aci.extract.extract_tar` with
-``whiteouts=True`` (a differential test checks that the two agree, breakout cases
-included):
-
-* names that are absolute or contain ``..`` are refused (:func:`split_name`);
-* an entry replaces what is at its path (a symlink is replaced, not followed),
-  except a directory over a directory, which merges; directory metadata is applied
-  when the layer ends, to whatever directory is then at that path;
-* parent components that are symlinks resolve inside the rootfs as if it were
-  ``/`` (absolute targets restart at the root, ``..`` stops there, 40 hops at most);
-  missing parents are created (mode 0755);
-* hard links must name an existing non-directory inside the tree and share its
-  inode: a later entry over one name does not change the other;
-* ``.wh.NAME`` removes NAME (never following it), ``.wh..wh..opq`` empties its
-  directory of what earlier layers put there, other ``.wh..wh.*`` names are ignored.
+The tree follows the tar-entry rules of :mod:`rkt.aci.entries`, the ones
+:func:`rkt.aci.extract.extract_tar` follows with ``whiteouts=True`` (a differential
+test checks that the two agree, breakout cases included): each layer is an
+:class:`~rkt.aci.entries.ArchivePass` that says what every entry does, and parents
+resolve with :class:`~rkt.aci.entries.RootedWalk`, here over dictionaries. A hard
+link shares its target's inode, so a later entry over one name does not change the
+other.
 
 Times a file system would set to "now" (implicit parents, directories whose
 entries changed after their metadata was applied) are written as the image's
@@ -49,6 +41,20 @@ from typing import BinaryIO, Final
 
 from rkt.aci.archive import DEFAULT_LIMITS
 from rkt.aci.compression import open_decompressed
+from rkt.aci.entries import (
+    IMPLICIT_DIR_MODE,
+    PENDING_DIR_MODE,
+    ROOT,
+    UP,
+    ArchivePass,
+    RootedWalk,
+    Step,
+    StepKind,
+    kept_xattrs,
+    link_to_directory,
+    missing_link_target,
+    symlink_target,
+)
 from rkt.aci.tarstream import (
     BLOCKDEV,
     CHARDEV,
@@ -61,9 +67,8 @@ from rkt.aci.tarstream import (
     TarEntry,
     TarReader,
     quote_name,
-    split_name,
 )
-from rkt.errors import ArchiveError, ImageError, RktError, StoreError, UnsafeArchiveError
+from rkt.errors import ArchiveError, ImageError, RktError, StoreError
 
 LOG = logging.getLogger(__name__)
 
@@ -71,13 +76,10 @@ _BLOCK: Final = 512
 _SMALL_FILE: Final = 64 << 10
 _FLUSH_AT: Final = 1 << 20
 _COPY_CHUNK: Final = 1 << 20
-_MAX_SYMLINK_HOPS: Final = 40
-_WHITEOUT: Final = ".wh."
-_WHITEOUT_META: Final = ".wh..wh."
-_WHITEOUT_OPAQUE: Final = ".wh..wh..opq"
-_KEPT_XATTRS: Final = ("user.", "security.capability")
-#: what a directory made on the way to an entry gets (mkdir 0755 as root)
-_IMPLICIT_DIR_MODE: Final = 0o755
+#: Resolved parent directories remembered, and the length of their names: enough
+#: for the directories of most images, bounded for hostile names.
+_MAX_CACHED_DIRS: Final = 1 << 16
+_MAX_CACHED_CHARS: Final = 16 << 20
 _TAR_TYPES: Final = {
     REGULAR: tarfile.REGTYPE, SYMLINK: tarfile.SYMTYPE, CHARDEV: tarfile.CHRTYPE,
     BLOCKDEV: tarfile.BLKTYPE, FIFO: tarfile.FIFOTYPE,
@@ -214,20 +216,17 @@ class _Dir:
         self.xattrs = xattrs
 
 
-def _kept_xattrs(xattrs: dict[str, bytes] | None) -> dict[str, bytes] | None:
-    if not xattrs:
-        return None
-    kept = {k: v for k, v in xattrs.items() if k.startswith(_KEPT_XATTRS)}
-    return kept or None
-
-
 class SquashedTree:
     """Layers applied base first to an in-memory tree; see the module docstring."""
 
     def __init__(self, *, max_entries: int = DEFAULT_LIMITS.max_entries) -> None:
-        self.root = _Dir(_IMPLICIT_DIR_MODE, 0, 0, None)
+        self.root = _Dir(IMPLICIT_DIR_MODE, 0, 0, None)
         self.max_entries = max_entries
         self.entries = 0
+        #: parent paths -> their directories; forgotten whenever a directory or a
+        #: symlink leaves the tree, the only changes that can make one wrong
+        self._dirs: dict[str, _Dir] = {}
+        self._cached_chars = 0
         self._fds: list[int] = []
         self._paths: list[Path] = []
 
@@ -253,47 +252,46 @@ class SquashedTree:
         fd = os.open(layer.path, os.O_RDONLY | os.O_CLOEXEC)
         self._fds.append(fd)
         reader = TarReader(FileSource(fd), DEFAULT_LIMITS)
-        state = _LayerState(fd)
+        archive = ArchivePass(whiteouts=True)
+        place = archive.place
         try:
             for entry in reader:
-                self._entry(state, entry)
+                step = place(entry)
+                if step is not None:
+                    self._apply(archive, step, entry, fd)
                 reader.skip_data()
+            # Directory metadata goes on when the layer ends, last entry first.
+            for key, entry in archive.finished_dirs():
+                self._finish_dir(key, entry)
         except RktError as exc:
             raise type(exc)(f"{layer.describe}: {exc}") from exc
-        # Directory metadata goes on when the layer ends, last entry first.
-        for key, entry in reversed(state.deferred.items()):
-            self._finish_dir(key, entry)
 
-    def _entry(self, state: _LayerState, entry: TarEntry) -> None:
-        parts = split_name(entry.name)
-        key = "/".join(parts)
-        if not parts:
-            if entry.type != DIRECTORY:
-                raise UnsafeArchiveError(
-                    f"archive entry {entry.describe()} would replace the extraction root"
-                )
-            state.defer(key, entry)
+    def _apply(self, archive: ArchivePass, step: Step, entry: TarEntry, fd: int) -> None:
+        if step.kind is StepKind.WHITEOUT:
+            found = self._resolve(step.parent, create=False)
+            if found is not None:
+                self._remove(found, step.name)
             return
-        name = parts[-1]
-        if name.startswith(_WHITEOUT):
-            self._whiteout(state, entry, parts[:-1], name)
+        if step.kind is StepKind.OPAQUE:
+            found = self._resolve(step.parent, create=False)
+            if found is not None:
+                for child in archive.earlier(step, list(found.children)):
+                    self._remove(found, child)
             return
-        if any(part.startswith(_WHITEOUT_META) for part in parts):
-            return
-        state.unpacked.add(key)
-        parent = self._resolve(parts[:-1], create=True)
+        parent = self._resolve(step.parent, create=True)
         assert parent is not None
-        if entry.type == DIRECTORY:
-            existing = parent.children.get(name)
-            if not isinstance(existing, _Dir):
-                self._put(parent, name, _Dir(0o700, entry.uid, entry.gid, None))
-            state.defer(key, entry)
-        elif entry.type == HARDLINK:
-            self._hardlink(parent, name, parts, entry)
+        name = step.name
+        kind = entry.type
+        if kind == DIRECTORY:
+            if not isinstance(parent.children.get(name), _Dir):
+                self._put(parent, name, _Dir(PENDING_DIR_MODE, entry.uid, entry.gid, None))
+            archive.defer(step.key, entry)
+        elif kind == HARDLINK:
+            self._hardlink(archive, parent, step, entry)
         else:
-            if entry.type == SYMLINK and not entry.linkname:
-                raise ArchiveError(f"symlink {entry.describe()} has an empty target")
-            data = (state.fd, entry.offset_data, entry.size) if entry.type == REGULAR else None
+            if kind == SYMLINK:
+                symlink_target(entry)
+            data = (fd, entry.offset_data, entry.size) if kind == REGULAR else None
             self._put(parent, name, _Inode(entry, data))
 
     def _put(self, parent: _Dir, name: str, node: _Dir | _Inode) -> None:
@@ -313,6 +311,8 @@ class SquashedTree:
             parent.mtime_ns = None
 
     def _count_removed(self, node: _Dir | _Inode) -> None:
+        if isinstance(node, _Dir) or node.entry.type == SYMLINK:
+            self._forget_dirs()
         stack = [node]
         while stack:
             current = stack.pop()
@@ -321,97 +321,77 @@ class SquashedTree:
                 stack.extend(current.children.values())
 
     def _resolve(self, parts: list[str], *, create: bool) -> _Dir | None:
-        """The directory ``parts`` with chroot semantics (extract.py ``_walk``)."""
-        stack: list[_Dir] = []
-        todo = list(reversed(parts))
-        hops = 0
-        while todo:
-            comp = todo.pop()
-            if comp in ("", "."):
+        """The directory ``parts``, resolved inside the tree; None when it is missing
+        (``create`` false) or not a directory."""
+        if not parts:
+            return self.root
+        key = "/".join(parts)
+        found = self._dirs.get(key)
+        if found is None:
+            found = self._walk(parts, create=create)
+            if found is not None:
+                if len(self._dirs) >= _MAX_CACHED_DIRS or self._cached_chars > _MAX_CACHED_CHARS:
+                    self._forget_dirs()
+                self._dirs[key] = found
+                self._cached_chars += len(key)
+        return found
+
+    def _forget_dirs(self) -> None:
+        self._dirs.clear()
+        self._cached_chars = 0
+
+    def _walk(self, parts: list[str], *, create: bool) -> _Dir | None:
+        root = self.root
+        here = root
+        stack: list[_Dir] = []  # the directories entered, deepest last
+        walk = RootedWalk(parts)
+        for comp in walk:
+            if comp == UP:
+                stack.pop()
+                here = stack[-1]
                 continue
-            if comp == "..":
-                if stack:
-                    stack.pop()
+            if comp == ROOT:
+                stack.clear()
+                here = root
                 continue
-            here = stack[-1] if stack else self.root
             child = here.children.get(comp)
             if child is None:
                 if not create:
                     return None
-                child = _Dir(_IMPLICIT_DIR_MODE, 0, 0, None)
+                child = _Dir(IMPLICIT_DIR_MODE, 0, 0, None)
                 self._put(here, comp, child)
             if isinstance(child, _Dir):
                 stack.append(child)
-                continue
-            if child.entry.type != SYMLINK:
-                if create:
-                    raise ArchiveError(
-                        f"cannot extract below {quote_name('/'.join(parts))}: "
-                        f"{quote_name(comp)} is not a directory"
-                    )
+                here = child
+            elif child.entry.type == SYMLINK:
+                walk.follow(child.entry.linkname)
+            elif create:
+                raise walk.not_a_directory(comp)
+            else:
                 return None
-            hops += 1
-            if hops > _MAX_SYMLINK_HOPS:
-                raise UnsafeArchiveError(
-                    f"too many levels of symbolic links in {quote_name('/'.join(parts))}"
-                )
-            target = child.entry.linkname
-            if target.startswith("/"):
-                stack.clear()
-            todo.extend(reversed(target.split("/")))
-        return stack[-1] if stack else self.root
+        return here
 
-    def _hardlink(self, parent: _Dir, name: str, parts: list[str], entry: TarEntry) -> None:
-        try:
-            target = split_name(entry.linkname)
-        except UnsafeArchiveError:
-            target = []
-        if not target:
-            raise UnsafeArchiveError(
-                f"hard link {entry.describe()} points outside the extracted tree: "
-                f"{quote_name(entry.linkname)}"
-            )
-        if target == parts:
-            return  # a link to itself: the file is already there
-        missing = ArchiveError(
-            f"hard link {entry.describe()} points to a missing file {quote_name(entry.linkname)}"
-        )
-        tparent = self._resolve(target[:-1], create=False)
-        if tparent is None:
-            raise missing
-        node = tparent.children.get(target[-1])
+    def _hardlink(self, archive: ArchivePass, parent: _Dir, step: Step, entry: TarEntry) -> None:
+        target = archive.link_target(entry, step)
+        if target is None:
+            return
+        node = self._lookup(target)
         if node is None:
-            raise missing
+            raise missing_link_target(entry)
         if isinstance(node, _Dir):
-            raise ArchiveError(
-                f"hard link {entry.describe()} points to a directory {quote_name(entry.linkname)}"
-            )
+            raise link_to_directory(entry)
+        name = step.name
         if name in parent.children:
             self._remove(parent, name)
-            if tparent.children.get(target[-1]) is not node:
-                raise missing  # the link replaced its own target
+            # As linkat after the removal: the target may have gone with the name.
+            if self._lookup(target) is not node:
+                raise missing_link_target(entry)
         self._put(parent, name, node)
 
-    def _whiteout(
-        self, state: _LayerState, entry: TarEntry, parent_parts: list[str], name: str
-    ) -> None:
-        if name == _WHITEOUT_OPAQUE:
-            parent = self._resolve(parent_parts, create=False)
-            if parent is None:
-                return
-            base = "/".join(parent_parts)
-            for child in list(parent.children):
-                if (f"{base}/{child}" if base else child) not in state.unpacked:
-                    self._remove(parent, child)
-            return
-        if name.startswith(_WHITEOUT_META):
-            return
-        victim = name[len(_WHITEOUT):]
-        if victim in ("", ".", ".."):
-            raise UnsafeArchiveError(f"invalid whiteout entry {entry.describe()}")
-        parent = self._resolve(parent_parts, create=False)
-        if parent is not None:
-            self._remove(parent, victim)
+    def _lookup(self, parts: list[str]) -> _Dir | _Inode | None:
+        """What is at ``parts``, its last component not followed."""
+        parent = self._resolve(parts[:-1], create=False)
+        return parent.children.get(parts[-1]) if parent is not None else None
 
     def _finish_dir(self, key: str, entry: TarEntry) -> None:
         if key:
@@ -424,7 +404,7 @@ class SquashedTree:
             node = self.root
         node.mode, node.uid, node.gid = entry.mode, entry.uid, entry.gid
         node.mtime_ns = entry.mtime_ns
-        node.xattrs = _kept_xattrs(entry.xattrs)
+        node.xattrs = kept_xattrs(entry.xattrs)
 
     # -- writing the ACI -----------------------------------------------------------------
     def write_aci(self, manifest: bytes, out: Path, *, epoch: int = 0) -> None:
@@ -454,19 +434,6 @@ class SquashedTree:
             raise StoreError(f"cannot write {out}: {exc.strerror or exc}") from exc
         finally:
             os.close(fd)
-
-
-class _LayerState:
-    """What applying one layer remembers: extract.py's ``deferred`` and ``unpacked``."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.deferred: dict[str, TarEntry] = {}
-        self.unpacked: set[str] = set()
-
-    def defer(self, key: str, entry: TarEntry) -> None:
-        self.deferred.pop(key, None)  # the last entry for a path wins
-        self.deferred[key] = entry
 
 
 _OCTAL_7: Final = 8**7
@@ -562,7 +529,7 @@ class _TarWriter:
         entry = node.entry
         mode = 0o777 if entry.type == SYMLINK else entry.mode
         info = self._info(name, mode, entry.uid, entry.gid, entry.mtime_ns,
-                          None if entry.type == SYMLINK else _kept_xattrs(entry.xattrs))
+                          None if entry.type == SYMLINK else kept_xattrs(entry.xattrs))
         if entry.type == REGULAR:
             first = self.written.get(id(node))
             if first is not None:

@@ -229,6 +229,20 @@ CASES: dict[str, list[list[Member]]] = {
     "file as a parent": [[member("f", data=b"x"), member("f/x", data=b"y")]],
     "root replaced by a file": [[member(".", data=b"x")]],
     "empty symlink": [[member("s", S, link="")]],
+    "hard link over the directory of its target": [
+        [member("d", D), member("d/f", data=b"x")],
+        [member("d", H, link="d/f")],
+    ],
+    "hard link over the directory of its target, one layer": [
+        [member("d", D), member("d/f", data=b"x"), member("d", H, link="d/f")],
+    ],
+    "nesting too deep": [[member("d/" * 600 + "f", data=b"x")]],
+    "symlink expansion bomb": [
+        [member("a", D), member("l0", S, link="a/../" * 400 + "a"),
+         *(member(f"l{i}", S, link="/".join([f"l{i - 1}/.."] * 20) + f"/l{i - 1}")
+           for i in range(1, 30)),
+         member("l29/f", data=b"x")],
+    ],
 }
 
 
