@@ -62,8 +62,16 @@ if TYPE_CHECKING:
         ResolvedVolume,
         SupervisorJob,
     )
-    from rkt.pod.dirs import Pod
-    from rkt.pod.runtime import build_job, write_job
+    from rkt.console import run_with_console
+    from rkt.pod.dirs import PID_FILE, PPID_FILE, Pod
+    from rkt.pod.enter import children, enter, host_pid_of, namespace_pids
+    from rkt.pod.runtime import (
+        build_job,
+        host_resolv_conf,
+        overlay_on_host,
+        volume_host_path,
+        write_job,
+    )
     from rkt.progress import ProgressBar
     from rkt.registry import (
         DiscoveryRegistry,
@@ -74,7 +82,7 @@ if TYPE_CHECKING:
         StoreRegistry,
         VerifierRegistry,
     )
-    from rkt.stage1 import INTERFACE_VERSION, Stage1Backend
+    from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH, Stage1Backend
     from rkt.store import ImageInfo, ImageStore
 
 #: public name -> the module that defines it
@@ -102,16 +110,19 @@ _HOMES: dict[str, str] = {
     "ImageStore": "rkt.store",
     "ImageInfo": "rkt.store",
     # stage1 backends
-    "Stage1Backend": "rkt.stage1",
-    "INTERFACE_VERSION": "rkt.stage1",
-    "Pod": "rkt.pod.dirs",
+    **dict.fromkeys(("Stage1Backend", "INTERFACE_VERSION", "SUPERVISOR_PATH"), "rkt.stage1"),
+    **dict.fromkeys(("Pod", "PID_FILE", "PPID_FILE"), "rkt.pod.dirs"),
     # the typed stage1 contract (docs/stage1.md) and the supervisor's job
     **dict.fromkeys(
         ("PodRuntime", "ResolvedPod", "ResolvedApp", "ResolvedVolume", "AppMount", "AppPort",
          "SupervisorJob", "PlacedApp", "OverlayDirs"),
         "rkt.pod.contract",
     ),
-    **dict.fromkeys(("build_job", "write_job"), "rkt.pod.runtime"),
+    # helpers a backend uses to start, enter and clean up a pod
+    **dict.fromkeys(("build_job", "write_job", "volume_host_path", "overlay_on_host",
+                     "host_resolv_conf"), "rkt.pod.runtime"),
+    **dict.fromkeys(("enter", "children", "host_pid_of", "namespace_pids"), "rkt.pod.enter"),
+    "run_with_console": "rkt.console",
     # user output
     "ProgressBar": "rkt.progress",
     # errors (rkt prints "rkt: <message>" for any of these)
@@ -125,17 +136,19 @@ _HOMES: dict[str, str] = {
 }
 
 __all__ = [
-    "INTERFACE_VERSION", "AppMount", "AppPort", "ArchiveError", "ConfigError",
-    "DiscoveredEndpoints", "Discoverer", "DiscoveryRegistry", "FetchError", "FetchSession",
-    "FetchedImage", "Fetcher", "FetcherRegistry", "HttpClient", "HttpSession", "ImageError",
+    "AppMount", "AppPort", "ArchiveError", "ConfigError", "DiscoveredEndpoints", "Discoverer",
+    "DiscoveryRegistry", "FetchError", "FetchSession", "FetchedImage", "Fetcher",
+    "FetcherRegistry", "HttpClient", "HttpSession", "INTERFACE_VERSION", "ImageError",
     "ImageInfo", "ImageNotFoundError", "ImageRef", "ImageStore", "KeystoreError",
-    "ManifestError", "OverlayDirs", "PlacedApp", "PluginError", "Pod", "PodError",
-    "PodRuntime", "ProgressBar", "RemoteRecord", "Reporter", "ResolvedApp", "ResolvedPod",
-    "ResolvedVolume", "RktError", "Runtime", "Signer", "Stage1Backend", "Stage1Error",
-    "Stage1Factory", "Stage1Registry", "StoreError", "StoreFactory", "StoreRegistry",
-    "StreamReporter", "SupervisorJob", "TrustedKey", "UnknownSignerError",
-    "UnsafeArchiveError", "UsageError", "VerificationError", "Verifier", "VerifierRegistry",
-    "build_job", "hookimpl", "session_for", "write_job",
+    "ManifestError", "OverlayDirs", "PID_FILE", "PPID_FILE", "PlacedApp", "PluginError", "Pod",
+    "PodError", "PodRuntime", "ProgressBar", "RemoteRecord", "Reporter", "ResolvedApp",
+    "ResolvedPod", "ResolvedVolume", "RktError", "Runtime", "SUPERVISOR_PATH", "Signer",
+    "Stage1Backend", "Stage1Error", "Stage1Factory", "Stage1Registry", "StoreError",
+    "StoreFactory", "StoreRegistry", "StreamReporter", "SupervisorJob", "TrustedKey",
+    "UnknownSignerError", "UnsafeArchiveError", "UsageError", "VerificationError", "Verifier",
+    "VerifierRegistry", "build_job", "children", "enter", "hookimpl", "host_pid_of",
+    "host_resolv_conf", "namespace_pids", "overlay_on_host", "run_with_console", "session_for",
+    "volume_host_path", "write_job",
 ]
 
 

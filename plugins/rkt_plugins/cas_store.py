@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rkt.hookspecs import hookimpl
-from rkt.registry import StoreRegistry
-from rkt.store import ImageStore
+from rkt.api import ImageStore, StoreRegistry, hookimpl
 
 
 def open_cas_store(data_dir: Path) -> ImageStore:

@@ -25,14 +25,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rkt.errors import FetchError, UsageError
-from rkt.fetching import DiscoveredEndpoints, FetchSession
-from rkt.hookspecs import hookimpl
+from rkt.api import (
+    DiscoveredEndpoints,
+    DiscoveryRegistry,
+    FetchError,
+    FetchSession,
+    UsageError,
+    hookimpl,
+)
 from rkt.keystore import name_prefixes
-from rkt.registry import DiscoveryRegistry
 
 if TYPE_CHECKING:
-    from rkt.http import HttpSession
+    from rkt.api import HttpSession
 
 LOG = logging.getLogger(__name__)
 
@@ -121,7 +125,7 @@ class MetaDiscovery:
     def _http(self, session: FetchSession) -> HttpSession:
         if self._http_factory is not None:
             return self._http_factory(session)
-        from rkt.http import session_for
+        from rkt.api import session_for
 
         allow_http = session.runtime.is_insecure("http") or session.allow_http
         return session_for(session.runtime, allow_http=allow_http)

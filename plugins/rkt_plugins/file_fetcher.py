@@ -8,11 +8,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rkt.errors import FetchError, StoreError, UsageError
-from rkt.fetching import FetchedImage, FetchSession
-from rkt.hookspecs import hookimpl
-from rkt.imageref import ImageRef
-from rkt.registry import FetcherRegistry
+from rkt.api import (
+    FetchedImage,
+    FetcherRegistry,
+    FetchError,
+    FetchSession,
+    ImageRef,
+    StoreError,
+    UsageError,
+    hookimpl,
+)
 
 
 def default_signature_path(path: Path) -> Path:

@@ -22,16 +22,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
-from rkt.errors import FetchError, ImageNotFoundError, UsageError
-from rkt.fetching import FetchedImage, FetchSession, RemoteRecord
-from rkt.hookspecs import hookimpl
-from rkt.imageref import ImageRef
-from rkt.registry import FetcherRegistry
+from rkt.api import (
+    FetchedImage,
+    FetcherRegistry,
+    FetchError,
+    FetchSession,
+    ImageNotFoundError,
+    ImageRef,
+    RemoteRecord,
+    UsageError,
+    hookimpl,
+)
 
 if TYPE_CHECKING:
-    from rkt.context import Runtime
-    from rkt.http import HttpSession
-    from rkt.store import ImageStore
+    from rkt.api import HttpSession, ImageStore, Runtime
     from rkt.store.index import RemoteEntry
 
 LOG = logging.getLogger(__name__)
@@ -56,7 +60,7 @@ def signature_url_for(url: str) -> str:
 
 
 def default_http(session: FetchSession) -> HttpSession:
-    from rkt.http import session_for
+    from rkt.api import session_for
 
     return session_for(session.runtime)
 
@@ -91,7 +95,7 @@ def fetch_remote_aci(
     expected_labels: dict[str, str] | None = None,
 ) -> FetchedImage:
     """Download ``aci_url`` and its signature (or answer from the remote cache)."""
-    from rkt.progress import ProgressBar
+    from rkt.api import ProgressBar
 
     runtime = session.runtime
     store = runtime.store

@@ -19,16 +19,21 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from rkt.errors import FetchError, RktError, UsageError
-from rkt.fetching import DiscoveredEndpoints, FetchedImage, FetchSession
-from rkt.hookspecs import hookimpl
-from rkt.imageref import ImageRef
-from rkt.registry import FetcherRegistry
+from rkt.api import (
+    DiscoveredEndpoints,
+    FetchedImage,
+    FetcherRegistry,
+    FetchError,
+    FetchSession,
+    ImageRef,
+    RktError,
+    UsageError,
+    hookimpl,
+)
 from rkt_plugins.https_fetcher import default_http, fetch_remote_aci
 
 if TYPE_CHECKING:
-    from rkt.context import Runtime
-    from rkt.http import HttpSession
+    from rkt.api import HttpSession, Runtime
 
 LOG = logging.getLogger(__name__)
 

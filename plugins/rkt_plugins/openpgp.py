@@ -21,15 +21,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rkt.errors import KeystoreError, UnknownSignerError, VerificationError
-from rkt.fetching import Signer
-from rkt.hookspecs import hookimpl
-from rkt.keystore import TrustedKey, first_line, format_fingerprint, parse_certificate
+from rkt.api import (
+    KeystoreError,
+    Signer,
+    TrustedKey,
+    UnknownSignerError,
+    VerificationError,
+    hookimpl,
+)
+from rkt.keystore import first_line, format_fingerprint, parse_certificate
 
 if TYPE_CHECKING:
     import pysequoia
 
-    from rkt.registry import VerifierRegistry
+    from rkt.api import VerifierRegistry
 
 LOG = logging.getLogger(__name__)
 

@@ -15,19 +15,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rkt.console import run_with_console
-from rkt.errors import PodError, UsageError
-from rkt.pod.contract import PodRuntime, ResolvedApp, ResolvedPod
-from rkt.pod.dirs import PID_FILE, Pod
-from rkt.pod.enter import enter
-from rkt.pod.runtime import (
+from rkt.api import (
+    INTERFACE_VERSION,
+    PID_FILE,
+    SUPERVISOR_PATH,
+    Pod,
+    PodError,
+    PodRuntime,
+    ResolvedApp,
+    ResolvedPod,
+    UsageError,
     build_job,
+    enter,
     host_resolv_conf,
     overlay_on_host,
+    run_with_console,
     volume_host_path,
     write_job,
 )
-from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH
 
 
 class FlyStage1:

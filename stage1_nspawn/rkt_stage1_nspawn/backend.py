@@ -22,12 +22,26 @@ import sys
 import time
 from pathlib import Path
 
-from rkt.errors import PodError, Stage1Error
-from rkt.pod.contract import PodRuntime, ResolvedApp, ResolvedPod
-from rkt.pod.dirs import PID_FILE, PPID_FILE, Pod
-from rkt.pod.enter import children, enter, host_pid_of, namespace_pids
-from rkt.pod.runtime import build_job, host_resolv_conf, volume_host_path, write_job
-from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH
+from rkt.api import (
+    INTERFACE_VERSION,
+    PID_FILE,
+    PPID_FILE,
+    SUPERVISOR_PATH,
+    Pod,
+    PodError,
+    PodRuntime,
+    ResolvedApp,
+    ResolvedPod,
+    Stage1Error,
+    build_job,
+    children,
+    enter,
+    host_pid_of,
+    host_resolv_conf,
+    namespace_pids,
+    volume_host_path,
+    write_job,
+)
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 

@@ -42,6 +42,11 @@ def test_importing_the_api_imports_none_of_its_names() -> None:
     assert out.strip() == "['rkt', 'rkt.api']"
 
 
+def _sources(tree: Path) -> list[Path]:
+    """The Python files of a source tree, without pip's build/ leftovers."""
+    return [path for path in tree.rglob("*.py") if "build" not in path.relative_to(tree).parts]
+
+
 def _imports(path: Path) -> list[tuple[str, str]]:
     """(module, name) for every ``from X import name`` and ``import X`` in a file."""
     found: list[tuple[str, str]] = []
@@ -56,7 +61,7 @@ def _imports(path: Path) -> list[tuple[str, str]]:
 def test_nothing_outside_the_cli_imports_the_cli() -> None:
     offenders = []
     for tree in [CORE, *PLUGIN_TREES]:
-        for path in tree.rglob("*.py"):
+        for path in _sources(tree):
             if path.is_relative_to(CORE / "cli"):
                 continue
             offenders += [f"{path.relative_to(ROOT)}: {module}"
@@ -72,11 +77,23 @@ def _private(name: str) -> bool:
 def test_plugins_import_no_private_core_names() -> None:
     offenders = []
     for tree in PLUGIN_TREES:
-        for path in tree.rglob("*.py"):
+        for path in _sources(tree):
             offenders += [
                 f"{path.relative_to(ROOT)}: {module}.{name}"
                 for module, name in _imports(path)
                 if (module == "rkt" or module.startswith("rkt."))
                 and any(_private(part) for part in [*module.split("."), name])
             ]
+    assert offenders == []
+
+
+def test_stage1_backends_packaged_as_third_parties_use_only_the_api() -> None:
+    """stage1_nspawn and the test distributions are packaged exactly as a third party
+    would package them: from the core they import rkt.api and nothing else."""
+    offenders = []
+    for tree in [ROOT / "stage1_nspawn", ROOT / "stage1_kvm", ROOT / "tests" / "dists"]:
+        for path in _sources(tree):
+            offenders += [f"{path.relative_to(ROOT)}: {module}"
+                          for module, _ in _imports(path)
+                          if module.startswith("rkt.") and module != "rkt.api"]
     assert offenders == []

@@ -19,15 +19,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from rkt.hookspecs import hookimpl
-from rkt.registry import FetcherRegistry
+from rkt.api import FetcherRegistry, hookimpl
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from rkt.fetching import FetchedImage, FetchSession
-    from rkt.imageref import ImageRef
+    from rkt.api import FetchedImage, FetchSession, ImageRef
 
 #: kind of image string -> the class serving it, imported only when one is fetched
 FETCHERS = {

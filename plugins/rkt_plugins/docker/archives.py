@@ -33,9 +33,7 @@ from typing import BinaryIO
 from rkt.aci.archive import DEFAULT_LIMITS
 from rkt.aci.compression import Compression, detect, open_decompressed
 from rkt.aci.tarstream import REGULAR, SYMLINK, FileSource, TarReader, split_name
-from rkt.errors import ImageError, RktError, UsageError
-from rkt.fetching import FetchedImage, FetchSession
-from rkt.imageref import ImageRef
+from rkt.api import FetchedImage, FetchSession, ImageError, ImageRef, RktError, UsageError
 from rkt_plugins.docker.convert import Origin, created_epoch, image_manifest, manifest_bytes
 from rkt_plugins.docker.documents import (
     INDEX_TYPES,

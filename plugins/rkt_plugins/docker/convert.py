@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rkt import APPC_VERSION
-from rkt.errors import ImageError, ManifestError
+from rkt.api import ImageError, ManifestError
 from rkt_plugins.docker.documents import ImageConfig
 
 #: Bump when the conversion of the same Docker image would produce a different ACI.

@@ -21,10 +21,17 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from rkt.errors import FetchError, ImageError, ImageNotFoundError, VerificationError
-from rkt.fetching import FetchedImage, FetchSession, RemoteRecord
-from rkt.http import HttpClient
-from rkt.imageref import ImageRef
+from rkt.api import (
+    FetchedImage,
+    FetchError,
+    FetchSession,
+    HttpClient,
+    ImageError,
+    ImageNotFoundError,
+    ImageRef,
+    RemoteRecord,
+    VerificationError,
+)
 from rkt_plugins.docker.convert import CONVERTER_VERSION, Origin
 from rkt_plugins.docker.documents import (
     INDEX_TYPES,
@@ -43,8 +50,8 @@ from rkt_plugins.docker.reference import (
 from rkt_plugins.docker.registry import Credentials, RegistryClient
 
 if TYPE_CHECKING:
+    from rkt.api import ImageStore
     from rkt.config import Config
-    from rkt.store import ImageStore
 
 LOG = logging.getLogger(__name__)
 

@@ -14,8 +14,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from rkt.errors import FetchError, ImageError
-from rkt.fetching import FetchSession
+from rkt.api import FetchError, FetchSession, ImageError
 from rkt_plugins.docker.cache import CONFIGS, LAYERS, BlobCache
 from rkt_plugins.docker.convert import Origin, created_epoch, image_manifest, manifest_bytes
 from rkt_plugins.docker.documents import (

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from rkt.errors import UsageError
+from rkt.api import UsageError
 
 DOCKER_HUB_REGISTRY = "registry-1.docker.io"
 #: Names users give Docker Hub, in references and in ``dockerAuth`` files.

@@ -25,11 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from rkt.errors import FetchError, ImageError
+from rkt.api import FetchError, HttpClient, ImageError
 from rkt.http import (
     RETRY_STATUSES,
     ConnectionProblem,
-    HttpClient,
     HttpResponse,
     RangeReader,
     RefusedUrl,

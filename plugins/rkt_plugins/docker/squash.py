@@ -68,7 +68,7 @@ from rkt.aci.tarstream import (
     TarReader,
     quote_name,
 )
-from rkt.errors import ArchiveError, ImageError, RktError, StoreError
+from rkt.api import ArchiveError, ImageError, RktError, StoreError
 
 LOG = logging.getLogger(__name__)
 

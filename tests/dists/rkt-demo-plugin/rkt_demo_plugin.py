@@ -12,9 +12,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from rkt.fetching import FetchedImage, FetchSession
-from rkt.hookspecs import hookimpl
-from rkt.imageref import ImageRef
+from rkt.api import FetchedImage, FetchSession, ImageRef, hookimpl
 
 
 class DemoFetcher:

@@ -13,12 +13,24 @@ import sys
 import time
 from pathlib import Path
 
-from rkt.errors import PodError
-from rkt.pod.contract import PodRuntime, ResolvedApp, ResolvedPod
-from rkt.pod.dirs import PID_FILE, PPID_FILE, Pod
-from rkt.pod.enter import children, enter, host_pid_of
-from rkt.pod.runtime import build_job, overlay_on_host, volume_host_path, write_job
-from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH
+from rkt.api import (
+    INTERFACE_VERSION,
+    PID_FILE,
+    PPID_FILE,
+    SUPERVISOR_PATH,
+    Pod,
+    PodError,
+    PodRuntime,
+    ResolvedApp,
+    ResolvedPod,
+    build_job,
+    children,
+    enter,
+    host_pid_of,
+    overlay_on_host,
+    volume_host_path,
+    write_job,
+)
 
 
 class UnshareStage1:
