@@ -9,6 +9,7 @@ namespaces. Useful where isolation is done elsewhere (kubelet, systemd units).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -33,6 +34,8 @@ from rkt.api import (
     volume_host_path,
     write_job,
 )
+
+LOG = logging.getLogger(__name__)
 
 
 class FlyStage1:
@@ -69,6 +72,8 @@ class FlyStage1:
             self._kill_all(pod, process.pid)
 
         command = [sys.executable, "-I", "-S", str(rootfs / SUPERVISOR_PATH), str(spec)]
+        # the supervisor mounts the app's overlay and volumes as the job says
+        LOG.debug("running %s", " ".join(command))
         return run_with_console(
             command, interactive=runtime.interactive, kill=kill,
             pass_fds=(pod.lock_fd,) if pod.lock_fd is not None else (), on_start=record,

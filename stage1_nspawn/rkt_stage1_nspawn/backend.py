@@ -14,6 +14,7 @@ machined or create a scope: ``--register=no --keep-unit``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -42,6 +43,8 @@ from rkt.api import (
     volume_host_path,
     write_job,
 )
+
+LOG = logging.getLogger(__name__)
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -125,6 +128,8 @@ class NspawnStage1:
         write_job(pod, job)
         prepare_host()
         command = self._command(pod, resolved, runtime)
+        # the overlays and volume binds are nspawn flags: this line shows every mount
+        LOG.debug("running %s", " ".join(command))
         pass_fds = (pod.lock_fd,) if pod.lock_fd is not None else ()
         if pod.lock_fd is not None:
             os.set_inheritable(pod.lock_fd, True)
