@@ -30,7 +30,7 @@ install-python:
 
 install-test: install
 	@scripts/apt-install $(TEST_PACKAGES)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check '.[test]'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check '.[test]' ./testing
 
 demo: install
 	RKT_PYTHON=$(VENV)/bin/python scripts/demo
@@ -39,11 +39,12 @@ test: install-test
 	scripts/run-tests
 
 check: install-test
-	$(VENV)/bin/ruff check core plugins stage1_nspawn stage1_kvm tests bench
+	$(VENV)/bin/ruff check core plugins stage1_nspawn stage1_kvm testing tests bench
 	$(VENV)/bin/mypy
 
 bench: install-test
 	$(VENV)/bin/python bench/run_all.py
 
 clean:
-	rm -rf build dist *.egg-info core/*.egg-info plugins/*.egg-info .pytest_cache .mypy_cache
+	rm -rf build dist *.egg-info core/*.egg-info plugins/*.egg-info testing/*.egg-info \
+		.pytest_cache .mypy_cache

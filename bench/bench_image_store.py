@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common import Env, build_corpus_aci, compare, report, sh, workdir
 
-from rkt.testing.gpg import GpgHome
+from rkt_testing.gpg import GpgHome
 
 
 def main() -> list[dict[str, object]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common import Env, compare, report, sh, workdir
 
-from rkt.testing.aci import build_aci, image_manifest
+from rkt_testing.aci import build_aci, image_manifest
 
 
 def main() -> list[dict[str, object]]:

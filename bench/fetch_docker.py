@@ -25,7 +25,7 @@ from pathlib import Path
 
 from common import Env, compare, report, sh, timed, workdir
 
-from rkt.testing.docker_registry import (
+from rkt_testing.docker_registry import (
     RegistryServer,
     TestCA,
     image_config,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from common import Env, build_corpus_aci, compare, report, sh, workdir
 
-from rkt.testing.gpg import GpgHome
-from rkt.testing.https_server import HttpsServer
+from rkt_testing.gpg import GpgHome
+from rkt_testing.https_server import HttpsServer
 
 
 def main() -> list[dict[str, object]]:

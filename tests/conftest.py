@@ -1,5 +1,5 @@
 """Shared fixtures. The general ones (rkt_env, aci_builder, gpg, signing_key) come
-from rkt's own pytest plugin, ``rkt.testing``, which plugin authors use too."""
+from rkt's own pytest plugin, ``rkt_testing``, which plugin authors use too."""
 
 from __future__ import annotations
 

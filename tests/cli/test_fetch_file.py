@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rkt.testing import AciBuilder, RktEnv
-from rkt.testing.aci import image_manifest
+from rkt_testing import AciBuilder, RktEnv
+from rkt_testing.aci import image_manifest
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 
 from rkt.keystore import format_fingerprint
-from rkt.testing import RktEnv, needs_root
-from rkt.testing.aci import build_aci, image_manifest
-from rkt.testing.https_server import HttpsServer
 from rkt_plugins.discovery import host_labels
+from rkt_testing import RktEnv
+from rkt_testing.aci import build_aci, image_manifest
+from rkt_testing.https_server import HttpsServer
+from rkt_testing.plugin import needs_root
 
 FAST = {"RKT_HTTP_TIMEOUT": "2", "RKT_HTTP_ATTEMPTS": "2"}
 HOST = host_labels()

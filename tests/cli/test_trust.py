@@ -26,9 +26,9 @@ from rkt.fetching import DiscoveredEndpoints
 from rkt.hookspecs import hookimpl
 from rkt.keystore import format_fingerprint
 from rkt.plugins import new_plugin_manager
-from rkt.testing import RktEnv
-from rkt.testing.gpg import GpgHome
-from rkt.testing.https_server import HttpsServer
+from rkt_testing import RktEnv
+from rkt_testing.gpg import GpgHome
+from rkt_testing.https_server import HttpsServer
 
 
 @dataclass

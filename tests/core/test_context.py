@@ -11,7 +11,7 @@ import pytest
 from rkt.context import Runtime, StreamReporter
 from rkt.errors import PluginError, UsageError
 from rkt.fetching import fetch_image
-from rkt.testing import AciBuilder, RktEnv
+from rkt_testing import AciBuilder, RktEnv
 
 
 def _runtime(env: RktEnv, **kwargs: object) -> tuple[Runtime, io.StringIO]:

@@ -24,7 +24,7 @@ from rkt.http import (
     parse_max_age,
     session_for,
 )
-from rkt.testing.https_server import HttpsServer, Recorded, Route
+from rkt_testing.https_server import HttpsServer, Recorded, Route
 
 BODY = os.urandom(3 * (1 << 20) + 12345)
 

@@ -8,7 +8,7 @@ from rkt.errors import PluginError
 from rkt.facade import Plugins
 from rkt.hookspecs import hookimpl
 from rkt.plugins import BUILTIN_PLUGINS, new_plugin_manager
-from rkt.testing import pythonpath_with
+from rkt_testing import pythonpath_with
 
 
 @pytest.fixture

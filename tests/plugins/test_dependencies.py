@@ -16,8 +16,8 @@ from typing import Any
 
 from rkt.store.cas import CasStore
 from rkt.store.tree import render_layers, tree_id_for
-from rkt.testing import RktEnv
-from rkt.testing.aci import build_aci, image_manifest
+from rkt_testing import RktEnv
+from rkt_testing.aci import build_aci, image_manifest
 
 
 def _dep(name: str, **extra: Any) -> dict[str, Any]:

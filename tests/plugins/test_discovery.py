@@ -20,7 +20,6 @@ from rkt.context import Runtime, StreamReporter
 from rkt.errors import FetchError, UsageError
 from rkt.fetching import DiscoveredEndpoints, FetchSession
 from rkt.http import HttpSession, session_for
-from rkt.testing.https_server import HttpsServer, loopback_dial
 from rkt_plugins.discovery import (
     MetaDiscovery,
     MetaTag,
@@ -29,6 +28,7 @@ from rkt_plugins.discovery import (
     parse_meta_tags,
     render_template,
 )
+from rkt_testing.https_server import HttpsServer, loopback_dial
 
 TESTDATA = Path(__file__).parent / "data" / "discovery"
 STORAGE = "https://storage.example.com/example.com/myapp"

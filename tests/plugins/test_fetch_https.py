@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from rkt.testing import RktEnv
-from rkt.testing.aci import build_aci, image_manifest
-from rkt.testing.https_server import HttpsServer, Recorded
+from rkt_testing import RktEnv
+from rkt_testing.aci import build_aci, image_manifest
+from rkt_testing.https_server import HttpsServer, Recorded
 
 NAME = "example.com/hello"
 #: small timeouts and attempts so that no test waits long

@@ -16,8 +16,8 @@ from rkt.facade import Plugins
 from rkt.fetching import Signer
 from rkt.keystore import TrustedKey, TrustedKeystore, format_fingerprint
 from rkt.plugins import new_plugin_manager
-from rkt.testing.gpg import GpgHome
 from rkt_plugins.openpgp import OpenPGPVerifier
+from rkt_testing.gpg import GpgHome
 
 LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
 SIGNED_AT = datetime(2020, 1, 1, 1, tzinfo=UTC)

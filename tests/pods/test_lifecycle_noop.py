@@ -1,4 +1,4 @@
-"""Pod lifecycle through stage0 with the no-op stage1 from ``rkt.testing``.
+"""Pod lifecycle through stage0 with the no-op stage1 from ``rkt_testing``.
 
 The no-op backend is registered through ``rkt_register_stage1_backends``, as a
 third-party plugin would do it, and its image is built with rkt's own stage1
@@ -17,8 +17,8 @@ from rkt.cli.main import main
 from rkt.facade import Plugins
 from rkt.plugins import new_plugin_manager
 from rkt.stage1 import build_stage1_image
-from rkt.testing import AciBuilder, RktEnv
-from rkt.testing.stage1 import NoopStage1, NoopStage1Plugin
+from rkt_testing import AciBuilder, RktEnv
+from rkt_testing.stage1 import NoopStage1, NoopStage1Plugin
 
 
 @pytest.fixture

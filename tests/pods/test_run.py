@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from rkt.testing import AciBuilder, RktEnv, needs_root
+from rkt_testing import AciBuilder, RktEnv
+from rkt_testing.plugin import needs_root
 
 pytestmark = [
     needs_root,
@@ -119,7 +120,7 @@ def test_environment_precedence(env: RktEnv, aci_builder: AciBuilder, tmp_path: 
 
 
 def _env_manifest() -> dict[str, object]:
-    from rkt.testing.aci import image_manifest
+    from rkt_testing.aci import image_manifest
 
     return image_manifest(
         "example.com/env", exec_=["/bin/sh", "-c", "echo $A $B $C $D $INHERITED $AC_APP_NAME"],
@@ -463,7 +464,7 @@ def test_stage1_problems(env: RktEnv, busybox_image: Path, tmp_path: Path,
     unsigned = tmp_path / "stage1-custom.aci"
     shutil.copyfile("/usr/lib/rkt/stage1-images/stage1-fly.aci", unsigned)
     one_line_error(env.run("run", f"--stage1-path={unsigned}", busybox_image), "signature")
-    from rkt.testing.aci import image_manifest
+    from rkt_testing.aci import image_manifest
 
     fake = aci_builder.build("fake-stage1.aci", manifest=image_manifest(
         "example.com/stage1-fake", extra={"annotations": [
@@ -533,7 +534,7 @@ def test_prepared_pod_whose_stage1_speaks_another_version_stays_prepared(
 def test_third_party_stage1_from_an_installed_distribution(
     env: RktEnv, busybox_image: Path, tmp_path: Path, example_stage1_path: Path
 ) -> None:
-    from rkt.testing import pythonpath_with
+    from rkt_testing import pythonpath_with
 
     images = tmp_path / "stage1-images"
     extra = {**pythonpath_with(example_stage1_path), "RKT_STAGE1_IMAGES_DIR": str(images)}
@@ -589,7 +590,7 @@ def test_default_stage1_from_stage1_d_config(env: RktEnv, busybox_image: Path) -
 @STAGE1S
 def test_event_handlers_and_implicit_empty_volume(env: RktEnv, aci_builder: AciBuilder,
                                                   tmp_path: Path, stage1: str) -> None:
-    from rkt.testing.aci import image_manifest
+    from rkt_testing.aci import image_manifest
 
     out = tmp_path / "out"
     out.mkdir()

@@ -1,6 +1,6 @@
 """rkt.keystore: layout, masking, prefix matching, atomic writes, key parsing.
 
-Keys come from real GnuPG (rkt.testing.gpg), as the keys users trust do.
+Keys come from real GnuPG (rkt_testing.gpg), as the keys users trust do.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from rkt.keystore import (
     name_prefixes,
     validate_prefix,
 )
-from rkt.testing.gpg import GpgHome
+from rkt_testing.gpg import GpgHome
 
 
 class Keys:

@@ -19,7 +19,7 @@ from rkt.cli.main import main
 from rkt.facade import Plugins
 from rkt.plugins import new_plugin_manager
 from rkt.store.cas import CasStore
-from rkt.testing import AciBuilder, RktEnv
+from rkt_testing import AciBuilder, RktEnv
 
 
 class RecordingStore:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from docker_world import PASSWORD, USER, Registries
 
-from rkt.testing.docker_registry import (
+from rkt_testing.docker_registry import (
     Entry,
     RegistryServer,
     TestCA,

@@ -6,8 +6,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from rkt.testing import RktEnv
-from rkt.testing.docker_registry import RegistryServer, TestCA, TokenServer
+from rkt_testing import RktEnv
+from rkt_testing.docker_registry import RegistryServer, TestCA, TokenServer
 
 USER = "myuser"
 PASSWORD = "sekr3tstuff"

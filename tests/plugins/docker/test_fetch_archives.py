@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from docker_world import assert_clean_failure
 
-from rkt.testing import RktEnv, needs_root
-from rkt.testing.docker_registry import (
+from rkt_testing import RktEnv
+from rkt_testing.docker_registry import (
     busybox_layer,
     image_config,
     layer_tar,
     write_docker_archive,
 )
+from rkt_testing.plugin import needs_root
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from docker_world import PASSWORD, USER, Registries, assert_clean_failure
 
-from rkt.testing import RktEnv, needs_root
-from rkt.testing.docker_registry import (
+from rkt_testing import RktEnv
+from rkt_testing.docker_registry import (
     DroppingProxy,
     Entry,
     RegistryServer,
@@ -32,6 +32,7 @@ from rkt.testing.docker_registry import (
     image_config,
     layer_tar,
 )
+from rkt_testing.plugin import needs_root
 
 HEX_ID = re.compile(r"^sha512-[0-9a-f]{32}$")
 

@@ -24,8 +24,8 @@ import pytest
 
 from rkt.aci.extract import extract_tar
 from rkt.errors import RktError
-from rkt.testing import needs_root
 from rkt_plugins.docker.squash import PlainLayer, SquashedTree, ustar_header
+from rkt_testing.plugin import needs_root
 
 MTIME = 1_500_000_000
 EPOCH = 1_234_567_890

@@ -1,13 +1,6 @@
-"""rkt's pytest plugin: fixtures for testing rkt and rkt plugins.
+"""A private rkt world in a temp dir, driven through the real ``rkt`` command.
 
-Installed with rkt (entry point ``pytest11: rkt``), so a plugin author's tests get:
-
-- ``rkt_env``: an isolated data dir and config dirs, and ``rkt_env.run(...)`` that
-  runs the real ``rkt`` command against them;
-- ``aci_builder``: builds ACI files (``rkt.testing.aci.build_aci``);
-- ``gpg``: a throw-away GnuPG home driving the real ``gpg``
-  (``rkt.testing.gpg.GpgHome``);
-- ``signed_aci``: a signed image plus its key, trusted or not, as the test asks.
+It imports no pytest, so scripts can drive ``rkt`` through :class:`RktEnv` too.
 """
 
 from __future__ import annotations
@@ -15,24 +8,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pytest
-
-from rkt.testing.aci import build_aci, image_manifest
 
 
 def pythonpath_with(*paths: Path) -> dict[str, str]:
     """Environment for a subprocess that should also see packages installed in ``paths``."""
     existing = os.environ.get("PYTHONPATH")
     return {"PYTHONPATH": os.pathsep.join([*map(str, paths), *([existing] if existing else [])])}
-
-
-#: mark for tests that need root (namespaces, mounts, systemd-nspawn)
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 @dataclass
@@ -123,6 +107,21 @@ class RktEnv:
         os.close(primary)
         return process.wait(timeout=30), output.decode(errors="replace")
 
+    def trust(self, prefix: str, key: str | os.PathLike[str], *flags: str) -> None:
+        """``rkt trust --prefix PREFIX KEY``, answering "yes" to the fingerprint review."""
+        self.run(*flags, "trust", "--prefix", prefix, key, input="yes\n", check=True)
+
+    def image_ids(self) -> list[str]:
+        """The full IDs of the images in the store, as ``rkt image list`` shows them."""
+        listing = self.run("image", "list", "--no-legend", "--full", "--fields=id", check=True)
+        return listing.stdout.split()
+
+    def trusted_keys(self) -> list[str]:
+        """The key files under the local trust directory, relative to it
+        (``prefix.d/example.com/hello/<fingerprint>``)."""
+        base = self.local_config / "trustedkeys"
+        return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
+
     @staticmethod
     def rkt_binary() -> str:
         candidate = Path(sys.executable).with_name("rkt")
@@ -151,53 +150,3 @@ class RktEnv:
         return found
 
 
-@pytest.fixture
-def rkt_env(tmp_path: Path) -> RktEnv:
-    env = RktEnv(tmp_path / "rkt")
-    for directory in (env.data_dir, env.local_config, env.system_config):
-        directory.mkdir(parents=True)
-    return env
-
-
-class AciBuilder:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def build(
-        self,
-        filename: str = "hello.aci",
-        *,
-        name: str = "example.com/hello",
-        version: str | None = "1.0.0",
-        exec_: list[str] | None = None,
-        manifest: Mapping[str, Any] | bytes | None = None,
-        **kwargs: Any,
-    ) -> Path:
-        if manifest is None:
-            manifest = image_manifest(name, version=version, exec_=exec_)
-        return build_aci(self.directory / filename, manifest=manifest, **kwargs)
-
-
-@pytest.fixture
-def aci_builder(tmp_path: Path) -> AciBuilder:
-    return AciBuilder(tmp_path / "images")
-
-
-@pytest.fixture(scope="session")
-def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A GnuPG home shared by a test session (key generation is the slow part)."""
-    from rkt.testing.gpg import GpgHome
-
-    home = GpgHome(tmp_path_factory.mktemp("gnupg"))
-    yield home
-    home.close()
-
-
-@pytest.fixture(scope="session")
-def signing_key(gpg: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    """(fingerprint, armored public key file) of a key made once per session."""
-    fingerprint: str = gpg.generate_key("rkt test signer <signer@example.com>")
-    key_file = tmp_path_factory.mktemp("keys") / "signer.asc"
-    key_file.write_bytes(gpg.export_public(fingerprint))
-    return fingerprint, key_file

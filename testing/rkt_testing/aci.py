@@ -142,3 +142,25 @@ def _compress(raw: Path, path: Path, compression: str) -> None:
     with open(path, "wb") as out:
         subprocess.run([*tools[compression], str(raw)], stdout=out, check=True)
     raw.unlink()
+class AciBuilder:
+    """Builds ACI files into one directory (the ``aci_builder`` fixture)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def build(
+        self,
+        filename: str = "hello.aci",
+        *,
+        name: str = "example.com/hello",
+        version: str | None = "1.0.0",
+        exec_: list[str] | None = None,
+        manifest: Mapping[str, Any] | bytes | None = None,
+        **kwargs: Any,
+    ) -> Path:
+        if manifest is None:
+            manifest = image_manifest(name, version=version, exec_=exec_)
+        return build_aci(self.directory / filename, manifest=manifest, **kwargs)
+
+

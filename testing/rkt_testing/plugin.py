@@ -1,0 +1,58 @@
+"""rkt's pytest plugin: fixtures for testing rkt and rkt plugins.
+
+Installed with the ``rkt-testing`` distribution (entry point ``pytest11: rkt``), so
+a plugin author's tests get:
+
+- ``rkt_env``: an isolated data dir and config dirs, and ``rkt_env.run(...)`` that
+  runs the real ``rkt`` command against them (:class:`rkt_testing.env.RktEnv`);
+- ``aci_builder``: builds ACI files (:class:`rkt_testing.aci.AciBuilder`);
+- ``gpg``: a throw-away GnuPG home driving the real ``gpg``
+  (:class:`rkt_testing.gpg.GpgHome`), shared by the session;
+- ``signing_key``: (fingerprint, armored public key file) of a key in ``gpg``;
+- ``needs_root``: a mark that skips a test unless it runs as root.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rkt_testing.aci import AciBuilder
+from rkt_testing.env import RktEnv
+from rkt_testing.gpg import GpgHome
+
+#: mark for tests that need root (namespaces, mounts, systemd-nspawn)
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+@pytest.fixture
+def rkt_env(tmp_path: Path) -> RktEnv:
+    env = RktEnv(tmp_path / "rkt")
+    for directory in (env.data_dir, env.local_config, env.system_config):
+        directory.mkdir(parents=True)
+    return env
+
+
+@pytest.fixture
+def aci_builder(tmp_path: Path) -> AciBuilder:
+    return AciBuilder(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpgHome]:
+    """A GnuPG home shared by a test session (key generation is the slow part)."""
+    home = GpgHome(tmp_path_factory.mktemp("gnupg"))
+    yield home
+    home.close()
+
+
+@pytest.fixture(scope="session")
+def signing_key(gpg: GpgHome, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """(fingerprint, armored public key file) of a key made once per session."""
+    fingerprint = gpg.generate_key("rkt test signer <signer@example.com>")
+    key_file = tmp_path_factory.mktemp("keys") / "signer.asc"
+    key_file.write_bytes(gpg.export_public(fingerprint))
+    return fingerprint, key_file
