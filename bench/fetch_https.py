@@ -20,6 +20,7 @@ from common import Env, build_corpus_aci, compare, report, sh, workdir
 
 from rkt_testing.gpg import GpgHome
 from rkt_testing.https_server import HttpsServer
+from rkt_testing.signed_site import SignedSite
 
 
 def main() -> list[dict[str, object]]:
@@ -31,18 +32,13 @@ def main() -> list[dict[str, object]]:
         print(f"corpus: {raw.stat().st_size / 1e6:.0f} MB uncompressed, "
               f"{image.stat().st_size / 1e6:.0f} MB gzip", flush=True)
         raw.unlink()
-        with GpgHome(base / "gnupg") as gpg:
-            fingerprint = gpg.generate_key("bench <bench@example.com>")
-            key = base / "key.asc"
-            key.write_bytes(gpg.export_public(fingerprint))
-            signature = gpg.sign_detached(fingerprint, image)
-        with HttpsServer(workdir=base / "server") as server:
-            server.serve("/corpus.aci", image)
-            server.serve("/corpus.aci.asc", signature)
-            url = f"{server.url}/corpus.aci"
+        with GpgHome(base / "gnupg") as gpg, HttpsServer(workdir=base / "server") as server:
+            site = SignedSite(server, gpg, gpg.generate_key("bench <bench@example.com>"),
+                              base / "site")
+            url = site.publish("/corpus.aci", image)
             env = Env(base / "env")
             env.rkt("trust", "--prefix", "bench.example/corpus", "--skip-fingerprint-review",
-                    str(key))
+                    str(site.key_file))
             client_env = {**_environ(), **server.env()}
 
             def fetch() -> None:

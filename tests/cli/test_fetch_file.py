@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rkt_testing import AciBuilder, RktEnv
+from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.aci import image_manifest
 
 
@@ -27,23 +27,9 @@ def other_key(gpg, tmp_path_factory):  # type: ignore[no-untyped-def]
     return fingerprint, key_file
 
 
-def trust(env: RktEnv, prefix: str, key_file: Path) -> None:
-    env.run("trust", "--prefix", prefix, key_file, input="yes\n", check=True)
-
-
 def sign(gpg, fingerprint: str, path: Path, out: Path | None = None) -> Path:  # type: ignore[no-untyped-def]
     result: Path = gpg.sign_detached(fingerprint, path, out)
     return result
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode != 0, result.stdout
-    lines = [line for line in result.stderr.splitlines() if not line.startswith("rkt: warning")]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("rkt: ")
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # -- acceptance: trust, fetch, list, rm -------------------------------------------------
@@ -51,7 +37,7 @@ def test_trusted_signed_image_is_fetched_into_the_cas(
     rkt_env: RktEnv, aci_builder: AciBuilder, gpg, signing_key  # type: ignore[no-untyped-def]
 ) -> None:
     fingerprint, key_file = signing_key
-    trust(rkt_env, "example.com/hello", key_file)
+    rkt_env.trust("example.com/hello", key_file)
     stored_key = (rkt_env.local_config / "trustedkeys" / "prefix.d" / "example.com" / "hello"
                   / fingerprint.lower())
     assert stored_key.is_file()
@@ -105,7 +91,7 @@ def test_signature_given_with_flag(
     rkt_env: RktEnv, aci_builder: AciBuilder, gpg, signing_key, tmp_path  # type: ignore[no-untyped-def]
 ) -> None:
     fingerprint, key_file = signing_key
-    trust(rkt_env, "example.com/hello", key_file)
+    rkt_env.trust("example.com/hello", key_file)
     image = aci_builder.build()
     elsewhere = sign(gpg, fingerprint, image, tmp_path / "sig-elsewhere.asc")
     without = rkt_env.run("fetch", image)
@@ -145,8 +131,8 @@ def test_key_trusted_for_another_prefix_is_refused(
     rkt_env: RktEnv, aci_builder: AciBuilder, gpg, signing_key  # type: ignore[no-untyped-def]
 ) -> None:
     fingerprint, key_file = signing_key
-    trust(rkt_env, "example.com/other", key_file)
-    trust(rkt_env, "example.com/hel", key_file)  # a string prefix, not a path prefix
+    rkt_env.trust("example.com/other", key_file)
+    rkt_env.trust("example.com/hel", key_file)  # a string prefix, not a path prefix
     image = aci_builder.build()
     sign(gpg, fingerprint, image)
     before = rkt_env.store_snapshot()
@@ -169,7 +155,7 @@ def test_signature_over_other_bytes_is_refused(
     rkt_env: RktEnv, aci_builder: AciBuilder, gpg, signing_key  # type: ignore[no-untyped-def]
 ) -> None:
     fingerprint, key_file = signing_key
-    trust(rkt_env, "example.com/hello", key_file)
+    rkt_env.trust("example.com/hello", key_file)
     image = aci_builder.build()
     signature = sign(gpg, fingerprint, image)
     other = aci_builder.build("other.aci", version="2.0.0")
@@ -184,7 +170,7 @@ def test_signed_by_trusted_key_but_tampered_after_signing(
     rkt_env: RktEnv, aci_builder: AciBuilder, gpg, signing_key  # type: ignore[no-untyped-def]
 ) -> None:
     fingerprint, key_file = signing_key
-    trust(rkt_env, "example.com/hello", key_file)
+    rkt_env.trust("example.com/hello", key_file)
     image = aci_builder.build()
     sign(gpg, fingerprint, image)
     data = bytearray(image.read_bytes())
@@ -400,10 +386,7 @@ def test_image_list_formats(rkt_env: RktEnv, aci_builder: AciBuilder) -> None:
 def test_image_commands_on_unknown_images(rkt_env: RktEnv) -> None:
     for args in (("image", "rm", "sha512-abcdef"), ("image", "cat-manifest", "example.com/x"),
                  ("image", "export", "sha512-ab", "/tmp/x.aci")):
-        result = rkt_env.run(*args)
-        assert result.returncode == 254
-        assert "Traceback" not in result.stderr
-        assert result.stderr.startswith("rkt: ")
+        assert_one_line_error(rkt_env.run(*args), status=254)
 
 
 def test_config_prints_merged_configuration(rkt_env: RktEnv) -> None:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +20,12 @@ import pytest
 
 from rkt.keystore import format_fingerprint
 from rkt_plugins.discovery import host_labels
-from rkt_testing import RktEnv
+from rkt_testing import RktEnv, assert_one_line_error
 from rkt_testing.aci import build_aci, image_manifest
+from rkt_testing.gpg import GpgHome
 from rkt_testing.https_server import HttpsServer
 from rkt_testing.plugin import needs_root
+from rkt_testing.signed_site import SignedSite
 
 FAST = {"RKT_HTTP_TIMEOUT": "2", "RKT_HTTP_ATTEMPTS": "2"}
 HOST = host_labels()
@@ -44,22 +44,21 @@ def _image_path(name: str, version: str) -> str:
     return f"/images/{name}-{version}-{HOST['os']}-{HOST['arch']}.aci"
 
 
-@dataclass
-class Site:
-    server: HttpsServer
-    fingerprint: str
-    key_file: Path
-    other_fingerprint: str
-    images: dict[str, Path] = field(default_factory=dict)
-    ids: dict[str, str] = field(default_factory=dict)
+class Site(SignedSite):
+    """Images published under ``localhost/`` names for appc discovery."""
 
-    def publish(self, name: str, version: str, image: Path, signature: Path | None,
-                *, page: bool = True, keys: str | None = "/keys/publisher.gpg") -> str:
+    def __init__(self, server: HttpsServer, gpg: GpgHome, fingerprint: str, directory: Path,
+                 other_fingerprint: str) -> None:
+        super().__init__(server, gpg, fingerprint, directory)
+        self.other_fingerprint = other_fingerprint
+        self.images: dict[str, Path] = {}
+
+    def publish_name(self, name: str, version: str, image: Path, *, by: str | None = None,
+                     signed: bool = True, page: bool = True,
+                     keys: str | None = "/keys/publisher.gpg") -> str:
         """Serve ``image`` as NAME:VERSION (and its signature, and a discovery page)."""
         path = _image_path(name, version)
-        self.server.serve(path, image)
-        if signature is not None:
-            self.server.serve(path + ".asc", signature)
+        self.publish(path, image, by=by, signed=signed)
         if page:
             self.server.serve("/" + name.removeprefix("localhost/"), _page(name, keys),
                               content_type="text/html")
@@ -72,49 +71,43 @@ def _busybox_image(directory: Path, name: str, version: str, **kwargs: Any) -> P
 
 
 @pytest.fixture(scope="module")
-def site(gpg: Any, signing_key: tuple[str, Path],
+def site(gpg: GpgHome, signing_key: tuple[str, Path],
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    fingerprint, key_file = signing_key
+    fingerprint, _ = signing_key
     directory = tmp_path_factory.mktemp("site")
     other = gpg.generate_key("remote fetch stranger <stranger-remote@example.com>")
-
-    def sign(path: Path, by: str = fingerprint) -> Path:
-        result: Path = gpg.sign_detached(by, path, directory / (path.name + f".{by[:8]}.asc"))
-        return result
-
     with HttpsServer(host="127.0.0.1", port=443, hostnames=("localhost",)) as server:
-        site = Site(server, fingerprint, key_file, other)
-        server.serve("/keys/publisher.gpg", key_file.read_bytes())
+        site = Site(server, gpg, fingerprint, directory, other)
+        server.serve("/keys/publisher.gpg", site.key_file.read_bytes())
         hello = _busybox_image(directory, "localhost/hello", "v1.0.0",
                                exec_=["/bin/echo", "hello from a discovered image"])
         site.images["hello"] = hello
-        site.publish("localhost/hello", "v1.0.0", hello, sign(hello))
+        site.publish_name("localhost/hello", "v1.0.0", hello)
         # `rkt fetch localhost/hello` (no version) asks for "latest"
-        site.publish("localhost/hello", "latest", hello, sign(hello))
+        site.publish_name("localhost/hello", "latest", hello)
         # asked for v2.0.0, the server hands out v1.0.0: a label mismatch
-        site.publish("localhost/hello", "v2.0.0", hello, sign(hello))
+        site.publish_name("localhost/hello", "v2.0.0", hello)
         # a page for localhost/evil whose image is really localhost/hello
-        site.publish("localhost/evil", "v1.0.0", hello, sign(hello))
+        site.publish_name("localhost/evil", "v1.0.0", hello)
         signed_by_other = _busybox_image(directory, "localhost/other", "v1.0.0",
                                          exec_=["/bin/true"])
-        site.publish("localhost/other", "v1.0.0", signed_by_other,
-                     sign(signed_by_other, by=other))
+        site.publish_name("localhost/other", "v1.0.0", signed_by_other, by=other)
         unsigned = _busybox_image(directory, "localhost/unsigned", "v1.0.0",
                                   exec_=["/bin/true"])
-        site.publish("localhost/unsigned", "v1.0.0", unsigned, None)
+        site.publish_name("localhost/unsigned", "v1.0.0", unsigned, signed=False)
         # a publisher whose key URL is plain http
-        site.publish("localhost/httpkey", "v1.0.0", hello, sign(hello), keys=None)
+        site.publish_name("localhost/httpkey", "v1.0.0", hello, keys=None)
         server.serve("/httpkey", '<html><head><meta name="ac-discovery" content="localhost/'
                      'httpkey https://localhost/images/{name}-{version}-{os}-{arch}.{ext}">'
                      '<meta name="ac-discovery-pubkeys" content="localhost/httpkey '
                      'http://localhost/keys/publisher.gpg"></head></html>')
-        _publish_dependencies(site, directory, sign)
+        _publish_dependencies(site, directory)
         server.redirect("/loop", "https://localhost/loop2?ac-discovery=1")
         server.redirect("/loop2", "https://localhost/loop?ac-discovery=1")
         yield site
 
 
-def _publish_dependencies(site: Site, directory: Path, sign: Any) -> None:
+def _publish_dependencies(site: Site, directory: Path) -> None:
     """localhost/app -> [localhost/base (busybox), localhost/extra]: the app has no shell."""
     base = build_aci(directory / "base.aci", busybox=True, files={
         "base.txt": "from base\n", "shared.txt": "base wrote this\n",
@@ -134,7 +127,7 @@ def _publish_dependencies(site: Site, directory: Path, sign: Any) -> None:
                     manifest=app_manifest)
     for name, image in (("base", base), ("extra", extra), ("app", app)):
         version = "v1" if name == "app" else "1"
-        site.publish(f"localhost/{name}", version, image, sign(image))
+        site.publish_name(f"localhost/{name}", version, image)
 
 
 @pytest.fixture
@@ -144,30 +137,9 @@ def env(rkt_env: RktEnv, site: Site) -> Iterator[RktEnv]:
     site.server.clear_log()
 
 
-def _trusted(env: RktEnv) -> list[str]:
-    base = env.local_config / "trustedkeys"
-    return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
-
-
-def _trust_publisher(env: RktEnv, site: Site, prefix: str = "localhost") -> None:
-    env.run("trust", "--prefix", prefix, site.key_file, input="yes\n", check=True)
-
-
-def _image_ids(env: RktEnv) -> list[str]:
-    listing = env.run("image", "list", "--no-legend", "--full", "--fields=id", check=True)
-    return listing.stdout.split()
-
-
 def _image_id_of(env: RktEnv, name: str) -> str:
     listing = env.run("image", "list", "--no-legend", "--fields=id,name", check=True).stdout
     return next(line.split()[0] for line in listing.splitlines() if line.split()[1] == name)
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str], message: str) -> None:
-    assert result.returncode == 254, result
-    assert "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1] == f"rkt: {message}"
-    assert result.stdout == ""
 
 
 # -- 1. trust by discovery ---------------------------------------------------------------
@@ -196,7 +168,7 @@ def test_trust_by_discovery_answered_no(env: RktEnv, site: Site) -> None:
     result = env.run("trust", "--prefix", "localhost/hello", input="no\n")
     assert result.returncode == 0
     assert result.stderr.splitlines()[-1] == 'Not trusting "https://localhost/keys/publisher.gpg"'
-    assert _trusted(env) == []
+    assert env.trusted_keys() == []
 
 
 def test_trust_by_discovery_for_automation(env: RktEnv, site: Site) -> None:
@@ -205,24 +177,27 @@ def test_trust_by_discovery_for_automation(env: RktEnv, site: Site) -> None:
         assert result.returncode == 0, result.stderr
         assert "Are you sure" not in result.stderr
         assert "without fingerprint review." in result.stderr
-    assert _trusted(env) == [f"prefix.d/localhost/hello/{site.fingerprint.lower()}"]
+    assert env.trusted_keys() == [f"prefix.d/localhost/hello/{site.fingerprint.lower()}"]
 
 
 def test_trust_without_tty_or_answer_trusts_nothing(env: RktEnv, site: Site) -> None:
     result = env.run("trust", "--prefix", "localhost/hello")
-    _one_line_error(result, "unable to ask user to review fingerprint: no input")
-    assert _trusted(env) == []
+    assert_one_line_error(
+        result, status=254,
+        message="unable to ask user to review fingerprint: no input",
+    )
+    assert env.trusted_keys() == []
 
 
 def test_trust_when_discovery_finds_nothing(env: RktEnv, site: Site) -> None:
     result = env.run("trust", "--prefix", "localhost/nothing", input="yes\n")
-    _one_line_error(
-        result,
-        'meta discovery for "localhost/nothing" found no ACI meta tags: '
-        "https://localhost/nothing?ac-discovery=1: HTTP 404 Not Found; "
-        "https://localhost?ac-discovery=1: HTTP 404 Not Found",
+    assert_one_line_error(
+        result, status=254,
+        message='meta discovery for "localhost/nothing" found no ACI meta tags: '
+                "https://localhost/nothing?ac-discovery=1: HTTP 404 Not Found; "
+                "https://localhost?ac-discovery=1: HTTP 404 Not Found",
     )
-    assert _trusted(env) == []
+    assert env.trusted_keys() == []
 
 
 # -- 2. fetch by name ----------------------------------------------------------------------
@@ -261,7 +236,7 @@ def test_fetch_by_name_stores_the_image_and_refetch_downloads_nothing(
 
 
 def test_fetch_without_version_asks_for_latest(env: RktEnv, site: Site) -> None:
-    _trust_publisher(env, site, "localhost/hello")
+    env.trust("localhost/hello", site.key_file)
     result = env.run("fetch", "localhost/hello")
     assert result.returncode == 0, result.stderr
     assert f"rkt: fetching image from https://localhost{_image_path('localhost/hello', 'latest')}" \
@@ -269,24 +244,24 @@ def test_fetch_without_version_asks_for_latest(env: RktEnv, site: Site) -> None:
 
 
 def test_image_signed_by_another_key_is_refused(env: RktEnv, site: Site) -> None:
-    _trust_publisher(env, site)
+    env.trust("localhost", site.key_file)
     before = env.store_snapshot()
     result = env.run("fetch", "localhost/other:v1.0.0")
     assert result.returncode == 254
     assert result.stderr.splitlines()[-1].startswith(
         "rkt: openpgp: signature made by unknown entity"
     )
-    assert env.store_snapshot() == before and _image_ids(env) == []
+    assert env.store_snapshot() == before and env.image_ids() == []
 
 
 def test_unsigned_image_needs_insecure_skip_verify(env: RktEnv, site: Site) -> None:
-    _trust_publisher(env, site)
+    env.trust("localhost", site.key_file)
     url = "https://localhost" + _image_path("localhost/unsigned", "v1.0.0")
     before = env.store_snapshot()
-    _one_line_error(
-        env.run("fetch", "localhost/unsigned:v1.0.0"),
-        f"no signature for {url} (looked for {url}.asc); pass --signature FILE, "
-        "or --insecure-options=image to skip verification",
+    assert_one_line_error(
+        env.run("fetch", "localhost/unsigned:v1.0.0"), status=254,
+        message=f"no signature for {url} (looked for {url}.asc); pass --signature FILE, "
+                "or --insecure-options=image to skip verification",
     )
     assert env.store_snapshot() == before
     accepted = env.run("--insecure-skip-verify", "fetch", "localhost/unsigned:v1.0.0")
@@ -295,25 +270,26 @@ def test_unsigned_image_needs_insecure_skip_verify(env: RktEnv, site: Site) -> N
 
 
 def test_manifest_name_must_be_the_name_asked_for(env: RktEnv, site: Site) -> None:
-    _trust_publisher(env, site)  # trusted for every localhost/ name: still refused
+    env.trust("localhost", site.key_file)  # trusted for every localhost/ name: still refused
     before = env.store_snapshot()
     url = "https://localhost" + _image_path("localhost/evil", "v1.0.0")
-    _one_line_error(
-        env.run("fetch", "localhost/evil:v1.0.0"),
-        f'image name mismatch: asked for "localhost/evil", {url} contains "localhost/hello"',
+    assert_one_line_error(
+        env.run("fetch", "localhost/evil:v1.0.0"), status=254,
+        message=f'image name mismatch: asked for "localhost/evil", {url} contains '
+                '"localhost/hello"',
     )
-    assert env.store_snapshot() == before and _image_ids(env) == []
+    assert env.store_snapshot() == before and env.image_ids() == []
 
 
 def test_labels_must_be_the_labels_asked_for(env: RktEnv, site: Site) -> None:
-    _trust_publisher(env, site)
+    env.trust("localhost", site.key_file)
     before = env.store_snapshot()
     url = "https://localhost" + _image_path("localhost/hello", "v2.0.0")
-    _one_line_error(
-        env.run("fetch", "localhost/hello:v2.0.0"),
-        f'image label mismatch: asked for version="v2.0.0", {url} has version="v1.0.0"',
+    assert_one_line_error(
+        env.run("fetch", "localhost/hello:v2.0.0"), status=254,
+        message=f'image label mismatch: asked for version="v2.0.0", {url} has version="v1.0.0"',
     )
-    assert env.store_snapshot() == before and _image_ids(env) == []
+    assert env.store_snapshot() == before and env.image_ids() == []
 
 
 def test_untrusted_name_without_a_terminal_explains_how_to_trust(
@@ -332,7 +308,7 @@ def test_untrusted_name_without_a_terminal_explains_how_to_trust(
         + _image_path("localhost/hello", "v1.0.0"),
     ]
     assert lines[-1].startswith("rkt: openpgp: signature made by unknown entity")
-    assert _trusted(env) == []
+    assert env.trusted_keys() == []
     assert env.store_snapshot() == before
 
 
@@ -352,12 +328,12 @@ def test_trust_keys_from_https_on_fetch(env: RktEnv, site: Site) -> None:
 
 
 def test_key_url_over_plain_http_is_refused(env: RktEnv, site: Site) -> None:
-    _one_line_error(
-        env.run("trust", "--prefix", "localhost/httpkey", input="yes\n"),
-        'refusing to fetch key "http://localhost/keys/publisher.gpg" over plain http; '
-        "use https, or --insecure-allow-http",
+    assert_one_line_error(
+        env.run("trust", "--prefix", "localhost/httpkey", input="yes\n"), status=254,
+        message='refusing to fetch key "http://localhost/keys/publisher.gpg" over plain http; '
+                "use https, or --insecure-allow-http",
     )
-    assert _trusted(env) == []
+    assert env.trusted_keys() == []
     before = env.store_snapshot()
     result = env.run("--trust-keys-from-https", "fetch", "localhost/httpkey:v1.0.0")
     assert result.returncode == 254
@@ -366,7 +342,7 @@ def test_key_url_over_plain_http_is_refused(env: RktEnv, site: Site) -> None:
         "http (needs --insecure-options=pubkey,http)" in result.stderr
     )
     assert "signature made by unknown entity" in result.stderr.splitlines()[-1]
-    assert _trusted(env) == [] and env.store_snapshot() == before
+    assert env.trusted_keys() == [] and env.store_snapshot() == before
 
 
 def test_fetch_asks_about_the_key_on_a_terminal(env: RktEnv, site: Site) -> None:
@@ -376,8 +352,8 @@ def test_fetch_asks_about_the_key_on_a_terminal(env: RktEnv, site: Site) -> None
     assert f"GPG key fingerprint is: {format_fingerprint(site.fingerprint)}" in output
     assert 'Trusting "https://localhost/keys/publisher.gpg" for prefix "localhost/hello" ' \
         "after fingerprint review." in output
-    assert _trusted(env) == [f"prefix.d/localhost/hello/{site.fingerprint.lower()}"]
-    assert len(_image_ids(env)) == 1
+    assert env.trusted_keys() == [f"prefix.d/localhost/hello/{site.fingerprint.lower()}"]
+    assert len(env.image_ids()) == 1
 
 
 @pytest.mark.parametrize(
@@ -395,7 +371,7 @@ def test_fetch_asks_about_the_key_on_a_terminal(env: RktEnv, site: Site) -> None
 )
 def test_discovery_failures(env: RktEnv, site: Site, name: str, message: str) -> None:
     before = env.store_snapshot()
-    _one_line_error(env.run("fetch", name), message)
+    assert_one_line_error(env.run("fetch", name), message=message, status=254)
     assert env.store_snapshot() == before
 
 
@@ -409,7 +385,7 @@ def test_plain_http_discovery_needs_the_insecure_option(env: RktEnv, site: Site)
 # -- 3. run by name, by hash, by URL -------------------------------------------------------
 @needs_root
 def test_run_by_name_hash_and_url(env: RktEnv, site: Site) -> None:
-    _trust_publisher(env, site, "localhost/hello")
+    env.trust("localhost/hello", site.key_file)
     by_name = env.run("run", "localhost/hello:v1.0.0")
     assert by_name.returncode == 0, by_name.stderr
     assert "hello from a discovered image" in by_name.stdout
@@ -428,7 +404,7 @@ def test_run_by_name_hash_and_url(env: RktEnv, site: Site) -> None:
     fresh = RktEnv(env.root.parent / "by-url", dict(env.env))
     for directory in (fresh.data_dir, fresh.local_config, fresh.system_config):
         directory.mkdir(parents=True)
-    _trust_publisher(fresh, site, "localhost/hello")
+    fresh.trust("localhost/hello", site.key_file)
     by_url = fresh.run("run", url)
     assert by_url.returncode == 0, by_url.stderr
     assert "hello from a discovered image" in by_url.stdout
@@ -473,14 +449,14 @@ def _domain(server: HttpsServer) -> str:
 def test_auth_servers_refuse_without_credentials(
     env: RktEnv, site: Site, protected: dict[str, HttpsServer]
 ) -> None:
-    _trust_publisher(env, site)
+    env.trust("localhost", site.key_file)
     for server in protected.values():
         url = f"{server.base('localhost')}/hello.aci"
         before = env.store_snapshot()
-        _one_line_error(
-            env.run("fetch", url),
-            f"cannot fetch signature {url}.asc: localhost answered HTTP 401 Unauthorized "
-            "(no credentials for localhost in auth.d)",
+        assert_one_line_error(
+            env.run("fetch", url), status=254,
+            message=f"cannot fetch signature {url}.asc: localhost answered HTTP 401 Unauthorized "
+                    "(no credentials for localhost in auth.d)",
         )
         assert env.store_snapshot() == before
 
@@ -488,7 +464,7 @@ def test_auth_servers_refuse_without_credentials(
 def test_basic_and_oauth_credentials(
     env: RktEnv, site: Site, protected: dict[str, HttpsServer]
 ) -> None:
-    _trust_publisher(env, site)
+    env.trust("localhost", site.key_file)
     basic, oauth = protected["basic"], protected["oauth"]
     _auth_file(env.local_config, "basic.json", _domain(basic), "basic",
                user="alice", password="wonderland")
@@ -506,7 +482,7 @@ def test_basic_and_oauth_credentials(
 def test_local_auth_overrides_system_auth(
     env: RktEnv, site: Site, protected: dict[str, HttpsServer]
 ) -> None:
-    _trust_publisher(env, site)
+    env.trust("localhost", site.key_file)
     basic = protected["basic"]
     url = f"{basic.base('localhost')}/hello.aci"
     _auth_file(env.system_config, "a.json", _domain(basic), "basic",
@@ -520,10 +496,10 @@ def test_local_auth_overrides_system_auth(
                user="alice", password="wrong")
     _auth_file(env.system_config, "a.json", _domain(basic), "basic",
                user="alice", password="wonderland")
-    _one_line_error(
-        env.run("fetch", "--pull-policy=update", url + "?again"),
-        f"cannot fetch signature {url}.asc?again: localhost answered HTTP 401 Unauthorized "
-        f"(localhost refused the credentials from {env.local_config / 'auth.d/a.json'})",
+    assert_one_line_error(
+        env.run("fetch", "--pull-policy=update", url + "?again"), status=254,
+        message=f"cannot fetch signature {url}.asc?again: localhost answered HTTP 401 Unauthorized "
+                f"(localhost refused the credentials from {env.local_config / 'auth.d/a.json'})",
     )
 
 
@@ -536,10 +512,10 @@ def test_credentials_do_not_follow_a_redirect_to_another_host(
     basic.clear_log()
     url = f"{basic.base('localhost')}/moved.aci"
     result = env.run("--insecure-options=image", "fetch", url)
-    _one_line_error(
-        result,
-        f"cannot fetch image {url}: 127.0.0.1 answered HTTP 401 Unauthorized "
-        "(no credentials for 127.0.0.1 in auth.d)",
+    assert_one_line_error(
+        result, status=254,
+        message=f"cannot fetch image {url}: 127.0.0.1 answered HTTP 401 Unauthorized "
+                "(no credentials for 127.0.0.1 in auth.d)",
     )
     sent = [(r.host, r.header("Authorization")) for r in basic.requests]
     assert sent == [("localhost", BASIC), ("127.0.0.1", None)]
@@ -562,13 +538,13 @@ def test_invalid_auth_files_name_the_file(
     path.write_text(content)
     before = env.store_snapshot()
     result = env.run("fetch", f"{protected['basic'].base('localhost')}/hello.aci")
-    _one_line_error(result, message.format(path=path))
+    assert_one_line_error(result, message=message.format(path=path), status=254)
     assert env.store_snapshot() == before
 
 
 # -- 5. dependencies ---------------------------------------------------------------------
 def test_dependencies_are_fetched_and_rendered(env: RktEnv, site: Site) -> None:
-    _trust_publisher(env, site)
+    env.trust("localhost", site.key_file)
     result = env.run("fetch", "localhost/app:v1")
     assert result.returncode == 0, result.stderr
     for name in ("localhost/app:v1", "localhost/base,version=1", "localhost/extra,version=1"):
@@ -589,7 +565,7 @@ def test_dependencies_are_fetched_and_rendered(env: RktEnv, site: Site) -> None:
 
 @needs_root
 def test_image_with_two_dependencies_runs(env: RktEnv, site: Site) -> None:
-    _trust_publisher(env, site)
+    env.trust("localhost", site.key_file)
     result = env.run("run", "localhost/app:v1")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-4:] == [
@@ -602,8 +578,7 @@ def test_missing_dependency_fails_cleanly(env: RktEnv, site: Site, tmp_path: Pat
     manifest["dependencies"] = [{"imageName": "localhost/nothing"}]
     needy = build_aci(tmp_path / "needy.aci", manifest=manifest)
     result = env.run("--insecure-options=image", "fetch", needy)
-    assert result.returncode == 254 and "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1].startswith(
+    assert assert_one_line_error(result, status=254).startswith(
         'rkt: dependency "localhost/nothing" of image "localhost/needy": meta discovery for '
         '"localhost/nothing" found no ACI meta tags'
     )

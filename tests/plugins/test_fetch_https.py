@@ -8,59 +8,54 @@ fetch the store holds exactly what it held before.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rkt_testing import RktEnv
+from rkt_testing import RktEnv, assert_one_line_error
 from rkt_testing.aci import build_aci, image_manifest
+from rkt_testing.gpg import GpgHome
 from rkt_testing.https_server import HttpsServer, Recorded
+from rkt_testing.signed_site import SignedSite
 
 NAME = "example.com/hello"
 #: small timeouts and attempts so that no test waits long
 FAST = {"RKT_HTTP_TIMEOUT": "1", "RKT_HTTP_ATTEMPTS": "2"}
 
 
-@dataclass
-class World:
-    server: HttpsServer
-    key_file: Path
+class World(SignedSite):
+    """The site, plus images and signatures made once per module."""
+
     other_key_file: Path
-    uid: str
+    uid = "rkt test signer <signer@example.com>"
     images: dict[str, Path]
     signatures: dict[str, Path]
 
-    def url(self, path: str) -> str:
-        return f"{self.server.url}{path}"
-
 
 @pytest.fixture(scope="module")
-def world(gpg: Any, signing_key: tuple[str, Path],
+def world(gpg: GpgHome, signing_key: tuple[str, Path],
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    fingerprint, key_file = signing_key
+    fingerprint, _ = signing_key
     directory = tmp_path_factory.mktemp("https-images")
     other = gpg.generate_key("https fetch stranger <stranger-https@example.com>")
-    other_key_file = directory / "other.asc"
-    other_key_file.write_bytes(gpg.export_public(other))
-    images = {
-        "hello": build_aci(directory / "hello.aci", manifest=image_manifest(
-            NAME, exec_=["/bin/true"]), files={"hello.txt": "hello\n"}),
-        "bye": build_aci(directory / "bye.aci", manifest=image_manifest(
-            NAME, version="2.0.0", exec_=["/bin/true"]), files={"bye.txt": "bye\n"}),
-    }
-    signatures = {
-        "hello": gpg.sign_detached(fingerprint, images["hello"]),
-        "bye": gpg.sign_detached(fingerprint, images["bye"]),
-        "hello-by-other": gpg.sign_detached(other, images["hello"], directory / "o.asc"),
-    }
     with HttpsServer() as server:
-        yield World(server, key_file, other_key_file, "rkt test signer <signer@example.com>",
-                    images, signatures)
+        world = World(server, gpg, fingerprint, directory)
+        world.other_key_file = world.export_key(other)
+        world.images = {
+            "hello": build_aci(directory / "hello.aci", manifest=image_manifest(
+                NAME, exec_=["/bin/true"]), files={"hello.txt": "hello\n"}),
+            "bye": build_aci(directory / "bye.aci", manifest=image_manifest(
+                NAME, version="2.0.0", exec_=["/bin/true"]), files={"bye.txt": "bye\n"}),
+        }
+        world.signatures = {
+            "hello": world.sign(world.images["hello"]),
+            "bye": world.sign(world.images["bye"]),
+            "hello-by-other": world.sign(world.images["hello"], by=other),
+        }
+        yield world
 
 
 @pytest.fixture
@@ -71,27 +66,10 @@ def env(rkt_env: RktEnv, world: World) -> Iterator[RktEnv]:
     world.server.clear_log()
 
 
-def _trust(env: RktEnv, key_file: Path, prefix: str = NAME) -> None:
-    env.run("trust", "--prefix", prefix, key_file, input="yes\n", check=True)
-
-
 def _serve_signed(world: World, path: str = "/hello.aci", image: str = "hello",
                   signature: str | None = None, **options: Any) -> str:
-    world.server.serve(path, world.images[image], **options)
-    world.server.serve(path + ".asc", world.signatures[signature or image])
-    return world.url(path)
-
-
-def _refused(result: subprocess.CompletedProcess[str], message: str) -> None:
-    assert result.returncode == 254, result
-    assert "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1] == f"rkt: {message}"
-    assert result.stdout == ""
-
-
-def _image_ids(env: RktEnv) -> list[str]:
-    listing = env.run("image", "list", "--no-legend", "--full", "--fields=id", check=True)
-    return listing.stdout.split()
+    return world.publish(path, world.images[image],
+                         signature=world.signatures[signature or image], **options)
 
 
 def _statuses(world: World, path: str) -> list[int]:
@@ -100,7 +78,7 @@ def _statuses(world: World, path: str) -> list[int]:
 
 # -- the happy path ----------------------------------------------------------------------
 def test_fetch_signed_image_by_url(env: RktEnv, world: World) -> None:
-    _trust(env, world.key_file)
+    env.trust(NAME, world.key_file)
     url = _serve_signed(world)
     result = env.run("fetch", url)
     assert result.returncode == 0, result.stderr
@@ -118,7 +96,7 @@ def test_fetch_signed_image_by_url(env: RktEnv, world: World) -> None:
 
 
 def test_second_fetch_downloads_nothing(env: RktEnv, world: World) -> None:
-    _trust(env, world.key_file)
+    env.trust(NAME, world.key_file)
     url = _serve_signed(world)
     first = env.run("fetch", url, check=True).stdout
     before = env.store_snapshot()
@@ -132,7 +110,7 @@ def test_second_fetch_downloads_nothing(env: RktEnv, world: World) -> None:
 
 
 def test_changed_image_is_downloaded_and_verified_again(env: RktEnv, world: World) -> None:
-    _trust(env, world.key_file)
+    env.trust(NAME, world.key_file)
     url = _serve_signed(world)
     first = env.run("fetch", url, check=True).stdout
     _serve_signed(world, image="bye")  # same URL, new content and ETag
@@ -141,11 +119,11 @@ def test_changed_image_is_downloaded_and_verified_again(env: RktEnv, world: Worl
     assert second.stdout != first
     assert "rkt: signature verified:" in second.stderr
     assert _statuses(world, "/hello.aci") == [200, 200]
-    assert len(_image_ids(env)) == 2
+    assert len(env.image_ids()) == 2
 
 
 def test_max_age_answers_from_the_cache_without_asking(env: RktEnv, world: World) -> None:
-    _trust(env, world.key_file)
+    env.trust(NAME, world.key_file)
     url = _serve_signed(world, headers={"Cache-Control": "max-age=3600"})
     first = env.run("fetch", url, check=True).stdout
     world.server.clear_log()
@@ -156,10 +134,13 @@ def test_max_age_answers_from_the_cache_without_asking(env: RktEnv, world: World
 
 
 def test_pull_policies_for_urls(env: RktEnv, world: World) -> None:
-    _trust(env, world.key_file)
+    env.trust(NAME, world.key_file)
     url = _serve_signed(world)
     never = env.run("fetch", "--pull-policy=never", url)
-    _refused(never, f'image "{url}" is not in the store and --pull-policy=never')
+    assert_one_line_error(
+        never, status=254,
+        message=f'image "{url}" is not in the store and --pull-policy=never',
+    )
     assert world.server.requests == []
     first = env.run("fetch", "--pull-policy=new", url, check=True).stdout
     world.server.clear_log()
@@ -171,7 +152,7 @@ def test_pull_policies_for_urls(env: RktEnv, world: World) -> None:
 
 
 def test_signature_given_with_flag(env: RktEnv, world: World) -> None:
-    _trust(env, world.key_file)
+    env.trust(NAME, world.key_file)
     world.server.serve("/nosig.aci", world.images["hello"])
     result = env.run("fetch", world.url("/nosig.aci"), "--signature",
                      world.signatures["hello"])
@@ -181,7 +162,7 @@ def test_signature_given_with_flag(env: RktEnv, world: World) -> None:
 
 def test_deferred_signature(env: RktEnv, world: World) -> None:
     """202 Accepted for the signature: download the image, then ask once more."""
-    _trust(env, world.key_file)
+    env.trust(NAME, world.key_file)
     world.server.serve("/hello.aci", world.images["hello"])
     answers: list[int] = []
 
@@ -201,7 +182,7 @@ def test_deferred_signature(env: RktEnv, world: World) -> None:
 
 
 def test_cut_download_is_resumed(env: RktEnv, world: World) -> None:
-    _trust(env, world.key_file)
+    env.trust(NAME, world.key_file)
     size = world.images["hello"].stat().st_size
     url = _serve_signed(world, cut_after=size // 2, cut_times=1)
     result = env.run("fetch", url)
@@ -214,9 +195,11 @@ def test_unsigned_image_needs_insecure_skip_verify(env: RktEnv, world: World) ->
     world.server.serve("/unsigned.aci", world.images["hello"])
     url = world.url("/unsigned.aci")
     before = env.store_snapshot()
-    _refused(env.run("fetch", url),
-             f"no signature for {url} (looked for {url}.asc); pass --signature FILE, or "
-             "--insecure-options=image to skip verification")
+    assert_one_line_error(
+        env.run("fetch", url), status=254,
+        message=f"no signature for {url} (looked for {url}.asc); pass --signature FILE, or "
+                "--insecure-options=image to skip verification",
+    )
     assert env.store_snapshot() == before
     accepted = env.run("--insecure-skip-verify", "fetch", url)
     assert accepted.returncode == 0, accepted.stderr
@@ -227,34 +210,32 @@ def test_unsigned_image_needs_insecure_skip_verify(env: RktEnv, world: World) ->
 
 # -- bad input ---------------------------------------------------------------------------
 def test_signature_by_unknown_key(env: RktEnv, world: World) -> None:
-    _trust(env, world.key_file)
+    env.trust(NAME, world.key_file)
     url = _serve_signed(world, signature="hello-by-other")
     before = env.store_snapshot()
     result = env.run("fetch", url)
     assert result.returncode == 254
     assert "rkt: openpgp: signature made by unknown entity" in result.stderr.splitlines()[-1]
-    assert env.store_snapshot() == before and _image_ids(env) == []
+    assert env.store_snapshot() == before and env.image_ids() == []
 
 
 def test_signature_over_other_bytes(env: RktEnv, world: World) -> None:
-    _trust(env, world.key_file)
+    env.trust(NAME, world.key_file)
     url = _serve_signed(world, signature="bye")
     before = env.store_snapshot()
     result = env.run("fetch", url)
-    assert result.returncode == 254
-    assert result.stderr.splitlines()[-1].startswith("rkt: openpgp: ")
-    assert "Traceback" not in result.stderr
-    assert env.store_snapshot() == before and _image_ids(env) == []
+    assert assert_one_line_error(result, status=254).startswith("rkt: openpgp: ")
+    assert env.store_snapshot() == before and env.image_ids() == []
 
 
 def test_key_trusted_only_for_another_prefix(env: RktEnv, world: World) -> None:
-    _trust(env, world.key_file, prefix="example.com/other")
+    env.trust("example.com/other", world.key_file)
     url = _serve_signed(world)
     before = env.store_snapshot()
     result = env.run("fetch", url)
     assert result.returncode == 254
     assert "which is not trusted for this name" in result.stderr.splitlines()[-1]
-    assert env.store_snapshot() == before and _image_ids(env) == []
+    assert env.store_snapshot() == before and env.image_ids() == []
 
 
 @pytest.mark.parametrize(
@@ -267,7 +248,10 @@ def test_error_status(env: RktEnv, world: World, status: int, message: str,
     world.server.serve("/hello.aci.asc", world.signatures["hello"])
     url = world.url("/hello.aci")
     before = env.store_snapshot()
-    _refused(env.run("fetch", url), f"cannot fetch image {url}: {message}")
+    assert_one_line_error(
+        env.run("fetch", url), status=254,
+        message=f"cannot fetch image {url}: {message}",
+    )
     assert len(world.server.requests_for("/hello.aci")) == attempts
     assert env.store_snapshot() == before
 
@@ -278,18 +262,23 @@ def test_timeout(env: RktEnv, world: World) -> None:
     started = time.monotonic()
     result = env.run("--insecure-options=image", "fetch", url)
     assert time.monotonic() - started < 10
-    _refused(result, f"cannot fetch image {url}: no answer within 1s (2 attempts)")
+    assert_one_line_error(
+        result, status=254,
+        message=f"cannot fetch image {url}: no answer within 1s (2 attempts)",
+    )
     assert env.store_snapshot() == before
 
 
 def test_download_cut_every_time(env: RktEnv, world: World) -> None:
-    _trust(env, world.key_file)
+    env.trust(NAME, world.key_file)
     size = world.images["hello"].stat().st_size
     url = _serve_signed(world, ranges=False, cut_after=size // 3, cut_times=5)
     before = env.store_snapshot()
-    _refused(env.run("fetch", url),
-             f"cannot fetch image {url}: connection lost after {size // 3} bytes of {size} bytes "
-             "(2 attempts)")
+    assert_one_line_error(
+        env.run("fetch", url), status=254,
+        message=f"cannot fetch image {url}: connection lost after {size // 3} bytes of "
+                f"{size} bytes (2 attempts)",
+    )
     assert env.store_snapshot() == before
 
 
@@ -308,7 +297,7 @@ def test_truncated_archive_is_refused(env: RktEnv, world: World) -> None:
     world.server.serve("/short.aci", handler=short)
     before = env.store_snapshot()
     result = env.run("--insecure-options=image", "fetch", world.url("/short.aci"))
-    assert result.returncode == 254 and "Traceback" not in result.stderr
+    assert_one_line_error(result, status=254)
     assert env.store_snapshot() == before
 
 
@@ -316,9 +305,11 @@ def test_plain_http_needs_the_insecure_option(env: RktEnv, world: World) -> None
     with HttpsServer(tls=False) as plain:
         plain.serve("/hello.aci", world.images["hello"])
         url = f"{plain.url}/hello.aci"
-        _refused(env.run("--insecure-options=image", "fetch", url),
-                 f"refusing to fetch image {url} over plain http; use https, or "
-                 "--insecure-options=http")
+        assert_one_line_error(
+            env.run("--insecure-options=image", "fetch", url), status=254,
+            message=f"refusing to fetch image {url} over plain http; use https, or "
+                    "--insecure-options=http",
+        )
         assert plain.requests == []
         result = env.run("--insecure-options=image,http", "fetch", url)
         assert result.returncode == 0, result.stderr
@@ -329,9 +320,11 @@ def test_redirect_to_plain_http_is_refused(env: RktEnv, world: World) -> None:
         plain.serve("/hello.aci", world.images["hello"])
         world.server.redirect("/hello.aci", f"{plain.url}/hello.aci")
         url = world.url("/hello.aci")
-        _refused(env.run("--insecure-options=image", "fetch", url),
-                 f"refusing to fetch image {plain.url}/hello.aci (redirected from {url}) over "
-                 "plain http; use https, or --insecure-options=http")
+        assert_one_line_error(
+            env.run("--insecure-options=image", "fetch", url), status=254,
+            message=f"refusing to fetch image {plain.url}/hello.aci (redirected from {url}) over "
+                    "plain http; use https, or --insecure-options=http",
+        )
         assert plain.requests == []
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rkt_testing import AciBuilder, RktEnv
+from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.plugin import needs_root
 
 pytestmark = [
@@ -61,15 +61,6 @@ def run(target: RktEnv, *args: str | Path, **kwargs: object) -> subprocess.Compl
     return target.run("--insecure-options=image", *args, **kwargs)  # type: ignore[arg-type]
 
 
-def one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
-    assert result.returncode != 0, result.stdout
-    lines = [line for line in result.stderr.splitlines()
-             if not line.startswith("rkt: warning")]
-    assert len(lines) == 1, result.stderr
-    assert fragment in lines[0], lines[0]
-    assert "Traceback" not in result.stderr
-
-
 def pod_dirs(env: RktEnv) -> list[Path]:
     return [p for p in (env.data_dir / "pods").glob("*/*")]
 
@@ -88,11 +79,11 @@ def test_signed_image_runs_and_signature_flag_works(
     env: RktEnv, aci_builder: AciBuilder, gpg, signing_key, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     fingerprint, key_file = signing_key
-    env.run("trust", "--prefix", "example.com/hello", key_file, input="yes\n", check=True)
+    env.trust("example.com/hello", key_file)
     image = aci_builder.build(busybox=True, exec_=["/bin/echo", "signed hello"])
     signature = gpg.sign_detached(fingerprint, image, tmp_path / "elsewhere.asc")
     refused = env.run("run", image)
-    one_line_error(refused, "no signature")
+    assert_one_line_error(refused, "no signature")
     result = env.run("run", image, "--signature", signature)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "signed hello\n"
@@ -329,7 +320,7 @@ def test_rm_refuses_running_pods_and_removes_exited_ones(env: RktEnv, busybox_im
                                                          tmp_path: Path) -> None:
     pod, uuid = start_pod(env, tmp_path, busybox_image, "--exec=/bin/sleep", "--", "1000")
     try:
-        one_line_error(env.run("rm", uuid), "running")
+        assert_one_line_error(env.run("rm", uuid), "running")
         env.run("stop", "--force", uuid, check=True)
         pod.wait(timeout=15)
     finally:
@@ -372,24 +363,24 @@ BAD_FLAGS = {
 def test_bad_pod_flags(env: RktEnv, busybox_image: Path, case: str) -> None:
     flags, fragment = BAD_FLAGS[case]
     before = pod_dirs(env)
-    one_line_error(run(env, "run", *flags, busybox_image), fragment)
+    assert_one_line_error(run(env, "run", *flags, busybox_image), fragment)
     assert pod_dirs(env) == before
 
 
 def test_bad_mount_flag(env: RktEnv, busybox_image: Path) -> None:
-    one_line_error(run(env, "run", busybox_image, "--mount=target=/x"), "volume=NAME")
-    one_line_error(run(env, "run", busybox_image, "--mount=volume=nope,target=/x"),
+    assert_one_line_error(run(env, "run", busybox_image, "--mount=target=/x"), "volume=NAME")
+    assert_one_line_error(run(env, "run", busybox_image, "--mount=volume=nope,target=/x"),
                    'no volume named "nope"')
 
 
 def test_missing_exec_is_refused_before_anything_runs(env: RktEnv, busybox_image: Path) -> None:
-    one_line_error(run(env, "run", busybox_image, "--exec=/bin/nope"),
+    assert_one_line_error(run(env, "run", busybox_image, "--exec=/bin/nope"),
                    'executable "/bin/nope" not found')
     assert pod_dirs(env) == []
 
 
 def test_unknown_image_with_local(env: RktEnv) -> None:
-    one_line_error(env.run("run", "--local", "example.com/unknown:1.0"),
+    assert_one_line_error(env.run("run", "--local", "example.com/unknown:1.0"),
                    "no image named \"example.com/unknown:1.0\" in the store")
     assert pod_dirs(env) == []
 
@@ -397,18 +388,18 @@ def test_unknown_image_with_local(env: RktEnv) -> None:
 def test_conflicting_flags(env: RktEnv, busybox_image: Path, tmp_path: Path) -> None:
     manifest = tmp_path / "pod.json"
     manifest.write_text("{}")
-    one_line_error(run(env, "run", f"--pod-manifest={manifest}", busybox_image),
+    assert_one_line_error(run(env, "run", f"--pod-manifest={manifest}", busybox_image),
                    "conflicting flags set with --pod-manifest")
-    one_line_error(run(env, "run", "--interactive", busybox_image, "---", busybox_image),
+    assert_one_line_error(run(env, "run", "--interactive", busybox_image, "---", busybox_image),
                    "--interactive can only be used with a single image")
-    one_line_error(run(env, "run"), "at least one image")
+    assert_one_line_error(run(env, "run"), "at least one image")
 
 
 def test_invalid_pod_manifest(env: RktEnv, tmp_path: Path) -> None:
     manifest = tmp_path / "pod.json"
     manifest.write_text(json.dumps({"acKind": "PodManifest", "acVersion": "0.8.11",
                                     "apps": [{"name": "Bad Name", "image": {}}]}))
-    one_line_error(run(env, "run", f"--pod-manifest={manifest}"), "apps[0].name")
+    assert_one_line_error(run(env, "run", f"--pod-manifest={manifest}"), "apps[0].name")
     assert pod_dirs(env) == []
 
 
@@ -427,10 +418,7 @@ def test_pod_manifest_runs(env: RktEnv, busybox_image: Path, tmp_path: Path) -> 
 @pytest.mark.parametrize("uuid", ["zzzz", "00000000-0000-0000-0000-000000000000", ""])
 def test_unknown_or_malformed_uuids(env: RktEnv, uuid: str) -> None:
     for command in ("status", "enter", "cat-manifest", "rm", "stop"):
-        result = env.run(command, uuid)
-        assert result.returncode != 0
-        assert "Traceback" not in result.stderr
-        assert result.stderr.startswith("rkt: ")
+        assert_one_line_error(env.run(command, uuid))
 
 
 def test_ambiguous_uuid_prefix(env: RktEnv, busybox_image: Path) -> None:
@@ -438,7 +426,7 @@ def test_ambiguous_uuid_prefix(env: RktEnv, busybox_image: Path) -> None:
     pairs = [(a, b) for a in uuids for b in uuids if a != b and a[0] == b[0]]
     if not pairs:
         pytest.skip("no two UUIDs share a first digit this time")
-    one_line_error(env.run("status", pairs[0][0][0]), "ambiguous")
+    assert_one_line_error(env.run("status", pairs[0][0][0]), "ambiguous")
 
 
 def test_mount_point_through_symlink_resolves_inside(env: RktEnv, aci_builder: AciBuilder,
@@ -459,17 +447,17 @@ def test_mount_point_through_symlink_resolves_inside(env: RktEnv, aci_builder: A
 
 def test_stage1_problems(env: RktEnv, busybox_image: Path, tmp_path: Path,
                          aci_builder: AciBuilder) -> None:
-    one_line_error(env.run("run", "--stage1-path=/nonexistent/stage1.aci", busybox_image),
+    assert_one_line_error(env.run("run", "--stage1-path=/nonexistent/stage1.aci", busybox_image),
                    "stage1.aci")
     unsigned = tmp_path / "stage1-custom.aci"
     shutil.copyfile("/usr/lib/rkt/stage1-images/stage1-fly.aci", unsigned)
-    one_line_error(env.run("run", f"--stage1-path={unsigned}", busybox_image), "signature")
+    assert_one_line_error(env.run("run", f"--stage1-path={unsigned}", busybox_image), "signature")
     from rkt_testing.aci import image_manifest
 
     fake = aci_builder.build("fake-stage1.aci", manifest=image_manifest(
         "example.com/stage1-fake", extra={"annotations": [
             {"name": "coreos.com/rkt/stage1/backend", "value": "warp-drive"}]}))
-    one_line_error(run(env, "run", f"--stage1-path={fake}", busybox_image),
+    assert_one_line_error(run(env, "run", f"--stage1-path={fake}", busybox_image),
                    'stage1 backend "warp-drive" is not installed')
     assert pod_dirs(env) == []
 
@@ -567,7 +555,7 @@ def test_nomad_style_prepare_with_resource_flags(env: RktEnv, busybox_image: Pat
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "500"
     assert (alloc / "out").read_text() == "t\n"
-    one_line_error(run(env, "prepare", busybox_image, "--memory=lots"), "--memory")
+    assert_one_line_error(run(env, "prepare", busybox_image, "--memory=lots"), "--memory")
 
 
 def test_default_stage1_from_stage1_d_config(env: RktEnv, busybox_image: Path) -> None:

@@ -6,7 +6,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from rkt_testing import RktEnv
+from rkt_testing import RktEnv, assert_one_line_error
 from rkt_testing.docker_registry import RegistryServer, TestCA, TokenServer
 
 USER = "myuser"
@@ -36,16 +36,7 @@ class Registries:
 def assert_clean_failure(
     result: subprocess.CompletedProcess[str], env: RktEnv, before: list[str], *fragments: str
 ) -> str:
-    """A non-zero exit whose last stderr line is ``rkt: <error>`` holding ``fragments``,
-    no traceback, and a store exactly as it was."""
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines, "no error message"
-    error = lines[-1]
-    assert error.startswith("rkt: ") and "internal error" not in error, result.stderr
-    for fragment in fragments:
-        assert fragment in error, error
-    assert result.stdout == ""
+    """A clean one-line error holding ``fragments``, and a store exactly as it was."""
+    error = assert_one_line_error(result, *fragments)
     assert env.store_snapshot() == before
     return error
