@@ -33,7 +33,7 @@ install-test: install
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check '.[test]' ./testing
 
 demo: install
-	RKT_PYTHON=$(VENV)/bin/python scripts/demo
+	scripts/demo
 
 test: install-test
 	scripts/run-tests
