@@ -12,7 +12,7 @@ from rkt.schema.base import SchemaDocument
 from rkt.schema.image import ImageManifest
 from rkt.schema.pod import PodManifest
 
-EXAMPLES = Path("/work/shared/appc-testdata/examples")
+EXAMPLES = Path(__file__).parent / "data" / "examples"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.json"))
 
 
