@@ -9,7 +9,7 @@ Every operation runs ``gpg --batch`` with an empty passphrase against its own
 home directory. gpg starts a ``gpg-agent`` for that home; call :meth:`GpgHome.close`
 (or use the object as a context manager) to stop it.
 
-This module must not import pytest: the project's demo and benchmark scripts use it.
+This module must not import pytest: benchmark scripts use it.
 """
 
 from __future__ import annotations
