@@ -19,7 +19,7 @@ from rkt.pod.apps import AppRequest, parse_volume, resource_isolators
 from rkt.pod.prepare import PodRequest, ResolvedImage, build_pod_manifest
 from rkt.schema.pod import PodManifest
 from rkt.store import ImageInfo
-from rkt.testing.aci import image_manifest
+from rkt_testing.aci import image_manifest
 
 
 def _image(name: str, **app: Any) -> ResolvedImage:

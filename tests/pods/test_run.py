@@ -465,7 +465,7 @@ def test_stage1_problems(env: RktEnv, busybox_image: Path, tmp_path: Path,
 def _future_stage1(aci_builder: AciBuilder, version: str,
                    name: str = "example.com/stage1-future") -> Path:
     """A stage1 image for rkt's fly backend that speaks stage1 interface ``version``."""
-    from rkt.testing.aci import image_manifest
+    from rkt_testing.aci import image_manifest
 
     return aci_builder.build(f"stage1-{version}.aci", manifest=image_manifest(
         name, extra={"annotations": [
@@ -480,10 +480,10 @@ def test_stage1_of_an_unknown_interface_version_is_refused(
     """Acceptance 3 of issue 8: one line, and no pod directory at all."""
     future = _future_stage1(aci_builder, "99")
     result = run(env, "run", f"--stage1-path={future}", busybox_image)
-    one_line_error(result, 'stage1 image "example.com/stage1-future" speaks stage1 interface '
-                           "version 99; this rkt speaks 2")
-    one_line_error(run(env, "prepare", f"--stage1-path={future}", busybox_image),
-                   "interface version 99")
+    assert_one_line_error(result, 'stage1 image "example.com/stage1-future" speaks stage1 '
+                                  "interface version 99; this rkt speaks 2")
+    assert_one_line_error(run(env, "prepare", f"--stage1-path={future}", busybox_image),
+                          "interface version 99")
     assert pod_dirs(env) == []
 
 
@@ -499,8 +499,8 @@ def test_stage1_image_of_an_older_rkt_asks_for_rkt_install(
     images = tmp_path / "stage1-images"
     build_stage1_image(OldFly(), images / "stage1-fly.aci")
     result = run(env, "run", FLY, busybox_image, env={"RKT_STAGE1_IMAGES_DIR": str(images)})
-    one_line_error(result, "speaks stage1 interface version 1; this rkt speaks 2 "
-                           "(run 'rkt install' to rebuild the stage1 images)")
+    assert_one_line_error(result, "speaks stage1 interface version 1; this rkt speaks 2 "
+                                  "(run 'rkt install' to rebuild the stage1 images)")
     assert pod_dirs(env) == []
 
 
@@ -514,7 +514,7 @@ def test_prepared_pod_whose_stage1_speaks_another_version_stays_prepared(
         if annotation["name"] == "coreos.com/rkt/stage1/interface-version":
             annotation["value"] = "99"
     stage1_manifest.write_text(json.dumps(manifest))
-    one_line_error(env.run("run-prepared", uuid), "speaks stage1 interface version 99")
+    assert_one_line_error(env.run("run-prepared", uuid), "speaks stage1 interface version 99")
     assert pod_dirs(env) == [env.data_dir / "pods" / "prepared" / uuid]
     assert env.run("status", uuid).stdout.startswith("state=prepared")
 
