@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rkt.hookspecs import hookimpl
-from rkt.pod.contract import PodRuntime, ResolvedApp, ResolvedPod
-from rkt.pod.dirs import PID_FILE, Pod
-from rkt.registry import Stage1Registry
-from rkt.stage1 import INTERFACE_VERSION
+# Only the plugin contract, as any third-party backend would use it.
+from rkt.api import (
+    INTERFACE_VERSION,
+    PID_FILE,
+    Pod,
+    PodRuntime,
+    ResolvedApp,
+    ResolvedPod,
+    Stage1Registry,
+    hookimpl,
+)
 
 
 class NoopStage1:
