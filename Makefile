@@ -24,6 +24,9 @@ install-system:
 install-python:
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
+	@# setuptools builds in the source tree and never empties build/: a module that
+	@# was moved or removed would otherwise still be installed from an old build
+	rm -rf build stage1_nspawn/build stage1_kvm/build testing/build
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check . ./stage1_nspawn ./stage1_kvm
 	ln -sf $(VENV)/bin/rkt $(BIN)/rkt
 	$(VENV)/bin/rkt install

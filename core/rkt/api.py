@@ -18,6 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rkt.console import run_with_console
     from rkt.context import Reporter, Runtime, StreamReporter
     from rkt.errors import (
         ArchiveError,
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
         ResolvedVolume,
         SupervisorJob,
     )
-    from rkt.console import run_with_console
     from rkt.pod.dirs import PID_FILE, PPID_FILE, Pod
     from rkt.pod.enter import children, enter, host_pid_of, namespace_pids
     from rkt.pod.runtime import (
@@ -136,19 +136,74 @@ _HOMES: dict[str, str] = {
 }
 
 __all__ = [
-    "AppMount", "AppPort", "ArchiveError", "ConfigError", "DiscoveredEndpoints", "Discoverer",
-    "DiscoveryRegistry", "FetchError", "FetchSession", "FetchedImage", "Fetcher",
-    "FetcherRegistry", "HttpClient", "HttpSession", "INTERFACE_VERSION", "ImageError",
-    "ImageInfo", "ImageNotFoundError", "ImageRef", "ImageStore", "KeystoreError",
-    "ManifestError", "OverlayDirs", "PID_FILE", "PPID_FILE", "PlacedApp", "PluginError", "Pod",
-    "PodError", "PodRuntime", "ProgressBar", "RemoteRecord", "Reporter", "ResolvedApp",
-    "ResolvedPod", "ResolvedVolume", "RktError", "Runtime", "SUPERVISOR_PATH", "Signer",
-    "Stage1Backend", "Stage1Error", "Stage1Factory", "Stage1Registry", "StoreError",
-    "StoreFactory", "StoreRegistry", "StreamReporter", "SupervisorJob", "TrustedKey",
-    "UnknownSignerError", "UnsafeArchiveError", "UsageError", "VerificationError", "Verifier",
-    "VerifierRegistry", "build_job", "children", "enter", "hookimpl", "host_pid_of",
-    "host_resolv_conf", "namespace_pids", "overlay_on_host", "run_with_console", "session_for",
-    "volume_host_path", "write_job",
+    "INTERFACE_VERSION",
+    "PID_FILE",
+    "PPID_FILE",
+    "SUPERVISOR_PATH",
+    "AppMount",
+    "AppPort",
+    "ArchiveError",
+    "ConfigError",
+    "DiscoveredEndpoints",
+    "Discoverer",
+    "DiscoveryRegistry",
+    "FetchError",
+    "FetchSession",
+    "FetchedImage",
+    "Fetcher",
+    "FetcherRegistry",
+    "HttpClient",
+    "HttpSession",
+    "ImageError",
+    "ImageInfo",
+    "ImageNotFoundError",
+    "ImageRef",
+    "ImageStore",
+    "KeystoreError",
+    "ManifestError",
+    "OverlayDirs",
+    "PlacedApp",
+    "PluginError",
+    "Pod",
+    "PodError",
+    "PodRuntime",
+    "ProgressBar",
+    "RemoteRecord",
+    "Reporter",
+    "ResolvedApp",
+    "ResolvedPod",
+    "ResolvedVolume",
+    "RktError",
+    "Runtime",
+    "Signer",
+    "Stage1Backend",
+    "Stage1Error",
+    "Stage1Factory",
+    "Stage1Registry",
+    "StoreError",
+    "StoreFactory",
+    "StoreRegistry",
+    "StreamReporter",
+    "SupervisorJob",
+    "TrustedKey",
+    "UnknownSignerError",
+    "UnsafeArchiveError",
+    "UsageError",
+    "VerificationError",
+    "Verifier",
+    "VerifierRegistry",
+    "build_job",
+    "children",
+    "enter",
+    "hookimpl",
+    "host_pid_of",
+    "host_resolv_conf",
+    "namespace_pids",
+    "overlay_on_host",
+    "run_with_console",
+    "session_for",
+    "volume_host_path",
+    "write_job",
 ]
 
 
