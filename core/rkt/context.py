@@ -2,10 +2,10 @@
 
 Fetchers, the fetch pipeline, stage1 selection and pod code receive a
 :class:`Runtime`, never the command line's options: the core does not know who
-called it. The ``rkt`` command builds one from its flags (``rkt.cli.context``);
+called it. The ``rkt`` command builds one from its flags (in its ``cli`` package);
 an embedding program or a test builds one directly::
 
-    runtime = Runtime(data_dir=Path("/tmp/rkt"), local_config=Path("/tmp/etc-rkt"))
+    runtime = Runtime(data_dir_override=Path("/tmp/rkt"), local_config=Path("/tmp/etc-rkt"))
     info = fetch_image(runtime, "/images/hello.aci")
 
 Services (the config, the plugins, the store, the keystore) are built on first
@@ -88,7 +88,7 @@ class StreamReporter:
     """A reporter that writes lines to a stream and cannot ask questions.
 
     What an embedding program or a test uses; the ``rkt`` command's reporter
-    (``rkt.cli.context.TerminalReporter``) adds the terminal dialogue.
+    (``TerminalReporter``, in the ``cli`` package) adds the terminal dialogue.
     """
 
     def __init__(self, stderr: IO[str] | None = None) -> None:
