@@ -26,7 +26,7 @@ from rkt.fetching import DiscoveredEndpoints
 from rkt.hookspecs import hookimpl
 from rkt.keystore import format_fingerprint
 from rkt.plugins import new_plugin_manager
-from rkt_testing import RktEnv
+from rkt_testing import RktEnv, assert_one_line_error
 from rkt_testing.gpg import GpgHome
 from rkt_testing.https_server import HttpsServer
 
@@ -59,16 +59,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
         yield Keys(home, directory, plain.lower(), rich.lower(), rich_sub.lower())
 
 
-def _stored(env: RktEnv) -> list[str]:
-    base = env.local_config / "trustedkeys"
-    return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
-
-
 def _assert_clean_failure(result: Any, env: RktEnv, message: str) -> None:
-    assert result.returncode == 254, result
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f"rkt: {message}"
-    assert _stored(env) == []
+    assert_one_line_error(result, message=message, status=254)
+    assert env.trusted_keys() == []
     assert not any(env.system_config.rglob("*"))
 
 
@@ -101,7 +94,7 @@ def test_subkeys_and_user_ids_are_shown(rkt_env: RktEnv, keys: Keys) -> None:
     assert sorted(lines[4:6]) == [
         "\tRich Key <rich@example.com>", "\tRich Other <other@example.com>",
     ]
-    assert _stored(rkt_env) == [f"prefix.d/example.com/{keys.rich}"]
+    assert rkt_env.trusted_keys() == [f"prefix.d/example.com/{keys.rich}"]
 
 
 def test_answer_no_trusts_nothing(rkt_env: RktEnv, keys: Keys) -> None:
@@ -111,7 +104,7 @@ def test_answer_no_trusts_nothing(rkt_env: RktEnv, keys: Keys) -> None:
     assert result.returncode == 0
     assert result.stderr.splitlines()[-1] == f'Not trusting "{key}"'
     assert result.stdout == ""
-    assert _stored(rkt_env) == []
+    assert rkt_env.trusted_keys() == []
 
 
 @pytest.mark.parametrize("answers", ["maybe\nyes\n", "YES\ny\n yes\nyes\n"])
@@ -123,7 +116,7 @@ def test_only_exact_yes_or_no_is_accepted(rkt_env: RktEnv, keys: Keys, answers: 
     retries = answers.count("\n") - 1
     assert result.stderr.count("Please enter 'yes' or 'no'") == retries
     assert result.stderr.count("Are you sure you want to trust this key (yes/no)?") == retries + 1
-    assert _stored(rkt_env) == [f"prefix.d/example.com/hello/{keys.plain}"]
+    assert rkt_env.trusted_keys() == [f"prefix.d/example.com/hello/{keys.plain}"]
 
 
 @pytest.mark.parametrize("answers", ["", "maybe\n", "yes please\n"])
@@ -141,7 +134,7 @@ def test_several_keys_are_reviewed_in_turn(rkt_env: RktEnv, keys: Keys) -> None:
     assert f'Not trusting "{plain}"' in result.stderr
     assert f'Trusting "{rich}" for prefix "example.com" after fingerprint review.' in result.stderr
     assert result.stderr.count("Are you sure") == 2
-    assert _stored(rkt_env) == [f"prefix.d/example.com/{keys.rich}"]
+    assert rkt_env.trusted_keys() == [f"prefix.d/example.com/{keys.rich}"]
 
 
 def test_root_key(rkt_env: RktEnv, keys: Keys) -> None:
@@ -163,7 +156,7 @@ def test_skip_fingerprint_review(rkt_env: RktEnv, keys: Keys, flag: str) -> None
         f'Trusting "{key}" for prefix "example.com" without fingerprint review.'
         in result.stderr
     )
-    assert _stored(rkt_env) == [f"prefix.d/example.com/{keys.plain}"]
+    assert rkt_env.trusted_keys() == [f"prefix.d/example.com/{keys.plain}"]
 
 
 def test_explicit_false_flags(rkt_env: RktEnv, keys: Keys) -> None:
@@ -205,7 +198,7 @@ def test_invalid_prefix(rkt_env: RktEnv, keys: Keys) -> None:
     result = rkt_env.run("trust", "--prefix", "../etc", keys.file("plain.asc"), input="yes\n")
     assert result.returncode == 254
     assert 'rkt: prefix "../etc" is not a valid image name prefix' in result.stderr
-    assert _stored(rkt_env) == []
+    assert rkt_env.trusted_keys() == []
 
 
 @pytest.mark.parametrize(
@@ -262,7 +255,7 @@ def test_without_pubkey_and_without_discovery(rkt_env: RktEnv) -> None:
         'no PUBKEY given and no discovery method is installed to find the keys of '
         '"example.com"; pass a key file or an https URL: rkt trust --prefix "example.com" PUBKEY'
     )
-    assert _stored(rkt_env) == []
+    assert rkt_env.trusted_keys() == []
 
 
 def test_without_pubkey_keys_come_from_discovery(rkt_env: RktEnv, keys: Keys) -> None:
@@ -289,7 +282,7 @@ def test_discovery_that_finds_no_keys(rkt_env: RktEnv) -> None:
     options, _ = _options(rkt_env, {"test": Nothing()})
     with pytest.raises(FetchError, match="found no public keys"):
         trust.run("trust", options, _trust_args("--prefix", "example.com"))
-    assert _stored(rkt_env) == []
+    assert rkt_env.trusted_keys() == []
 
 
 def test_root_without_pubkey(rkt_env: RktEnv) -> None:
@@ -369,7 +362,7 @@ def test_https_key_trusted_without_review(
     assert result.returncode == 0, result.stderr
     assert "Are you sure" not in result.stderr
     assert "without fingerprint review." in result.stderr
-    assert _stored(rkt_env) == [f"prefix.d/example.com/{keys.plain}"]
+    assert rkt_env.trusted_keys() == [f"prefix.d/example.com/{keys.plain}"]
 
 
 def test_https_key_with_unknown_ca_is_refused(
@@ -394,7 +387,7 @@ def test_insecure_tls_option(rkt_env: RktEnv, keys: Keys, https_keys: KeyServer)
     assert "rkt: warning: TLS verification has been disabled" in result.stderr
     # An unverified https download is not trusted without review.
     assert "after fingerprint review." in result.stderr
-    assert _stored(rkt_env) == [f"prefix.d/example.com/{keys.plain}"]
+    assert rkt_env.trusted_keys() == [f"prefix.d/example.com/{keys.plain}"]
 
 
 def test_https_not_found(rkt_env: RktEnv, https_keys: KeyServer) -> None:
@@ -417,7 +410,7 @@ def test_plain_http_needs_the_flag(rkt_env: RktEnv, keys: Keys, http_keys: str) 
         "trust", "--prefix", "example.com", "--insecure-allow-http", url, input="yes\n"
     )
     assert result.returncode == 0, result.stderr
-    assert _stored(rkt_env) == [f"prefix.d/example.com/{keys.plain}"]
+    assert rkt_env.trusted_keys() == [f"prefix.d/example.com/{keys.plain}"]
 
 
 def test_unsupported_scheme(rkt_env: RktEnv) -> None:
@@ -445,7 +438,7 @@ def test_https_key_behind_basic_auth_uses_auth_d(rkt_env: RktEnv, keys: Keys) ->
         url = f"{server.base('localhost')}/keys/plain.asc"
         result = rkt_env.run("trust", "--prefix", "example.com", url, input="yes\n", env=env)
         assert result.returncode == 0, result.stderr
-        assert _stored(rkt_env) == [f"prefix.d/example.com/{keys.plain}"]
+        assert rkt_env.trusted_keys() == [f"prefix.d/example.com/{keys.plain}"]
         assert server.requests[-1].header("Authorization") == basic
 
         away = f"{server.base('localhost')}/away.asc"
