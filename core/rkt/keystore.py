@@ -35,11 +35,16 @@ from rkt.errors import KeystoreError, UsageError
 if TYPE_CHECKING:
     import pysequoia
 
+    from rkt.http import HttpSession
+
 LOG = logging.getLogger(__name__)
 
 TRUSTED_KEYS_DIR = "trustedkeys"
 ROOT_DIR = "root.d"
 PREFIX_DIR = "prefix.d"
+
+#: public keys are a few KiB; anything much larger is not what the user meant to trust
+MAX_KEY_SIZE = 1 << 20
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -350,3 +355,15 @@ def _write_atomically(target: Path, content: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def download_key(http: HttpSession, url: str, *, shown: str | None = None) -> tuple[bytes, bool]:
+    """The key at ``url`` (at most :data:`MAX_KEY_SIZE` bytes), and whether it came
+    over https with a verified certificate, judged by the URL that answered after
+    redirects. ``rkt trust`` and the keys that discovery offers both fetch this way.
+    """
+    page = http.get(url, what="key", limit=MAX_KEY_SIZE, shown=shown)
+    if page.status != 200:
+        raise http.status_error("key", url, page.status, page.reason,
+                                answered_by=page.url, shown=shown)
+    return page.body, http.client.verify_tls and page.url.lower().startswith("https://")

@@ -37,9 +37,6 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
-#: public keys are a few KiB
-MAX_KEY_SIZE = 1 << 20
-
 HttpFactory = Callable[[FetchSession], "HttpSession"]
 
 
@@ -148,7 +145,7 @@ class NameFetcher:
             runtime.reporter.warn(f'cannot offer the discovered keys for "{name}": {exc}')
 
     def _offer_key(self, runtime: Runtime, http: HttpSession, name: str, url: str) -> None:
-        from rkt.keystore import describe_key
+        from rkt.keystore import describe_key, download_key
 
         scheme = urlsplit(url).scheme.lower()
         if scheme == "http" and not (runtime.is_insecure("pubkey") and http.allow_http):
@@ -164,13 +161,9 @@ class NameFetcher:
         unreviewed = runtime.trust_keys_from_https and verified_https
         if not unreviewed and not runtime.reporter.can_ask():
             raise _NoTerminal
-        page = http.get(url, what="key", limit=MAX_KEY_SIZE)
-        if page.status != 200:
-            raise http.status_error("key", url, page.status, page.reason,
-                                    answered_by=page.url)
-        if page.url.lower().startswith("http://"):
-            verified_https = False
-        description = describe_key(page.body, source=url)
+        key, over_verified_https = download_key(http, url)
+        verified_https = verified_https and over_verified_https
+        description = describe_key(key, source=url)
         if unreviewed and verified_https:
             review = "without"
         else:
@@ -179,7 +172,7 @@ class NameFetcher:
                 return
             review = "after"
         runtime.reporter.info(f'Trusting "{url}" for prefix "{name}" {review} fingerprint review.')
-        path = runtime.keystore.store_trusted_key(page.body, prefix=name, source=url)
+        path = runtime.keystore.store_trusted_key(key, prefix=name, source=url)
         runtime.reporter.info(f'Added key for prefix "{name}" at "{path}"')
 
 

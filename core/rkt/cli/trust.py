@@ -18,10 +18,8 @@ from pathlib import Path
 
 from rkt.cli.context import GlobalOptions, RktArgumentParser
 from rkt.errors import FetchError, UsageError
-from rkt.keystore import describe_key, validate_prefix
+from rkt.keystore import MAX_KEY_SIZE, describe_key, validate_prefix
 
-#: public keys are a few KiB; anything much larger is not what the user meant to trust
-MAX_KEY_SIZE = 1 << 20
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -120,15 +118,10 @@ def _read_file(path: Path, location: str) -> bytes:
 def _download(options: GlobalOptions, url: str, allow_http: bool) -> tuple[bytes, bool]:
     """The key at ``url``, through :mod:`rkt.http`: auth.d credentials, retries, redirects."""
     from rkt.http import session_for
+    from rkt.keystore import download_key
 
-    shown = f'key "{url}"'
     with session_for(options, allow_http=allow_http, http_flag="--insecure-allow-http") as web:
-        page = web.get(url, what="key", limit=MAX_KEY_SIZE, shown=shown)
-        if page.status != 200:
-            raise web.status_error("key", url, page.status, page.reason,
-                                   answered_by=page.url, shown=shown)
-        verified = web.client.verify_tls
-    return page.body, verified and page.url.lower().startswith("https://")
+        return download_key(web, url, shown=f'key "{url}"')
 
 
 def _discover_keys(
