@@ -53,10 +53,10 @@ def _resolve(runtime: Runtime, image_id: str) -> ResolvedImage:
     return ResolvedImage(info, json.loads(runtime.store.manifest_bytes(info.id)))
 
 
-def backend_for(runtime: Runtime, stage1: ResolvedImage) -> Stage1Backend:
-    """The stage1 image's backend, if it speaks this rkt's stage1 interface."""
-    backend = runtime.plugins.stage1_backend(stage1_backend_name(stage1.manifest))
-    check_interface_version(stage1.manifest, backend)
+def backend_for(runtime: Runtime, stage1_manifest: dict[str, Any]) -> Stage1Backend:
+    """The backend a stage1 image names, if both speak this rkt's stage1 interface."""
+    backend = runtime.plugins.stage1_backend(stage1_backend_name(stage1_manifest))
+    check_interface_version(stage1_manifest, backend)
     return backend
 
 
@@ -72,7 +72,7 @@ def create_pod(
     from rkt.fetching import fetch_image
 
     stage1 = _resolve(runtime, select_stage1(runtime, stage1_choice).id)
-    backend = backend_for(runtime, stage1)
+    backend = backend_for(runtime, stage1.manifest)
     LOG.debug('stage1 image "%s" (%s), backend "%s"', stage1.info.name, stage1.info.id,
               backend.name)
     manifest: dict[str, Any]
@@ -163,10 +163,8 @@ def open_prepared(runtime: Runtime, uuid: str) -> PreparedPod:
         pod.release()
         raise PodError(f'pod "{pod.uuid}" is no longer prepared')
     try:
-        manifest = _stage1_manifest(pod)
-        backend = runtime.plugins.stage1_backend(stage1_backend_name(manifest))
         # prepared by another rkt, perhaps: refuse before anything moves
-        check_interface_version(manifest, backend)
+        backend = backend_for(runtime, _stage1_manifest(pod))
     except BaseException:
         pod.release()
         raise
