@@ -229,13 +229,14 @@ def _enter(options: GlobalOptions, args: argparse.Namespace) -> int:
     pod = _pods(options).find(args.uuid)
     if pod.state() != "running":
         raise PodError(f'pod "{pod.uuid}" is not running (state: {pod.state()})')
-    apps = load_resolved_pod(pod).apps
+    resolved = load_resolved_pod(pod)
+    apps = resolved.apps
     if args.app:
-        chosen = [a for a in apps if a.name == args.app]
-        if not chosen:
+        chosen = resolved.app(args.app)
+        if chosen is None:
             names = ", ".join(a.name for a in apps)
             raise UsageError(f'pod "{pod.uuid}" has no app "{args.app}" (apps: {names})')
-        app = chosen[0]
+        app = chosen
     elif len(apps) == 1:
         app = apps[0]
     else:
