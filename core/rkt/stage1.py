@@ -140,13 +140,20 @@ def build_stage1_image(backend: Stage1Backend, out: Path) -> Path:
 
 
 # -- reading a stage1 image's manifest ---------------------------------------------------
-def _annotation(manifest: dict[str, Any], name: str) -> str | None:
-    """The value of the last annotation called ``name`` (appc: names are unique)."""
+def named_entry(items: list[dict[str, Any]] | None, name: str) -> dict[str, Any] | None:
+    """The last entry called ``name`` in an appc list of ``{"name": ...}`` objects
+    (annotations, isolators, event handlers; appc: names are unique)."""
     found = None
-    for item in manifest.get("annotations") or []:
+    for item in items or []:
         if item.get("name") == name:
-            found = item.get("value")
-    return None if found is None else str(found)
+            found = item
+    return found
+
+
+def _annotation(manifest: dict[str, Any], name: str) -> str | None:
+    item = named_entry(manifest.get("annotations"), name)
+    value = None if item is None else item.get("value")
+    return None if value is None else str(value)
 
 
 def stage1_backend_name(manifest: dict[str, Any]) -> str:

@@ -45,6 +45,7 @@ from rkt.pod.contract import (
 )
 from rkt.pod.dirs import POD_MANIFEST, Pod
 from rkt.pod.supervisor import resolve_in_root
+from rkt.stage1 import named_entry
 
 if TYPE_CHECKING:
     from rkt.store import ImageInfo, ImageStore
@@ -125,15 +126,6 @@ def _lookup_id(root: Path, database: str, name: str, what: str) -> int:
     raise PodError(f'{what} "{name}" is not a number and is not in the image\'s /etc/{database}')
 
 
-def _named(items: list[dict[str, Any]] | None, name: str) -> dict[str, Any] | None:
-    """The last entry called ``name`` in a list of {"name": ...} objects."""
-    found = None
-    for item in items or []:
-        if item.get("name") == name:
-            found = item
-    return found
-
-
 def _cap_name(name: str) -> str:
     upper = name.upper()
     return upper if upper.startswith("CAP_") else f"CAP_{upper}"
@@ -144,8 +136,8 @@ def _capabilities(app: dict[str, Any], insecure_caps: bool) -> list[str] | None:
     if insecure_caps:
         return None  # keep every capability (--insecure-options=capabilities)
     caps = list(DEFAULT_CAPABILITIES)
-    retain = _named(app.get("isolators"), "os/linux/capabilities-retain-set")
-    remove = _named(app.get("isolators"), "os/linux/capabilities-remove-set")
+    retain = named_entry(app.get("isolators"), "os/linux/capabilities-retain-set")
+    remove = named_entry(app.get("isolators"), "os/linux/capabilities-remove-set")
     if retain is not None:
         caps = [_cap_name(c) for c in retain["value"].get("set", [])]
     if remove is not None:
@@ -421,10 +413,10 @@ def resolve_app(
             f'app "{app_name}": working directory '
             f'"{working_directory}" does not exist in the image'
         )
-    pre = _named(app.get("eventHandlers"), "pre-start")
-    post = _named(app.get("eventHandlers"), "post-stop")
-    no_new_privs = _named(app.get("isolators"), "os/linux/no-new-privileges")
-    oom_score_adj = _named(app.get("isolators"), "os/linux/oom-score-adj")
+    pre = named_entry(app.get("eventHandlers"), "pre-start")
+    post = named_entry(app.get("eventHandlers"), "post-stop")
+    no_new_privs = named_entry(app.get("isolators"), "os/linux/no-new-privileges")
+    oom_score_adj = named_entry(app.get("isolators"), "os/linux/oom-score-adj")
     capabilities = _capabilities(app, "capabilities" in insecure)
     return ResolvedApp(
         name=app_name,
