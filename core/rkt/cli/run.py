@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rkt.cli.context import GlobalOptions, RktArgumentParser
 from rkt.cli.imageargs import ImageArgs, split_image_args
 from rkt.errors import UsageError
+
+if TYPE_CHECKING:
+    from rkt.pod.contract import PodRuntime
+    from rkt.pod.prepare import PodRequest
 
 #: flags that belong to the image before them
 APP_FLAGS = {
@@ -141,7 +146,7 @@ def _app_requests(parser_args: argparse.Namespace, images: list[ImageArgs]) -> l
     return requests
 
 
-def _pod_request(args: argparse.Namespace) -> object:
+def _pod_request(args: argparse.Namespace) -> PodRequest:
     from rkt.pod.apps import parse_env, parse_volume, read_env_file
     from rkt.pod.prepare import PodRequest
 
@@ -166,7 +171,7 @@ def _pod_request(args: argparse.Namespace) -> object:
     )
 
 
-def _run_options(options: GlobalOptions, args: argparse.Namespace, app_count: int) -> object:
+def _run_options(options: GlobalOptions, args: argparse.Namespace, app_count: int) -> PodRuntime:
     from rkt.pod.contract import PodRuntime
 
     if args.interactive and app_count > 1:
@@ -196,18 +201,16 @@ def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
     lifecycle.ensure_root(command)
     if command == "run-prepared":
         prepared = lifecycle.open_prepared(options, args.uuid)
-        run_options = _run_options(options, args, 1)
-        return lifecycle.run_pod(options, prepared, run_options)  # type: ignore[arg-type]
+        return lifecycle.run_pod(options, prepared, _run_options(options, args, 1))
     request = _pod_request(args)
-    run_options = _run_options(options, args, len(request.apps)) if command == "run" else None  # type: ignore[attr-defined]
+    run_options = _run_options(options, args, len(request.apps)) if command == "run" else None
     choice = Stage1Choice(image=args.stage1_image, name=args.stage1_name, path=args.stage1_path,
                           url=args.stage1_url, hash=args.stage1_hash,
                           from_dir=args.stage1_from_dir)
     policy = "never" if args.local else (args.pull_policy or "new")
-    prepared = lifecycle.create_pod(options, request, choice, pull_policy=policy)  # type: ignore[arg-type]
-    if command == "prepare":
+    prepared = lifecycle.create_pod(options, request, choice, pull_policy=policy)
+    if run_options is None:  # rkt prepare
         lifecycle.mark_prepared(prepared)
         print(prepared.pod.uuid, file=options.stdout)
         return 0
-    return lifecycle.run_pod(options, prepared, run_options,  # type: ignore[arg-type]
-                             uuid_file=args.uuid_file_save)
+    return lifecycle.run_pod(options, prepared, run_options, uuid_file=args.uuid_file_save)
