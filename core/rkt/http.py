@@ -362,14 +362,6 @@ class HttpResponse:
         self._account(len(data), size)
         return data
 
-    def readinto(self, buffer: memoryview) -> int:
-        try:
-            count = self._response.readinto(buffer)
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._failed(exc) from exc
-        self._account(count, len(buffer))
-        return count
-
     def read_limited(self, limit: int) -> bytes | None:
         """The whole body, or None when it is longer than ``limit`` bytes."""
         length = self.content_length
