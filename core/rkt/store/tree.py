@@ -205,7 +205,7 @@ class TreeStore:
                 owner = (tree / "image").read_text().strip()
             except OSError:
                 continue
-            if owner == image_id and (tree / RENDERED_MARKER).exists():
+            if owner == image_id and self.is_rendered(tree.name):
                 found.append(tree)
         return found
 
