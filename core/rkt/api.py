@@ -49,7 +49,7 @@ if TYPE_CHECKING:
         Verifier,
     )
     from rkt.hookspecs import hookimpl
-    from rkt.http import HttpClient, HttpSession, session_for
+    from rkt.http import HttpClient, HttpSession, client_for, session_for
     from rkt.imageref import ImageRef
     from rkt.keystore import TrustedKey
     from rkt.pod.contract import (
@@ -104,7 +104,7 @@ _HOMES: dict[str, str] = {
     ),
     "ImageRef": "rkt.imageref",
     # HTTP with the user's TLS, proxy, auth.d, retry and timeout settings
-    **dict.fromkeys(("HttpClient", "HttpSession", "session_for"), "rkt.http"),
+    **dict.fromkeys(("HttpClient", "HttpSession", "client_for", "session_for"), "rkt.http"),
     "TrustedKey": "rkt.keystore",
     # stores
     "ImageStore": "rkt.store",
@@ -194,6 +194,7 @@ __all__ = [
     "VerifierRegistry",
     "build_job",
     "children",
+    "client_for",
     "enter",
     "hookimpl",
     "host_pid_of",

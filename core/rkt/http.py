@@ -86,6 +86,7 @@ __all__ = [
     "RangeReader",
     "RefusedUrl",
     "TlsProblem",
+    "client_for",
     "env_attempts",
     "env_timeout",
     "host_of",
@@ -658,6 +659,23 @@ class Download:
 _warned_tls: set[int] = set()
 
 
+def _verify_tls(runtime: Runtime) -> bool:
+    """Whether to check certificates; with ``--insecure-options=tls`` the user is
+    warned, once per ``runtime``."""
+    verify_tls = not runtime.is_insecure("tls")
+    if not verify_tls and id(runtime) not in _warned_tls:
+        _warned_tls.add(id(runtime))
+        runtime.reporter.warn("TLS verification has been disabled")
+    return verify_tls
+
+
+def client_for(runtime: Runtime) -> HttpClient:
+    """A client with the runtime's ``--insecure-options`` (tls, http) and no
+    ``auth.d`` credentials: for servers with credentials of their own (Docker
+    registries and their ``dockerAuth``)."""
+    return HttpClient(verify_tls=_verify_tls(runtime), allow_http=runtime.is_insecure("http"))
+
+
 def session_for(
     runtime: Runtime,
     *,
@@ -672,12 +690,8 @@ def session_for(
     ``allow_http`` defaults to ``--insecure-options=http``. With
     ``--insecure-options=tls`` the user is warned, once per ``runtime``.
     """
-    verify_tls = not runtime.is_insecure("tls")
-    if not verify_tls and id(runtime) not in _warned_tls:
-        _warned_tls.add(id(runtime))
-        runtime.reporter.warn("TLS verification has been disabled")
     return HttpSession(
-        verify_tls=verify_tls,
+        verify_tls=_verify_tls(runtime),
         allow_http=runtime.is_insecure("http") if allow_http is None else allow_http,
         auth=lambda: runtime.config.auth,
         timeout=timeout, attempts=attempts, dial=dial, http_flag=http_flag,

@@ -25,12 +25,12 @@ from rkt.api import (
     FetchedImage,
     FetchError,
     FetchSession,
-    HttpClient,
     ImageError,
     ImageNotFoundError,
     ImageRef,
     RemoteRecord,
     VerificationError,
+    client_for,
 )
 from rkt_plugins.docker.convert import CONVERTER_VERSION, Origin
 from rkt_plugins.docker.documents import (
@@ -130,11 +130,7 @@ class DockerFetcher:
                     f'image "{ref.text}" is not in the store and --pull-policy=never'
                 )
         runtime.reporter.info(f"rkt: fetching image from {ref.text}")
-        if runtime.is_insecure("tls"):
-            runtime.reporter.warn("TLS verification has been disabled")
-        http = HttpClient(
-            verify_tls=not runtime.is_insecure("tls"), allow_http=runtime.is_insecure("http")
-        )
+        http = client_for(runtime)
         try:
             client = RegistryClient(
                 docker_ref.registry, http,
