@@ -22,6 +22,7 @@ from rkt.pod.prepare import (
     ResolvedImage,
     build_pod_manifest,
     load_resolved_pod,
+    masked_paths,
     prepare_pod,
 )
 from rkt.stage1 import (
@@ -94,6 +95,9 @@ def create_pod(
         pod.release()
         pods.delete(pod)
         raise
+    for resolved_app in resolved.apps:
+        for note in masked_paths(resolved_app):
+            runtime.reporter.warn(note)
     for runtime_app in manifest["apps"]:
         runtime.store.touch(runtime_app["image"]["id"])
     return PreparedPod(pod, backend, resolved)

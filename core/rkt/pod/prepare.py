@@ -312,6 +312,11 @@ def resolve_volumes(pod: Pod, manifest: dict[str, Any]) -> tuple[ResolvedVolume,
             source = Path(volume.get("source") or "")
             if not source.exists():
                 raise PodError(f'volume "{name}": source {source} does not exist')
+            real = os.path.realpath(source)
+            if real != os.path.normpath(source):
+                # ace.md: a symlink (anywhere on the path) is an error, not followed
+                raise PodError(f'volume "{name}": source {source} goes through a symbolic '
+                               f'link; give its real path ({real})')
             resolved.append(ResolvedVolume(name, "host", str(source), read_only,
                                            bool(volume.get("recursive", True))))
         else:
@@ -368,6 +373,32 @@ def _ports(app: dict[str, Any]) -> tuple[AppPort, ...]:
     )
 
 
+def _check_mount_targets(app_name: str, mounts: list[AppMount]) -> None:
+    """ace.md: one mount target nested in (or equal to) another is an error."""
+    targets = sorted((os.path.normpath("/" + m.target), m.volume) for m in mounts)
+    for index, (outer, outer_volume) in enumerate(targets):
+        for inner, inner_volume in targets[index + 1:]:
+            if inner == outer or inner.startswith(outer.rstrip("/") + "/"):
+                raise PodError(f'app "{app_name}": the mounts of volumes "{outer_volume}" '
+                               f'({outer}) and "{inner_volume}" ({inner}) overlap')
+
+
+def masked_paths(app: ResolvedApp) -> list[str]:
+    """ace.md asks to warn when a volume hides the image's files: one line per mount."""
+    notes = []
+    for mount in app.mounts:
+        path = resolve_in_root(app.lower, mount.target)
+        if os.path.islink(path):
+            continue  # resolve_in_root followed every link but a dangling last one
+        if os.path.isfile(path) or (os.path.exists(path) and not os.path.isdir(path)):
+            notes.append(f'volume "{mount.volume}" masks the file {mount.target} '
+                         f'of app "{app.name}"')
+        elif os.path.isdir(path) and os.listdir(path):
+            notes.append(f'volume "{mount.volume}" masks the non-empty directory '
+                         f'{mount.target} of app "{app.name}"')
+    return notes
+
+
 def resolve_app(
     runtime_app: dict[str, Any],
     *,
@@ -405,6 +436,7 @@ def resolve_app(
             raise PodError(f'app "{app_name}": no volume named "{mount["volume"]}"')
         mounts.append(AppMount(mount["volume"], mount["path"], volume.read_only,
                                volume.recursive))
+    _check_mount_targets(app_name, mounts)
     working_directory = app.get("workingDirectory") or "/"
     if not _exists_in_root(lower, working_directory) and not any(
         working_directory.startswith(m.target) for m in mounts

@@ -224,10 +224,12 @@ def _setup_filesystems(app: dict[str, Any], spec: dict[str, Any]) -> None:
         with open(node, "a"):
             pass
         bind(f"/dev/{name}", node, recursive=False)
-    if os.path.exists("/dev/console"):
-        with open(os.path.join(dev, "console"), "a"):
-            pass
-        bind("/dev/console", os.path.join(dev, "console"), recursive=False)
+    # OS-SPEC.md: every app has a /dev/console: the pod's console when it has one
+    # (nspawn makes it for an interactive pod), else the null device
+    with open(os.path.join(dev, "console"), "a"):
+        pass
+    console = "/dev/console" if os.path.exists("/dev/console") else "/dev/null"
+    bind(console, os.path.join(dev, "console"), recursive=False)
     os.mkdir(os.path.join(dev, "pts"))
     if spec.get("mode") == "fly":
         bind("/dev/pts", os.path.join(dev, "pts"))
@@ -240,17 +242,19 @@ def _setup_filesystems(app: dict[str, Any], spec: dict[str, Any]) -> None:
     for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, os.path.join(dev, link))
-    for volume in app.get("mounts", []):
-        source = volume["source"]
-        target = _make_target(root, volume["target"], is_dir=os.path.isdir(source))
-        bind(source, target, read_only=volume.get("read_only", False),
-             recursive=volume.get("recursive", True))
+    # /etc/hosts and resolv.conf go into the app's rootfs before any volume is
+    # mounted: a volume at /etc hides them, and rkt never writes into a volume
     for name, content in app.get("etc_files", {}).items():
         etc = resolve_in_root(root, "/etc", create_dirs=True)
         path = os.path.join(etc, name)
         if not os.path.lexists(path):
             with open(path, "w") as handle:
                 handle.write(content)
+    for volume in app.get("mounts", []):
+        source = volume["source"]
+        target = _make_target(root, volume["target"], is_dir=os.path.isdir(source))
+        bind(source, target, read_only=volume.get("read_only", False),
+             recursive=volume.get("recursive", True))
     os.chdir(root)
     _check(_libc().syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
     _check(_libc().umount2(b".", MNT_DETACH), "detach the stage1 root")
