@@ -57,10 +57,12 @@ if TYPE_CHECKING:
         AppPort,
         OverlayDirs,
         PlacedApp,
+        PodCgroups,
         PodRuntime,
         ResolvedApp,
         ResolvedPod,
         ResolvedVolume,
+        Resources,
         SupervisorJob,
     )
     from rkt.pod.dirs import PID_FILE, PPID_FILE, Pod
@@ -115,7 +117,7 @@ _HOMES: dict[str, str] = {
     # the typed stage1 contract (docs/stage1.md) and the supervisor's job
     **dict.fromkeys(
         ("PodRuntime", "ResolvedPod", "ResolvedApp", "ResolvedVolume", "AppMount", "AppPort",
-         "SupervisorJob", "PlacedApp", "OverlayDirs"),
+         "SupervisorJob", "PlacedApp", "OverlayDirs", "PodCgroups", "Resources"),
         "rkt.pod.contract",
     ),
     # helpers a backend uses to start, enter and clean up a pod
@@ -165,6 +167,7 @@ __all__ = [
     "PlacedApp",
     "PluginError",
     "Pod",
+    "PodCgroups",
     "PodError",
     "PodRuntime",
     "ProgressBar",
@@ -173,6 +176,7 @@ __all__ = [
     "ResolvedApp",
     "ResolvedPod",
     "ResolvedVolume",
+    "Resources",
     "RktError",
     "Runtime",
     "Signer",

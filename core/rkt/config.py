@@ -177,6 +177,15 @@ def _apply(
                     raise ConfigError(f"{path}: {key!r} must be an absolute path")
                 _claim(seen, f"paths {key!r}", path)
                 layer.paths[key] = document[key]
+        # an extension of rkt's paths kind: where pods' cgroups go, below each
+        # hierarchy's root (rkt.pod.cgroups)
+        if "cgroup-parent" in document:
+            value = document["cgroup-parent"]
+            if not isinstance(value, str) or not value.strip("/") or ".." in value.split("/"):
+                raise ConfigError(f"{path}: 'cgroup-parent' must be a cgroup path such as "
+                                  "\"rkt\" or \"machine.slice/rkt\"")
+            _claim(seen, "paths 'cgroup-parent'", path)
+            layer.paths["cgroup-parent"] = value
         # an extension of rkt's paths kind: which registered image store to open
         if "store" in document:
             if not isinstance(document["store"], str) or not document["store"]:

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rkt.api import (
@@ -29,6 +30,7 @@ from rkt.api import (
     PPID_FILE,
     SUPERVISOR_PATH,
     Pod,
+    PodCgroups,
     PodError,
     PodRuntime,
     ResolvedApp,
@@ -47,6 +49,8 @@ from rkt.api import (
 LOG = logging.getLogger(__name__)
 
 SYSTEM_PYTHON = "/usr/bin/python3"
+#: where the pod's cgroup directories are bound inside the container, one per hierarchy
+CGROUP_BINDS = "/rkt/cgroup"
 
 
 PROPAGATE_DIR = Path("/run/systemd/nspawn")
@@ -114,6 +118,11 @@ class NspawnStage1:
             recursive = "rbind" if volume.recursive else "norbind"
             source = volume_host_path(pod, volume)
             command.append(f"{flag}={source}:/rkt/volumes/{volume.name}:{recursive}")
+        if runtime.cgroups is not None:
+            # the container's /sys/fs/cgroup is read-only: the supervisor reaches the
+            # apps' cgroups through these binds (see _cgroup_in_container)
+            for index, pod_dir in enumerate(runtime.cgroups.pod_dirs):
+                command.append(f"--bind={pod_dir}:{CGROUP_BINDS}/{index}")
         command += ["--", SYSTEM_PYTHON, "-I", "-S", f"/{SUPERVISOR_PATH}"]
         return command
 
@@ -124,6 +133,7 @@ class NspawnStage1:
             app_root=lambda app: f"/opt/stage2/{app.name}/rootfs",
             volume_source=lambda volume: f"/rkt/volumes/{volume.name}",
             resolv_conf=None if runtime.private_network else host_resolv_conf(),
+            cgroup_dir=_cgroup_in_container(runtime.cgroups),
         )
         write_job(pod, job)
         prepare_host()
@@ -136,7 +146,8 @@ class NspawnStage1:
         # Ctrl-C belongs to the pod (nspawn forwards it); rkt itself must not die first.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            process = subprocess.Popen(command, pass_fds=pass_fds, cwd=pod.path)
+            process = subprocess.Popen(command, pass_fds=pass_fds, cwd=pod.path,
+                                       env=_nspawn_environment(runtime))
         except OSError as exc:
             signal.signal(signal.SIGINT, previous)
             raise Stage1Error(f"cannot start systemd-nspawn: {exc.strerror}") from exc
@@ -190,6 +201,30 @@ class NspawnStage1:
 
     def gc(self, pod: Pod) -> None:
         del pod  # nothing outside the pod directory: nspawn's mounts died with it
+
+
+def _cgroup_in_container(cgroups: PodCgroups | None) -> Callable[[str], str]:
+    """A host cgroup directory of the pod as the supervisor sees it: below the
+    bind of its pod directory (``/rkt/cgroup/<index>``)."""
+
+    def place(host_dir: str) -> str:
+        for index, pod_dir in enumerate(cgroups.pod_dirs if cgroups else ()):
+            if host_dir == pod_dir or host_dir.startswith(pod_dir + "/"):
+                return f"{CGROUP_BINDS}/{index}{host_dir[len(pod_dir):]}"
+        raise Stage1Error(f"cgroup {host_dir} is not the pod's")
+
+    return place
+
+
+def _nspawn_environment(runtime: PodRuntime) -> dict[str, str]:
+    env = dict(os.environ)
+    if runtime.cgroups is not None and runtime.cgroups.version == 2:
+        # With cgroup v2's nsdelegate a process may move others only between
+        # cgroups inside its cgroup namespace, and nspawn roots the container's
+        # namespace at its own cgroup (the pod's stage1/), which the apps'
+        # cgroups are beside, not below. (The v1 hierarchies have no such rule.)
+        env["SYSTEMD_NSPAWN_USE_CGNS"] = "0"
+    return env
 
 
 def _find_namespace_init(root: int, depth: int = 3) -> int | None:

@@ -167,6 +167,8 @@ def _json_record(status: PodStatus) -> dict[str, Any]:
                                  "image_id": app.image_id}
         if app.exit_code is not None:
             entry["exit_code"] = app.exit_code
+        if app.oom_killed:
+            entry["oom_killed"] = True  # an extension: rkt 1.x's api had no such mark
         entry["state"] = app.state
         apps.append(entry)
     return {

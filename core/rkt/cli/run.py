@@ -17,6 +17,7 @@ from rkt.errors import UsageError
 
 if TYPE_CHECKING:
     from rkt.pod.contract import PodRuntime
+    from rkt.pod.dirs import Pod
     from rkt.pod.prepare import PodRequest
 
 #: flags that belong to the image before them
@@ -45,9 +46,9 @@ def _add_app_flags(parser: RktArgumentParser) -> None:
                        help="NAME=VALUE for this app (highest precedence)")
     for flag in ("--caps-retain", "--caps-remove", "--cap-retain", "--cap-remove"):
         group.add_argument(flag, help="comma-separated capabilities")
-    group.add_argument("--memory", help="memory limit, e.g. 512M (recorded, not enforced yet)")
-    group.add_argument("--cpu", help="CPU limit, e.g. 500m (recorded, not enforced yet)")
-    group.add_argument("--cpu-shares", help="relative CPU weight (recorded, not enforced yet)")
+    group.add_argument("--memory", help="the app's memory limit, e.g. 128M or 64Mi")
+    group.add_argument("--cpu", help="the app's CPU limit (and request), e.g. 500m or 1.5")
+    group.add_argument("--cpu-shares", help="the app's relative CPU weight, 2..262144")
     group.add_argument("--oom-score-adj", help="the app's OOM score adjustment, -1000..1000")
 
 
@@ -201,7 +202,8 @@ def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
     lifecycle.ensure_root(command)
     if command == "run-prepared":
         prepared = lifecycle.open_prepared(options, args.uuid)
-        return lifecycle.run_pod(options, prepared, _run_options(options, args, 1))
+        code = lifecycle.run_pod(options, prepared, _run_options(options, args, 1))
+        return _report_oom_kills(options, prepared.pod, code)
     request = _pod_request(args)
     run_options = _run_options(options, args, len(request.apps)) if command == "run" else None
     choice = Stage1Choice(image=args.stage1_image, name=args.stage1_name, path=args.stage1_path,
@@ -213,4 +215,14 @@ def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
         lifecycle.mark_prepared(prepared)
         print(prepared.pod.uuid, file=options.stdout)
         return 0
-    return lifecycle.run_pod(options, prepared, run_options, uuid_file=args.uuid_file_save)
+    code = lifecycle.run_pod(options, prepared, run_options, uuid_file=args.uuid_file_save)
+    return _report_oom_kills(options, prepared.pod, code)
+
+
+def _report_oom_kills(options: GlobalOptions, pod: Pod, code: int) -> int:
+    """One line per app the kernel killed for its memory; the exit code stays the app's."""
+    from rkt.pod.status import oom_kill_messages
+
+    for message in oom_kill_messages(pod):
+        print(f"rkt: {message}", file=options.stderr)
+    return code

@@ -178,20 +178,27 @@ def app_name_from_image(image_name: str) -> str:
     return name or "app"
 
 
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
-
-
 def resource_isolators(
     memory: str | None, cpu: str | None, cpu_shares: str | None, oom_score_adj: str | None
 ) -> list[dict[str, object]]:
-    """rkt 1.x's per-app resource flags as appc isolators (what Nomad's driver passes)."""
+    """rkt 1.x's per-app resource flags as appc isolators (what Nomad's driver passes).
+
+    ``--memory`` and ``--cpu`` set both the request and the limit, as rkt 1.x did;
+    whether a value can work on this host is checked when the pod is prepared.
+    """
+    from rkt.quantity import parse_quantity
+
     isolators: list[dict[str, object]] = []
-    for flag, value, name in (("--memory", memory, "resource/memory"),
-                              ("--cpu", cpu, "resource/cpu")):
+    for flag, value, name, example in (
+        ("--memory", memory, "resource/memory", "128M, 64Mi or 1G"),
+        ("--cpu", cpu, "resource/cpu", "500m, 1 or 1.5"),
+    ):
         if value is None:
             continue
-        if not _QUANTITY.match(value):
-            raise UsageError(f'{flag} "{value}": expected a quantity such as 512M, 1Gi or 500m')
+        try:
+            parse_quantity(value)
+        except ValueError as exc:
+            raise UsageError(f'{flag} "{value}": expected a quantity such as {example}') from exc
         isolators.append({"name": name, "value": {"request": value, "limit": value}})
     for flag, value, name, low, high in (
         ("--cpu-shares", cpu_shares, "os/linux/cpu-shares", 2, 262144),

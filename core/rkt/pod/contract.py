@@ -36,10 +36,12 @@ __all__ = [
     "ContractVersionError",
     "OverlayDirs",
     "PlacedApp",
+    "PodCgroups",
     "PodRuntime",
     "ResolvedApp",
     "ResolvedPod",
     "ResolvedVolume",
+    "Resources",
     "SupervisorJob",
 ]
 
@@ -140,6 +142,36 @@ class AppPort(NamedTuple):
                    socket_activated=bool(data.get("socket_activated", False)))
 
 
+class Resources(NamedTuple):
+    """The cgroup limits of an app or a pod, in the kernel's units; ``None``: no limit.
+
+    Resolved by stage0 from ``resource/memory``, ``resource/cpu`` and
+    ``os/linux/cpu-shares`` (appc-spec/ace.md) and checked against the host.
+    ``cpu_millis`` is the CPU limit in thousandths of a CPU (``500m``: 500);
+    ``cpu_shares`` the relative weight in cgroup v1's ``cpu.shares`` scale
+    (1024 per CPU requested; v2's ``cpu.weight`` is derived from it).
+    """
+
+    memory_bytes: int | None = None
+    cpu_millis: int | None = None
+    cpu_shares: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"memory_bytes": self.memory_bytes, "cpu_millis": self.cpu_millis,
+                "cpu_shares": self.cpu_shares}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Resources:
+        data = data or {}
+
+        def number(key: str) -> int | None:
+            value = data.get(key)
+            return None if value is None else int(value)
+
+        return cls(memory_bytes=number("memory_bytes"), cpu_millis=number("cpu_millis"),
+                   cpu_shares=number("cpu_shares"))
+
+
 class ResolvedApp(NamedTuple):
     """One app of the pod, with everything the image and the flags said resolved.
 
@@ -178,6 +210,8 @@ class ResolvedApp(NamedTuple):
     pre_start: tuple[str, ...] | None = None
     post_stop: tuple[str, ...] | None = None
     ports: tuple[AppPort, ...] = ()
+    #: the app's cgroup limits (its own cgroup below the pod's)
+    resources: Resources = Resources()
 
     def environment(self) -> dict[str, str]:
         return dict(self.env)
@@ -211,6 +245,7 @@ class ResolvedApp(NamedTuple):
             **self.process_json(),
             "mounts": [m.to_json() for m in self.mounts],
             "ports": [p.to_json() for p in self.ports],
+            "resources": self.resources.to_json(),
         }
 
     @classmethod
@@ -237,6 +272,7 @@ class ResolvedApp(NamedTuple):
             pre_start=_strings(data.get("pre_start")),
             post_stop=_strings(data.get("post_stop")),
             ports=tuple(AppPort.from_json(p) for p in data.get("ports") or ()),
+            resources=Resources.from_json(data.get("resources")),
         )
 
 
@@ -248,6 +284,8 @@ class ResolvedPod(NamedTuple):
     volumes: tuple[ResolvedVolume, ...] = ()
     #: the rkt that prepared the pod
     rkt_version: str = ""
+    #: the pod manifest's (pod-level) limits, which bound every app's
+    resources: Resources = Resources()
 
     def app(self, name: str) -> ResolvedApp | None:
         return next((a for a in self.apps if a.name == name), None)
@@ -265,6 +303,7 @@ class ResolvedPod(NamedTuple):
             "rkt_version": self.rkt_version,
             "volumes": {v.name: v.to_json() for v in self.volumes},
             "apps": [a.to_json() for a in self.apps],
+            "resources": self.resources.to_json(),
         }, indent=1)
 
     @classmethod
@@ -278,7 +317,30 @@ class ResolvedPod(NamedTuple):
             volumes=tuple(ResolvedVolume.from_json(name, v)
                           for name, v in document["volumes"].items()),
             apps=tuple(ResolvedApp.from_json(a) for a in document["apps"]),
+            resources=Resources.from_json(document.get("resources")),
         )
+
+
+class PodCgroups(NamedTuple):
+    """The pod's cgroups, made on the host by stage0 before the stage1 runs.
+
+    ``pod_dirs`` is the pod's cgroup directory in each hierarchy rkt uses (cgroup
+    v2: the one unified directory; v1: one per mounted hierarchy of the memory,
+    cpu and cpuacct controllers), as host paths. Below each are ``stage1/``,
+    where stage0 itself and so whatever the backend starts run, and one
+    ``app-<name>/`` per app, which the app's processes join before they exec.
+    The pod-level limits are on the pod directories, the apps' on theirs.
+    """
+
+    version: int
+    pod_dirs: tuple[str, ...]
+
+    def stage1_dirs(self) -> tuple[str, ...]:
+        return tuple(f"{d}/stage1" for d in self.pod_dirs)
+
+    def app_dirs(self, app_name: str) -> tuple[str, ...]:
+        # prefixed: an app named "tasks" must not meet cgroup v1's "tasks" file
+        return tuple(f"{d}/app-{app_name}" for d in self.pod_dirs)
 
 
 class PodRuntime(NamedTuple):
@@ -295,6 +357,9 @@ class PodRuntime(NamedTuple):
     net: tuple[str, ...] = ("host",)
     debug: bool = False
     insecure: frozenset[str] = frozenset()
+    #: the pod's cgroups, or ``None`` on a host without the memory and cpu controllers
+    #: (then no app has a limit: stage0 refuses limits it cannot apply)
+    cgroups: PodCgroups | None = None
 
     def pod_hostname(self, uuid: str) -> str:
         """``--hostname``, or rkt's default ``rkt-<uuid>``."""
@@ -329,6 +394,9 @@ class PlacedApp(NamedTuple):
     mount_sources: tuple[str, ...]
     overlay: OverlayDirs | None = None
     etc_files: tuple[tuple[str, str], ...] = ()
+    #: the app's cgroup directories as the supervisor sees them; each of the app's
+    #: processes writes itself into their ``cgroup.procs`` before it execs
+    cgroups: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         overlay = self.overlay
@@ -344,6 +412,7 @@ class PlacedApp(NamedTuple):
                 for m, source in zip(self.app.mounts, self.mount_sources, strict=True)
             ],
             "etc_files": dict(self.etc_files),
+            "cgroups": list(self.cgroups),
         }
 
 

@@ -158,13 +158,20 @@ class Pod:
         except FileNotFoundError:
             return codes
         for entry in entries:
-            if "-" in entry.name and entry.name.rsplit("-", 1)[1] in ("created", "started"):
+            if "-" in entry.name and entry.name.rsplit("-", 1)[1] in ("created", "started",
+                                                                        "oom"):
                 continue
             try:
                 codes[entry.name] = int(entry.read_text().strip())
             except ValueError:
                 continue
         return codes
+
+
+    def oom_killed_apps(self) -> set[str]:
+        """The apps the supervisor saw killed by the OOM killer (``status/<app>-oom``)."""
+        status_dir = self.stage1_rootfs() / "rkt" / "status"
+        return {entry.name[:-len("-oom")] for entry in status_dir.glob("*-oom")}
 
 
 class PodStore:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 from rkt.errors import PodError, RktError
 from rkt.locks import FileLock
+from rkt.pod.cgroups import remove_pod_cgroups
 from rkt.pod.dirs import Pod, PodStore
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ def delete_pod(pods: PodStore, pod: Pod, stage1_backend: Stage1Lookup) -> None:
             stage1_backend(pod).gc(pod)
         except RktError as exc:
             LOG.debug("stage1 gc of %s: %s", pod.uuid, exc)
+        remove_pod_cgroups(pod)  # stage0 made them, whatever the stage1
         pods.delete(pod)
     finally:
         pod.release()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkt.errors import PodError, UsageError
+from rkt.pod.cgroups import PARENT_KEY, setup_pod_cgroups
 from rkt.pod.contract import PodRuntime, ResolvedPod
 from rkt.pod.dirs import STARTED_FILE, Pod, PodStore
 from rkt.pod.prepare import (
@@ -144,7 +145,8 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
         Path(uuid_file).write_text(pod.uuid)
     (pod.path / STARTED_FILE).touch()
     try:
-        return prepared.backend.run(pod, resolved, pod_runtime)
+        cgroups = setup_pod_cgroups(pod, resolved, runtime.config.paths.get(PARENT_KEY))
+        return prepared.backend.run(pod, resolved, pod_runtime._replace(cgroups=cgroups))
     finally:
         pod.release()
 

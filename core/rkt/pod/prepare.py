@@ -35,6 +35,7 @@ from rkt.pod.apps import (
     VolumeSpec,
     app_name_from_image,
 )
+from rkt.pod.cgroups import resolve_resources
 from rkt.pod.contract import (
     AppMount,
     AppPort,
@@ -471,6 +472,7 @@ def resolve_app(
         pre_start=tuple(pre["exec"]) if pre else None,
         post_stop=tuple(post["exec"]) if post else None,
         ports=_ports(app),
+        resources=resolve_resources(app.get("isolators"), f'app "{app_name}"'),
     )
 
 
@@ -489,6 +491,7 @@ def prepare_pod(
     resolved pod (``stage1/rootfs/rkt/apps.json``), which it returns.
     """
     _write_pod_manifest(pod, manifest)
+    pod_resources = resolve_resources(manifest.get("isolators"), "the pod", pod=True)
     stage1_rootfs = _install_stage1(pod, store, stage1)
     volumes = resolve_volumes(pod, manifest)
     overlay = not request.no_overlay
@@ -499,7 +502,7 @@ def prepare_pod(
         apps.append(resolve_app(runtime_app, tree=tree, lower=lower, overlay=overlay,
                                 volumes=volumes, request=request, insecure=insecure))
     resolved = ResolvedPod(uuid=pod.uuid, apps=tuple(apps), volumes=volumes,
-                           rkt_version=__version__)
+                           rkt_version=__version__, resources=pod_resources)
     (stage1_rootfs / "rkt" / APPS_FILE).write_text(resolved.to_json())
     if overlay:
         (pod.path / "overlay-prepared").touch()

@@ -66,14 +66,18 @@ def build_job(
     resolv_conf: str | None = None,
     set_hostname: bool = False,
     die_with_parent: bool = False,
+    cgroup_dir: Callable[[str], str] = str,
 ) -> SupervisorJob:
     """The supervisor's job for ``resolved``, placed by the backend's callbacks.
 
     Every app gets an ``/etc/hosts`` naming the pod's hostname, and
     ``resolv_conf`` as ``/etc/resolv.conf`` when given; the supervisor writes
-    them only where the image has no such file.
+    them only where the image has no such file. Each app's cgroup directories
+    (``runtime.cgroups``, host paths) are placed with ``cgroup_dir``: by default
+    as they are, for a supervisor that sees the host's ``/sys/fs/cgroup``.
     """
     hostname = runtime.pod_hostname(pod.uuid)
+    cgroups = runtime.cgroups
     etc_files = [("hosts", hosts_file(hostname))]
     if resolv_conf is not None:
         etc_files.append(("resolv.conf", resolv_conf))
@@ -84,6 +88,7 @@ def build_job(
             overlay=overlay(app),
             mount_sources=tuple(volume_source(resolved.volume(m.volume)) for m in app.mounts),
             etc_files=tuple(etc_files),
+            cgroups=tuple(cgroup_dir(d) for d in cgroups.app_dirs(app.name)) if cgroups else (),
         )
         for app in resolved.apps
     )

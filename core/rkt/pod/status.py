@@ -28,6 +28,8 @@ class AppStatus:
     #: the pod's state, or "exited" once the app's exit code is recorded
     state: str
     exit_code: int | None = None
+    #: the kernel's OOM killer ended it (its memory limit, the pod's, or the host's)
+    oom_killed: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ def pod_status(pod: Pod) -> PodStatus:
     state = pod.state()
     started = pod.phase in _STARTED_PHASES
     codes = pod.app_exit_codes() if started else {}
+    oom_killed = pod.oom_killed_apps() if started else set()
     apps = []
     for app in manifest.get("apps") or []:
         image = app.get("image") or {}
@@ -64,6 +67,7 @@ def pod_status(pod: Pod) -> PodStatus:
             image_id=image.get("id", ""),
             state="running" if state == "running" else "exited" if code is not None else state,
             exit_code=code,
+            oom_killed=name in oom_killed,
         ))
     return PodStatus(
         uuid=pod.uuid,
@@ -96,3 +100,29 @@ def wait_until_exited(pods: PodStore, pod: Pod, timeout: float) -> bool:
         time.sleep(_POLL_INTERVAL)
         pods.refresh(pod)
     return True
+
+
+def oom_kill_messages(pod: Pod) -> list[str]:
+    """One line per app the OOM killer ended, naming the limit it hit (for ``rkt run``)."""
+    from rkt.pod.cgroups import size_text
+    from rkt.pod.prepare import load_resolved_pod
+
+    killed = pod.oom_killed_apps()
+    if not killed:
+        return []
+    try:
+        resolved = load_resolved_pod(pod)
+    except PodError:
+        return [f'app "{name}" was killed by the kernel: out of memory' for name in killed]
+    messages = []
+    for app in resolved.apps:
+        if app.name not in killed:
+            continue
+        if app.resources.memory_bytes is not None:
+            limit = f"its memory limit ({size_text(app.resources.memory_bytes)})"
+        elif resolved.resources.memory_bytes is not None:
+            limit = f"the pod's memory limit ({size_text(resolved.resources.memory_bytes)})"
+        else:
+            limit = "the memory the host could give it"
+        messages.append(f'app "{app.name}" was killed by the kernel: it hit {limit}')
+    return messages

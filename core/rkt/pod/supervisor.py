@@ -48,7 +48,7 @@ JOB_KEYS = frozenset({
 APP_KEYS = frozenset({
     "name", "root", "overlay", "exec", "env", "uid", "gid", "supplementary_gids",
     "working_directory", "read_only_rootfs", "pre_start", "post_stop", "capabilities",
-    "no_new_privileges", "oom_score_adj", "mounts", "etc_files",
+    "no_new_privileges", "oom_score_adj", "mounts", "etc_files", "cgroups",
 })
 STATUS_DIR = "/rkt/status"
 PIDS_DIR = "/rkt/pids"
@@ -263,6 +263,45 @@ def _setup_filesystems(app: dict[str, Any], spec: dict[str, Any]) -> None:
         mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
+# -- cgroups ---------------------------------------------------------------------------
+def _open_cgroups(app: dict[str, Any]) -> list[int]:
+    """The app's ``cgroup.procs`` files, opened while their paths are still visible
+    (``pivot_root`` hides them); :func:`_join_cgroups` writes to them just
+    before the exec, so the supervisor's own setup is not charged to the app."""
+    fds = []
+    for directory in app.get("cgroups") or ():
+        try:
+            fds.append(os.open(os.path.join(directory, "cgroup.procs"),
+                               os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            raise SetupError(f"cgroup {directory}: {exc.strerror}") from exc
+    return fds
+
+
+def _join_cgroups(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.write(fd, b"0")  # 0: the writing process, whatever its PID namespace
+        except OSError as exc:
+            raise SetupError(f"join the app's cgroup: {exc.strerror}") from exc
+
+
+def oom_kills(app: dict[str, Any]) -> int:
+    """How many of the app's processes the kernel's OOM killer ended (``oom_kill``
+    in v2's ``memory.events`` or v1's ``memory.oom_control``)."""
+    for directory in app.get("cgroups") or ():
+        for name in ("memory.events", "memory.oom_control"):
+            try:
+                with open(os.path.join(directory, name)) as handle:
+                    for line in handle:
+                        key, _, value = line.partition(" ")
+                        if key == "oom_kill":
+                            return int(value)
+            except (OSError, ValueError):
+                continue
+    return 0
+
+
 def drop_privileges(app: dict[str, Any]) -> None:
     if app.get("oom_score_adj") is not None:
         with open("/proc/self/oom_score_adj", "w") as handle:
@@ -317,6 +356,7 @@ def _app_child(app: dict[str, Any], spec: dict[str, Any], argv: list[str], *, in
             null = os.open("/dev/null", os.O_RDONLY)
             os.dup2(null, 0)
             os.close(null)
+        cgroups = _open_cgroups(app)
         if setup:
             _setup_filesystems(app, spec)
         env = dict(app["env"])
@@ -325,6 +365,7 @@ def _app_child(app: dict[str, Any], spec: dict[str, Any], argv: list[str], *, in
             pid = os.fork()
             if pid == 0:
                 try:
+                    _join_cgroups(cgroups)
                     drop_privileges(app)
                     os.chdir(app.get("working_directory", "/"))
                     _exec(handler, env)
@@ -336,6 +377,7 @@ def _app_child(app: dict[str, Any], spec: dict[str, Any], argv: list[str], *, in
             if code != 0:
                 _report(app, f"pre-start handler failed with exit code {code}")
                 os._exit(code if code > 0 else 128 - code)
+        _join_cgroups(cgroups)
         drop_privileges(app)
         try:
             os.chdir(app.get("working_directory", "/"))
@@ -413,6 +455,12 @@ class Supervisor:
             code = os.waitstatus_to_exitcode(status)
             code = code if code >= 0 else 128 - code
             self.codes[name] = code
+            if code == 128 + signal.SIGKILL:
+                kills = oom_kills(self.apps[name])
+                if kills:
+                    # before the exit code, so whoever sees the code sees this too
+                    with open(os.path.join(self.status_dir, f"{name}-oom"), "w") as handle:
+                        handle.write(str(kills))
             with open(os.path.join(self.status_dir, name), "w") as handle:
                 handle.write(str(code))
             if code != 0 and self.first_failure is None and not self.stopping:

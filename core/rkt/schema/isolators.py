@@ -16,9 +16,10 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
+from rkt.quantity import parse_quantity
 from rkt.schema.base import FieldProblem, quote
 
 LOG = logging.getLogger(__name__)
@@ -134,63 +135,7 @@ IsolatorValue = (
     | dict[str, str]
 )
 
-# Kubernetes-style quantities (ace.md "Resource Isolators"): a decimal number and an
-# optional binary, metric or exponent suffix.
-_QUANTITY = re.compile(
-    r"(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
-    r"(?:[eE](?P<exponent>[+-]?[0-9]{1,6})|(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|K|M|G|T|P|E))?\Z"
-)
-_MULTIPLIERS = {
-    "": Decimal(1),
-    "m": Decimal("0.001"),
-    "k": Decimal(10) ** 3,
-    # ace.md lists "K"; Kubernetes spells it "k". Both mean 1000.
-    "K": Decimal(10) ** 3,
-    "M": Decimal(10) ** 6,
-    "G": Decimal(10) ** 9,
-    "T": Decimal(10) ** 12,
-    "P": Decimal(10) ** 15,
-    "E": Decimal(10) ** 18,
-    "Ki": Decimal(2) ** 10,
-    "Mi": Decimal(2) ** 20,
-    "Gi": Decimal(2) ** 30,
-    "Ti": Decimal(2) ** 40,
-    "Pi": Decimal(2) ** 50,
-    "Ei": Decimal(2) ** 60,
-}
-# Quantities are int64 in the reference; the bound also keeps "1e999999999" from
-# turning into a huge integer when a stage1 converts it.
-_QUANTITY_MAX = Decimal(2) ** 63 - 1
-
-
-def parse_quantity(value: object) -> Decimal:
-    """Parse a resource quantity (``"250m"``, ``"1G"``, ``"125952Ki"``, ``2``) to a Decimal.
-
-    Raises ValueError for anything else, for negative values and for values beyond int64.
-    """
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"{quote(value)} is not a quantity (use a string such as \"512M\")")
-    text = str(value) if not isinstance(value, str) else value.strip()
-    match = _QUANTITY.match(text)
-    if match is None:
-        raise ValueError(f"{quote(value)} is not a quantity (such as \"250m\", \"1G\", \"1Gi\")")
-    suffix = match["suffix"] or ""
-    try:
-        number = Decimal(match["number"])
-        if match["exponent"] is not None:
-            exponent = int(match["exponent"])
-            if abs(exponent) > 100:
-                raise ValueError(f"{quote(value)} is out of range")
-            result = number.scaleb(exponent)
-        else:
-            result = number * _MULTIPLIERS[suffix]
-    except InvalidOperation as exc:
-        raise ValueError(f"{quote(value)} is not a quantity") from exc
-    if result < 0:
-        raise ValueError(f"{quote(value)} must not be negative")
-    if result > _QUANTITY_MAX:
-        raise ValueError(f"{quote(value)} is out of range")
-    return result
+# parse_quantity lives in rkt.quantity (no pydantic), so running a pod can use it
 
 
 def _object(value: Any) -> Mapping[str, Any]:
