@@ -111,6 +111,16 @@ class RktEnv:
         """``rkt trust --prefix PREFIX KEY``, answering "yes" to the fingerprint review."""
         self.run(*flags, "trust", "--prefix", prefix, key, input="yes\n", check=True)
 
+    def remove_pod_cgroups(self) -> None:
+        """Remove the host cgroups of this world's pods (the ones ``rkt gc`` would):
+        they live outside the temp dir, in ``/sys/fs/cgroup``."""
+        from rkt.pod.cgroups import remove_pod_cgroups
+        from rkt.pod.dirs import Pod
+
+        for record in (self.data_dir / "pods").glob("*/*/cgroups"):
+            pod_dir = record.parent
+            remove_pod_cgroups(Pod(pod_dir.parent.parent, pod_dir.name, pod_dir.parent.name))
+
     def image_ids(self) -> list[str]:
         """The full IDs of the images in the store, as ``rkt image list`` shows them."""
         listing = self.run("image", "list", "--no-legend", "--full", "--fields=id", check=True)

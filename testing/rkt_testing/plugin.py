@@ -5,6 +5,7 @@ a plugin author's tests get:
 
 - ``rkt_env``: an isolated data dir and config dirs, and ``rkt_env.run(...)`` that
   runs the real ``rkt`` command against them (:class:`rkt_testing.env.RktEnv`);
+  the cgroups of pods a test did not ``gc`` are removed when it ends;
 - ``aci_builder``: builds ACI files (:class:`rkt_testing.aci.AciBuilder`);
 - ``gpg``: a throw-away GnuPG home driving the real ``gpg``
   (:class:`rkt_testing.gpg.GpgHome`), shared by the session;
@@ -29,11 +30,12 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 @pytest.fixture
-def rkt_env(tmp_path: Path) -> RktEnv:
+def rkt_env(tmp_path: Path) -> Iterator[RktEnv]:
     env = RktEnv(tmp_path / "rkt")
     for directory in (env.data_dir, env.local_config, env.system_config):
         directory.mkdir(parents=True)
-    return env
+    yield env
+    env.remove_pod_cgroups()
 
 
 @pytest.fixture
