@@ -10,9 +10,10 @@ For each app it forks a child that gets its own mount namespace, mounts the
 app's rootfs (an overlay, when asked to), ``/proc``, ``/sys`` (read-only), a
 minimal ``/dev`` (appc-spec/OS-SPEC.md's device set), the volumes at their
 mount points, then ``pivot_root``s into the rootfs (the stage1's files are gone
-from the app's view, unlike a plain chroot), drops capabilities and privileges,
-and execs. ``pre-start`` handlers run first in the same mount namespace,
-``post-stop`` handlers after the app ends (best effort).
+from the app's view, unlike a plain chroot), joins the app's cgroup (made by
+stage0), drops capabilities and privileges, and execs. ``pre-start`` handlers
+run first in the same mount namespace, ``post-stop`` handlers after the app
+ends (best effort).
 
 When an app fails (non-zero exit) the others are stopped and the supervisor
 exits with that app's code; when all apps succeed it exits 0. Exit codes are
