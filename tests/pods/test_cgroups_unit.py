@@ -22,13 +22,16 @@ from rkt.pod.cgroups import (
     cpu_weight,
     create_pod_cgroups,
     detect_host,
+    pod_cgroups,
     recorded_pod_dirs,
     remove_pod_cgroups,
     resolve_resources,
+    setup_pod_cgroups,
     size_text,
 )
 from rkt.pod.contract import PodCgroups, ResolvedApp, ResolvedPod, Resources
 from rkt.pod.dirs import Pod
+from rkt_testing import RktEnv, assert_one_line_error
 
 UUID = "0d3f7d24-6d55-4a8e-9c62-6b0c1f0e5a11"
 
@@ -209,3 +212,45 @@ def test_nspawn_places_the_apps_cgroups_below_its_binds() -> None:
         "/rkt/cgroup/0/app-web", "/rkt/cgroup/1/app-web"]
     with pytest.raises(Stage1Error):
         place("/sys/fs/cgroup/memory/elsewhere")
+
+
+# -- the parent, from paths.d ------------------------------------------------------------------
+def test_the_cgroup_parent_is_a_paths_d_key(rkt_env: RktEnv) -> None:
+    (rkt_env.local_config / "paths.d").mkdir()
+    config = rkt_env.local_config / "paths.d" / "cgroup.json"
+    config.write_text(json.dumps(
+        {"rktKind": "paths", "rktVersion": "v1", "cgroup-parent": "machine.slice/rkt"}))
+    shown = rkt_env.run("config", check=True).stdout
+    assert '"cgroup-parent": "machine.slice/rkt"' in shown
+    for bad in ("", "/", "rkt/../..", 7):
+        config.write_text(json.dumps(
+            {"rktKind": "paths", "rktVersion": "v1", "cgroup-parent": bad}))
+        assert_one_line_error(rkt_env.run("config"),
+                              "'cgroup-parent' must be a cgroup path such as")
+
+
+def test_pods_go_below_the_parent_in_every_hierarchy() -> None:
+    host = CgroupHost(1, (Hierarchy("/sys/fs/cgroup/memory", frozenset({"memory"})),
+                          Hierarchy("/sys/fs/cgroup/cpu", frozenset({"cpu"}))))
+    assert pod_cgroups(host, "/machine.slice//rkt/", UUID).pod_dirs == (
+        f"/sys/fs/cgroup/memory/machine.slice/rkt/rkt-{UUID}",
+        f"/sys/fs/cgroup/cpu/machine.slice/rkt/rkt-{UUID}")
+    with pytest.raises(PodError, match="without"):
+        pod_cgroups(host, "../escape", UUID)
+
+
+def test_a_host_without_controllers_refuses_limits_and_runs_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # mocked: this host has the controllers; detection finds none on such a host
+    monkeypatch.setattr("rkt.pod.cgroups.detect_host", lambda: None)
+    pods_dir = tmp_path / "pods"
+    (pods_dir / "run" / UUID).mkdir(parents=True)
+    pod = Pod(pods_dir, UUID, "run")
+    plain = ResolvedPod(uuid=UUID, apps=(_app("a", Resources()),))
+    assert setup_pod_cgroups(pod, plain, None) is None
+    limited = plain._replace(apps=(_app("a", Resources(memory_bytes=2**30)),))
+    with pytest.raises(PodError, match='^app "a" has resource limits, but this host has no '
+                                       "cgroup memory and cpu controllers to enforce them$"):
+        setup_pod_cgroups(pod, limited, None)
+    assert not (pod.path / "cgroups").exists()
