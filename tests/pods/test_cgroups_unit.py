@@ -250,7 +250,8 @@ def test_a_host_without_controllers_refuses_limits_and_runs_the_rest(
     plain = ResolvedPod(uuid=UUID, apps=(_app("a", Resources()),))
     assert setup_pod_cgroups(pod, plain, None) is None
     limited = plain._replace(apps=(_app("a", Resources(memory_bytes=2**30)),))
-    with pytest.raises(PodError, match='^app "a" has resource limits, but this host has no '
-                                       "cgroup memory and cpu controllers to enforce them$"):
+    with pytest.raises(PodError) as refused:
         setup_pod_cgroups(pod, limited, None)
+    assert str(refused.value) == ('app "a" has resource limits, but this host has no cgroup '
+                                  "memory and cpu controllers to enforce them")
     assert not (pod.path / "cgroups").exists()
