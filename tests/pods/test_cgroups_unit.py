@@ -10,6 +10,7 @@ writer sees of them. The v1 writer runs for real in ``test_cgroups.py``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,14 @@ from rkt.pod.cgroups import (
     cpu_weight,
     create_pod_cgroups,
     detect_host,
+    own_cgroups,
     pod_cgroups,
     recorded_pod_dirs,
     remove_pod_cgroups,
     resolve_resources,
     setup_pod_cgroups,
     size_text,
+    stage1_cgroup,
 )
 from rkt.pod.contract import PodCgroups, ResolvedApp, ResolvedPod, Resources
 from rkt.pod.dirs import Pod
@@ -255,3 +258,39 @@ def test_a_host_without_controllers_refuses_limits_and_runs_the_rest(
     assert str(refused.value) == ('app "a" has resource limits, but this host has no cgroup '
                                   "memory and cpu controllers to enforce them")
     assert not (pod.path / "cgroups").exists()
+
+
+def test_rkt_finds_its_own_cgroups_to_move_back_to() -> None:
+    v1 = CgroupHost(1, (Hierarchy("/sys/fs/cgroup/cpu,cpuacct", frozenset({"cpu", "cpuacct"})),
+                        Hierarchy("/sys/fs/cgroup/memory", frozenset({"memory"}))))
+    proc = "9:name=systemd:/\n4:memory:/jobs/7\n2:cpu,cpuacct:/\n0::/\n"
+    assert own_cgroups(v1, proc) == ("/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/memory/jobs/7")
+    v2 = CgroupHost(2, (Hierarchy("/sys/fs/cgroup", frozenset({"cpu", "memory"})),))
+    assert own_cgroups(v2, "0::/user.slice/session-1.scope\n") == (
+        "/sys/fs/cgroup/user.slice/session-1.scope",)
+    with pytest.raises(PodError, match="cannot tell which cgroup"):
+        own_cgroups(v1, "0::/\n")
+
+
+def test_the_stage1_cgroup_is_left_when_the_backend_returns(tmp_path: Path) -> None:
+    host = detect_host()
+    if host is None:
+        pytest.skip("this host has no cgroup memory and cpu controllers")
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    before = own_cgroups(host)
+    pods_dir = tmp_path / "pods"
+    (pods_dir / "run" / UUID).mkdir(parents=True)
+    pod = Pod(pods_dir, UUID, "run")
+    parent = f"rkt-test-{os.getpid()}"
+    cgroups = setup_pod_cgroups(pod, ResolvedPod(uuid=UUID, apps=(_app("a", Resources()),)),
+                                parent)
+    assert cgroups is not None
+    try:
+        with stage1_cgroup(cgroups):
+            assert own_cgroups(host) == cgroups.stage1_dirs()
+        assert own_cgroups(host) == before
+    finally:
+        remove_pod_cgroups(pod)
+        for hierarchy in host.hierarchies:
+            os.rmdir(f"{hierarchy.path}/{parent}")

@@ -12,9 +12,10 @@ under the configured parent (``paths.d`` key ``cgroup-parent``, default ``rkt``)
 in the unified hierarchy (cgroup v2), or in each mounted v1 hierarchy of the
 memory, cpu and cpuacct controllers. The directories made are recorded in
 ``<pod>/cgroups`` first, so ``rkt gc`` and ``rm`` remove them even after a crash.
-stage0 then moves itself into ``stage1/`` (as rkt 1.x's stage0 became its stage1
-by exec), so whatever a backend starts is inside the pod's cgroup; the
-supervisor moves each app's process into ``app-<name>/`` just before it execs.
+stage0 then moves itself into ``stage1/`` while the backend runs (as rkt 1.x's
+stage0 became its stage1 by exec), so whatever a backend starts is inside the
+pod's cgroup; the supervisor moves each app's process into ``app-<name>/`` just
+before it execs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -328,9 +329,50 @@ def join(directories: Iterable[str]) -> None:
         _write(Path(directory), "cgroup.procs", str(os.getpid()))
 
 
+def own_cgroups(host: CgroupHost, proc_cgroup: str | None = None) -> tuple[str, ...]:
+    """This process's cgroup directory in each of ``host``'s hierarchies."""
+    if proc_cgroup is None:
+        proc_cgroup = Path("/proc/self/cgroup").read_text()
+    lines = [line.split(":", 2) for line in proc_cgroup.splitlines() if line.count(":") >= 2]
+    dirs = []
+    for hierarchy in host.hierarchies:
+        for _, controllers, path in lines:
+            if host.version == 2:
+                found = controllers == ""
+            else:
+                found = frozenset(controllers.split(",")) & CONTROLLERS == hierarchy.controllers
+            if found:
+                dirs.append(hierarchy.path + path.rstrip("/"))
+                break
+        else:
+            raise PodError(f"cannot tell which cgroup of {hierarchy.path} rkt runs in")
+    return tuple(dirs)
+
+
+@contextlib.contextmanager
+def stage1_cgroup(cgroups: PodCgroups | None) -> Iterator[None]:
+    """Run the block with this process in the pod's ``stage1/`` cgroups, so that
+    whatever the backend starts is in the pod's; then move it back, for a
+    program that runs pods in-process (the ``rkt`` command exits anyway)."""
+    host = detect_host() if cgroups is not None else None
+    if cgroups is None or host is None:
+        yield
+        return
+    previous = own_cgroups(host)
+    join(cgroups.stage1_dirs())
+    try:
+        yield
+    finally:
+        try:
+            join(previous)
+        except PodError as exc:
+            LOG.debug("cannot move back to the cgroups rkt started in: %s", exc)
+
+
 def setup_pod_cgroups(pod: Pod, resolved: ResolvedPod, parent: str | None,
                       host: CgroupHost | None = None) -> PodCgroups | None:
-    """At ``rkt run``: make the pod's cgroups and move this process into ``stage1/``.
+    """At ``rkt run``: make the pod's cgroups (run the stage1 in them with
+    :func:`stage1_cgroup`).
 
     On a host without the memory and cpu controllers a pod without limits runs
     without cgroups; one with limits is refused, since they could not hold.
@@ -346,7 +388,6 @@ def setup_pod_cgroups(pod: Pod, resolved: ResolvedPod, parent: str | None,
         return None
     try:
         cgroups = create_pod_cgroups(pod, resolved, host, parent or DEFAULT_PARENT)
-        join(cgroups.stage1_dirs())
     except BaseException:
         remove_pod_cgroups(pod)
         raise

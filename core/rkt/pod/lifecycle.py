@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkt.errors import PodError, UsageError
-from rkt.pod.cgroups import PARENT_KEY, setup_pod_cgroups
+from rkt.pod.cgroups import PARENT_KEY, setup_pod_cgroups, stage1_cgroup
 from rkt.pod.contract import PodRuntime, ResolvedPod
 from rkt.pod.dirs import STARTED_FILE, Pod, PodStore
 from rkt.pod.prepare import (
@@ -146,7 +146,8 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
     (pod.path / STARTED_FILE).touch()
     try:
         cgroups = setup_pod_cgroups(pod, resolved, runtime.config.paths.get(PARENT_KEY))
-        return prepared.backend.run(pod, resolved, pod_runtime._replace(cgroups=cgroups))
+        with stage1_cgroup(cgroups):
+            return prepared.backend.run(pod, resolved, pod_runtime._replace(cgroups=cgroups))
     finally:
         pod.release()
 
