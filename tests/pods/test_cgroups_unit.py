@@ -294,3 +294,13 @@ def test_the_stage1_cgroup_is_left_when_the_backend_returns(tmp_path: Path) -> N
         remove_pod_cgroups(pod)
         for hierarchy in host.hierarchies:
             os.rmdir(f"{hierarchy.path}/{parent}")
+
+
+def test_nspawn_drops_its_cgroup_namespace_only_on_v2() -> None:
+    from rkt.pod.contract import PodRuntime
+    from rkt_stage1_nspawn.backend import _nspawn_environment
+
+    v1 = PodRuntime(cgroups=PodCgroups(1, ("/sys/fs/cgroup/memory/rkt/rkt-u",)))
+    v2 = PodRuntime(cgroups=PodCgroups(2, ("/sys/fs/cgroup/rkt/rkt-u",)))
+    assert "SYSTEMD_NSPAWN_USE_CGNS" not in _nspawn_environment(v1)
+    assert _nspawn_environment(v2)["SYSTEMD_NSPAWN_USE_CGNS"] == "0"
