@@ -300,3 +300,41 @@ def test_masking_image_files_with_a_volume_is_warned_about(env: RktEnv, probe_im
     warnings = [line for line in result.stderr.splitlines() if "masks" in line]
     assert len(warnings) == 1, result.stderr  # /work is empty in the image: no warning
     assert re.search(r'volume "b" masks the file /probe of app "probe"', warnings[0])
+
+
+@pytest.mark.parametrize("isolator", [
+    {"name": "os/linux/selinux-context",
+     "value": {"user": "system_u", "role": "system_r", "type": "svirt_t", "level": "s0"}},
+    {"name": "os/unix/sysctl", "value": {"net.ipv4.ip_forward": "1"}},
+    {"name": "resource/network-bandwidth", "value": {"default": True, "limit": "1G"}},
+], ids=lambda isolator: isolator["name"])
+def test_isolators_rkt_cannot_enforce_are_refused(env: RktEnv, aci_builder: AciBuilder,
+                                                  isolator: dict[str, object]) -> None:
+    """I1: nothing is ignored silently: an isolator rkt cannot enforce stops the pod."""
+    manifest = image_manifest("example.com/isolated", exec_=["/bin/true"],
+                              app={"isolators": [isolator]})
+    image = aci_builder.build("isolated.aci", manifest=manifest, busybox=True)
+    result = env.run("--insecure-options=image", "run", image)
+    assert_one_line_error(result, f'isolator "{isolator["name"]}" is not supported')
+    assert list((env.data_dir / "pods").glob("*/*")) == []
+
+
+def test_pod_level_isolators_rkt_cannot_enforce_are_refused(
+        env: RktEnv, probe_image: Path, tmp_path: Path) -> None:
+    """I1: a pod manifest's own isolators are limited to the pod's resources."""
+    import json
+
+    env.run("--insecure-options=image", "fetch", probe_image, check=True)
+    image_id = env.run("image", "list", "--no-legend", "--full").stdout.split()[0]
+    manifest = {
+        "acKind": "PodManifest", "acVersion": "0.8.11",
+        "apps": [{"name": "probe", "image": {"id": image_id},
+                  "app": {"exec": ["/bin/true"], "user": "0", "group": "0"}}],
+        "isolators": [{"name": "os/linux/capabilities-retain-set",
+                       "value": {"set": ["CAP_CHOWN"]}}],
+    }
+    path = tmp_path / "pod.json"
+    path.write_text(json.dumps(manifest))
+    result = env.run("run", f"--pod-manifest={path}")
+    assert_one_line_error(result, "for a whole pod")
+    assert list((env.data_dir / "pods").glob("*/*")) == []

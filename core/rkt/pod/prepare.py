@@ -374,6 +374,27 @@ def _ports(app: dict[str, Any]) -> tuple[AppPort, ...]:
     )
 
 
+#: appc isolators rkt cannot enforce (yet): refused, never silently ignored
+#: (ace.md lets an executor ignore isolators; rkt's rule is that what it
+#: accepts takes effect)
+UNENFORCED_ISOLATORS = frozenset({
+    "os/linux/selinux-context", "os/linux/apparmor-profile", "os/unix/sysctl",
+    "resource/block-bandwidth", "resource/block-iops", "resource/network-bandwidth",
+})
+#: the isolators a pod manifest may set for the whole pod (rkt.pod.cgroups)
+POD_ISOLATORS = frozenset({"resource/memory", "resource/cpu", "os/linux/cpu-shares"})
+
+
+def refuse_unenforced_isolators(isolators: list[dict[str, Any]] | None, what: str, *,
+                                pod: bool = False) -> None:
+    """One line naming the first isolator of ``what`` that rkt would not enforce."""
+    for isolator in isolators or ():
+        name = isolator.get("name")
+        if name in UNENFORCED_ISOLATORS or (pod and name not in POD_ISOLATORS):
+            raise PodError(f'{what}: isolator "{name}" is not supported (rkt cannot enforce '
+                           f'it{" for a whole pod" if pod else ""}, so it does not run the pod)')
+
+
 def _check_mount_targets(app_name: str, mounts: list[AppMount]) -> None:
     """ace.md: one mount target nested in (or equal to) another is an error."""
     targets = sorted((os.path.normpath("/" + m.target), m.volume) for m in mounts)
@@ -446,6 +467,7 @@ def resolve_app(
             f'app "{app_name}": working directory '
             f'"{working_directory}" does not exist in the image'
         )
+    refuse_unenforced_isolators(app.get("isolators"), f'app "{app_name}"')
     pre = named_entry(app.get("eventHandlers"), "pre-start")
     post = named_entry(app.get("eventHandlers"), "post-stop")
     no_new_privs = named_entry(app.get("isolators"), "os/linux/no-new-privileges")
@@ -491,6 +513,7 @@ def prepare_pod(
     resolved pod (``stage1/rootfs/rkt/apps.json``), which it returns.
     """
     _write_pod_manifest(pod, manifest)
+    refuse_unenforced_isolators(manifest.get("isolators"), "the pod", pod=True)
     pod_resources = resolve_resources(manifest.get("isolators"), "the pod", pod=True)
     stage1_rootfs = _install_stage1(pod, store, stage1)
     volumes = resolve_volumes(pod, manifest)
