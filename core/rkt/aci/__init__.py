@@ -10,6 +10,8 @@
   (names, parents resolved inside the root, hard links, whiteouts), written once for
   the extractor and the Docker plugin's layer squash.
 * :mod:`rkt.aci.tarstream`: the strict tar reader all of them use.
+* :mod:`rkt.aci.writer`: :class:`~rkt.aci.writer.TarWriter` writes reproducible
+  archives (plain or gzip) for the Docker plugin's squash and ``actool build``.
 
 Importing this package imports none of them, so that ``rkt version`` stays cheap.
 """

@@ -68,13 +68,11 @@ from rkt.aci.tarstream import (
     TarReader,
     quote_name,
 )
+from rkt.aci.writer import TarWriter, member
 from rkt.api import ArchiveError, ImageError, RktError, StoreError
 
 LOG = logging.getLogger(__name__)
 
-_BLOCK: Final = 512
-_SMALL_FILE: Final = 64 << 10
-_FLUSH_AT: Final = 1 << 20
 _COPY_CHUNK: Final = 1 << 20
 #: Resolved parent directories remembered, and the length of their names: enough
 #: for the directories of most images, bounded for hostile names.
@@ -411,7 +409,7 @@ class SquashedTree:
         """Write ``manifest`` and the tree as a plain ACI; "now" times become ``epoch``."""
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            writer = _TarWriter(fd, epoch)
+            writer = _TreeWriter(fd, epoch)
             writer.add_bytes("manifest", manifest)
             writer.directory("rootfs", self.root)
             stack: list[tuple[str, _Dir]] = [("rootfs", self.root)]
@@ -436,73 +434,18 @@ class SquashedTree:
             os.close(fd)
 
 
-_OCTAL_7: Final = 8**7
-_OCTAL_11: Final = 8**11
-
-
-def ustar_header(info: tarfile.TarInfo) -> bytes | None:
-    """``info.tobuf(tarfile.PAX_FORMAT)``, byte for byte, for the common member that
-    needs no pax record (short ASCII names, small numbers, no xattrs), about ten
-    times faster; None for any other member."""
-    if info.pax_headers:
-        return None
-    name = info.name + "/" if info.type == tarfile.DIRTYPE and not info.name.endswith("/") \
-        else info.name
-    if len(name) > 100 or len(info.linkname) > 100 or not (name + info.linkname).isascii():
-        return None
-    if not (0 <= info.uid < _OCTAL_7 and 0 <= info.gid < _OCTAL_7
-            and 0 <= info.size < _OCTAL_11 and 0 <= info.mtime < _OCTAL_11):
-        return None
-    if info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
-        if not (0 <= info.devmajor < _OCTAL_7 and 0 <= info.devminor < _OCTAL_7):
-            return None
-        devices = b"%07o\0%07o\0" % (info.devmajor, info.devminor)
-    else:
-        devices = bytes(16)
-    header = bytearray(b"".join((
-        name.encode().ljust(100, b"\0"),
-        b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (
-            info.mode & 0o7777, info.uid, info.gid, info.size, int(info.mtime)),
-        b"        ",
-        info.type,
-        info.linkname.encode().ljust(100, b"\0"),
-        b"ustar\x0000",
-        bytes(64),  # uname, gname: never written, owners are numeric
-        devices,
-        bytes(167),  # prefix and padding
-    )))
-    header[148:155] = b"%06o\0" % sum(header)
-    return bytes(header)
-
-
-class _TarWriter:
-    """Tar members to a file descriptor; file data is copied in the kernel."""
+class _TreeWriter:
+    """The squashed tree's nodes as tar members (:class:`rkt.aci.writer.TarWriter`)."""
 
     def __init__(self, fd: int, epoch: int) -> None:
-        self.fd = fd
+        self.tar = TarWriter(fd)
         self.epoch = epoch
-        self.pending = bytearray()
         self.written: dict[int, str] = {}  # id(inode) -> first name, for hard links
-
-    def flush(self) -> None:
-        done, total = 0, len(self.pending)
-        with memoryview(self.pending) as view:
-            while done < total:
-                done += os.write(self.fd, view[done:])
-        self.pending.clear()
-
-    def _header(self, info: tarfile.TarInfo) -> None:
-        self.pending += ustar_header(info) or info.tobuf(
-            tarfile.PAX_FORMAT, "utf-8", "surrogateescape"
-        )
 
     def _info(self, name: str, mode: int, uid: int, gid: int, mtime_ns: int | None,
               xattrs: dict[str, bytes] | None) -> tarfile.TarInfo:
-        info = tarfile.TarInfo(name)
-        info.mode = mode
-        info.uid, info.gid = uid, gid
-        info.mtime = self.epoch if mtime_ns is None else mtime_ns // 1_000_000_000
-        info.uname = info.gname = ""
+        info = member(name, mode=mode, uid=uid, gid=gid,
+                      mtime=self.epoch if mtime_ns is None else mtime_ns // 1_000_000_000)
         if xattrs:
             # tarfile writes surrogate-escaped values back as the original bytes.
             info.pax_headers = {
@@ -512,18 +455,12 @@ class _TarWriter:
         return info
 
     def add_bytes(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mode = 0o644
-        self._header(info)
-        self.pending += data + bytes(-len(data) % _BLOCK)
+        self.tar.add_bytes(member(name, mode=0o644), data)
 
     def directory(self, name: str, node: _Dir) -> None:
         info = self._info(name, node.mode, node.uid, node.gid, node.mtime_ns, node.xattrs)
         info.type = tarfile.DIRTYPE
-        self._header(info)
-        if len(self.pending) >= _FLUSH_AT:
-            self.flush()
+        self.tar.add(info)
 
     def inode(self, name: str, node: _Inode) -> None:
         entry = node.entry
@@ -535,47 +472,24 @@ class _TarWriter:
             if first is not None:
                 info.type = tarfile.LNKTYPE
                 info.linkname = first
-                self._header(info)
+                self.tar.add(info)
                 return
             self.written[id(node)] = name
             assert node.data is not None
             source, offset, size = node.data
             info.size = size
-            self._header(info)
-            self._data(source, offset, size, name)
+            try:
+                self.tar.add_data(info, source, offset)
+            except ArchiveError:
+                raise ArchiveError(f"truncated layer data for {quote_name(name)}") from None
         else:
             info.type = _TAR_TYPES[entry.type]
             info.linkname = entry.linkname if entry.type == SYMLINK else ""
             info.devmajor, info.devminor = entry.devmajor, entry.devminor
-            self._header(info)
-        if len(self.pending) >= _FLUSH_AT:
-            self.flush()
-
-    def _data(self, source: int, offset: int, size: int, name: str) -> None:
-        if size <= _SMALL_FILE:
-            data = os.pread(source, size, offset)
-            if len(data) != size:
-                raise ArchiveError(f"truncated layer data for {quote_name(name)}")
-            self.pending += data
-        else:
-            self.flush()
-            done = 0
-            while done < size:
-                try:
-                    copied = os.copy_file_range(source, self.fd, size - done, offset + done)
-                except OSError as exc:
-                    if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS,
-                                         errno.EOPNOTSUPP):
-                        raise
-                    copied = os.sendfile(self.fd, source, offset + done, size - done)
-                if copied == 0:
-                    raise ArchiveError(f"truncated layer data for {quote_name(name)}")
-                done += copied
-        self.pending += bytes(-size % _BLOCK)
+            self.tar.add(info)
 
     def close(self) -> None:
-        self.pending += bytes(2 * _BLOCK)
-        self.flush()
+        self.tar.close()
 
 
 def build_aci(

@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 
 from rkt.aci.extract import extract_tar
+from rkt.aci.writer import ustar_header
 from rkt.errors import RktError
-from rkt_plugins.docker.squash import PlainLayer, SquashedTree, ustar_header
+from rkt_plugins.docker.squash import PlainLayer, SquashedTree
 from rkt_testing.plugin import needs_root
 
 MTIME = 1_500_000_000
