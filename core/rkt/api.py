@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         RemoteRecord,
         Signer,
         Verifier,
+        discover_endpoints,
     )
     from rkt.hookspecs import hookimpl
     from rkt.http import HttpClient, HttpSession, client_for, session_for
@@ -101,7 +102,7 @@ _HOMES: dict[str, str] = {
     # fetchers, discovery, verifiers
     **dict.fromkeys(
         ("Fetcher", "FetchSession", "FetchedImage", "RemoteRecord", "Discoverer",
-         "DiscoveredEndpoints", "Verifier", "Signer"),
+         "DiscoveredEndpoints", "Verifier", "Signer", "discover_endpoints"),
         "rkt.fetching",
     ),
     "ImageRef": "rkt.imageref",
@@ -199,6 +200,7 @@ __all__ = [
     "build_job",
     "children",
     "client_for",
+    "discover_endpoints",
     "enter",
     "hookimpl",
     "host_pid_of",

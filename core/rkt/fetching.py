@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from rkt.errors import ImageNotFoundError, UnknownSignerError, UsageError, VerificationError
+from rkt.errors import (
+    ImageNotFoundError,
+    RktError,
+    UnknownSignerError,
+    UsageError,
+    VerificationError,
+)
 from rkt.imageref import ImageRef, parse_image_ref
 
 if TYPE_CHECKING:
@@ -137,6 +143,39 @@ class FetchSession:
     pull_policy: str = "update"
     #: plain http allowed besides ``--insecure-options=http`` (``rkt trust --insecure-allow-http``)
     allow_http: bool = False
+
+
+def discover_endpoints(
+    runtime: Runtime, name: str, labels: dict[str, str], session: FetchSession
+) -> DiscoveredEndpoints:
+    """Ask each installed discovery method in turn; the first with ACI endpoints wins.
+
+    The name fetcher and ``actool discover`` both find images through this.
+    """
+    registry = runtime.plugins.discovery
+    if not registry.names():
+        raise UsageError(
+            f'cannot discover "{name}": no discovery method is installed to find it; '
+            "give a file, an https URL or an image ID instead"
+        )
+    first_error: RktError | None = None
+    keys_only: DiscoveredEndpoints | None = None
+    for method in registry.names():
+        discoverer = registry.get(method)
+        if discoverer is None:
+            continue
+        try:
+            endpoints = discoverer.discover(name, labels, session)
+        except RktError as exc:
+            first_error = first_error or exc
+            continue
+        if endpoints.aci:
+            return endpoints
+        keys_only = keys_only or endpoints
+    if keys_only is not None:
+        return keys_only
+    assert first_error is not None
+    raise first_error
 
 
 # -- pipeline ------------------------------------------------------------------------

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from rkt.api import (
-    DiscoveredEndpoints,
     FetchedImage,
     FetcherRegistry,
     FetchError,
     FetchSession,
     ImageRef,
     RktError,
-    UsageError,
+    discover_endpoints,
     hookimpl,
 )
 from rkt_plugins.https_fetcher import default_http, fetch_remote_aci
@@ -38,36 +37,6 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 HttpFactory = Callable[[FetchSession], "HttpSession"]
-
-
-def discover(
-    runtime: Runtime, name: str, labels: dict[str, str], session: FetchSession
-) -> DiscoveredEndpoints:
-    """Ask each installed discovery method in turn; the first with ACI endpoints wins."""
-    registry = runtime.plugins.discovery
-    if not registry.names():
-        raise UsageError(
-            f'cannot fetch "{name}": no discovery method is installed to find it; '
-            "give a file, an https URL or an image ID instead"
-        )
-    first_error: RktError | None = None
-    keys_only: DiscoveredEndpoints | None = None
-    for method in registry.names():
-        discoverer = registry.get(method)
-        if discoverer is None:
-            continue
-        try:
-            endpoints = discoverer.discover(name, labels, session)
-        except RktError as exc:
-            first_error = first_error or exc
-            continue
-        if endpoints.aci:
-            return endpoints
-        keys_only = keys_only or endpoints
-    if keys_only is not None:
-        return keys_only
-    assert first_error is not None
-    raise first_error
 
 
 def _usable(runtime: Runtime, endpoints: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -89,7 +58,7 @@ class NameFetcher:
         runtime = session.runtime
         name = ref.name or ref.text
         runtime.reporter.info(f"rkt: searching for app image {ref.text}")
-        endpoints = discover(runtime, name, dict(ref.labels), session)
+        endpoints = discover_endpoints(runtime, name, dict(ref.labels), session)
         candidates = _usable(runtime, endpoints.aci)
         if not candidates:
             if endpoints.aci:
