@@ -67,6 +67,12 @@ class UnsafeArchiveError(ArchiveError):
 class ManifestError(ImageError):
     """An image or pod manifest is not JSON or does not follow the appc schema."""
 
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        #: the offending field (``app.ports[0].port``); empty when the document as a
+        #: whole is wrong (not JSON, not an object)
+        self.field = field
+
 
 class ImageNotFoundError(ImageError):
     """No image in the store matches the given ID, prefix or name."""

@@ -140,15 +140,6 @@ class TarWriter:
             if len(data) != size:
                 raise _ended_early(info.name)
             self.pending += data
-        elif self._compressor is not None:
-            self.flush()
-            done = 0
-            while done < size:
-                data = os.pread(source, min(_COPY_CHUNK, size - done), offset + done)
-                if not data:
-                    raise _ended_early(info.name)
-                self._write(data)
-                done += len(data)
         else:
             self.flush()
             self._copy(source, offset, size, info.name)
@@ -156,8 +147,21 @@ class TarWriter:
         if len(self.pending) >= _FLUSH_AT:
             self.flush()
 
+    def add_raw(self, source: int, offset: int, size: int) -> None:
+        """``size`` bytes of tar stream copied as they are (members of another archive)."""
+        self.flush()
+        self._copy(source, offset, size, "archive")
+
     def _copy(self, source: int, offset: int, size: int, name: str) -> None:
         done = 0
+        if self._compressor is not None:
+            while done < size:
+                data = os.pread(source, min(_COPY_CHUNK, size - done), offset + done)
+                if not data:
+                    raise _ended_early(name)
+                self._write(data)
+                done += len(data)
+            return
         while done < size:
             try:
                 copied = os.copy_file_range(source, self.fd, size - done, offset + done)
@@ -169,9 +173,11 @@ class TarWriter:
                 raise _ended_early(name)
             done += copied
 
-    def close(self) -> None:
-        """End the archive (two zero blocks) and the gzip stream, if any."""
-        self.pending += bytes(2 * BLOCK)
+    def close(self, *, end_archive: bool = True) -> None:
+        """End the archive (two zero blocks, unless the raw copy of a whole archive
+        brought its own) and the gzip stream, if any."""
+        if end_archive:
+            self.pending += bytes(2 * BLOCK)
         self.flush()
         if self._compressor is not None:
             tail = self._compressor.flush()

@@ -230,11 +230,12 @@ class SchemaDocument(SchemaModel):
     def _validate_document(cls, document: Mapping[str, Any], source: str) -> Self:
         for key in cls._REQUIRED_KEYS:
             if key not in document:
-                raise ManifestError(f"{source}: {key}: is required")
+                raise ManifestError(f"{source}: {key}: is required", field=key)
         try:
             return cls.model_validate(document, strict=True, by_alias=True, by_name=False)
         except ValidationError as exc:
-            raise ManifestError(format_validation_error(exc, source)) from exc
+            field = format_path(_describe(exc.errors()[0])[0])
+            raise ManifestError(format_validation_error(exc, source), field=field) from exc
 
     @classmethod
     def parse(cls, data: bytes | str, *, source: str = "manifest") -> Self:
