@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from rkt_testing.aci import AciBuilder, build_aci, image_manifest
 from rkt_testing.checks import assert_one_line_error
-from rkt_testing.env import RktEnv, pythonpath_with
+from rkt_testing.env import RktEnv, pythonpath_with, run_tool
 
 __all__ = [
     "AciBuilder",
@@ -19,4 +19,5 @@ __all__ = [
     "build_aci",
     "image_manifest",
     "pythonpath_with",
+    "run_tool",
 ]

@@ -17,6 +17,7 @@ def assert_one_line_error(
     message: str | None = None,
     status: int | None = None,
     stdout: bool = False,
+    tool: str = "rkt",
 ) -> str:
     """Assert that ``result`` is a clean rkt failure and return its error line.
 
@@ -24,6 +25,8 @@ def assert_one_line_error(
     (or equals ``rkt: MESSAGE``); it is not an "internal error", stderr holds no
     traceback, and stdout is empty unless ``stdout`` says output may precede the
     failure. ``status`` pins the exit status; otherwise any non-zero one will do.
+    ``tool`` is the command's name for the other tools that keep this contract
+    (``actool``, ``docker2aci``).
     """
     if status is None:
         assert result.returncode != 0, f"exited 0\nstdout: {result.stdout}"
@@ -34,10 +37,11 @@ def assert_one_line_error(
     lines = result.stderr.strip().splitlines()
     assert lines, "no error message on stderr"
     error = lines[-1]
-    assert error.startswith("rkt: ") and not error.startswith("rkt: warning"), result.stderr
-    assert not error.startswith("rkt: internal error"), result.stderr
+    assert error.startswith(f"{tool}: ") and not error.startswith(f"{tool}: warning"), \
+        result.stderr
+    assert not error.startswith(f"{tool}: internal error"), result.stderr
     if message is not None:
-        assert error == f"rkt: {message}", error
+        assert error == f"{tool}: {message}", error
     for fragment in fragments:
         assert fragment in error, error
     if not stdout:

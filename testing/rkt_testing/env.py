@@ -19,6 +19,21 @@ def pythonpath_with(*paths: Path) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([*map(str, paths), *([existing] if existing else [])])}
 
 
+def tool_binary(name: str) -> str:
+    """A console script installed with rkt (``rkt``, ``actool``, ``docker2aci``): the
+    one next to this Python, else the one on PATH."""
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+def run_tool(name: str, *args: str | os.PathLike[str], env: Mapping[str, str] | None = None,
+             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real ``actool`` or ``docker2aci`` (text mode, output captured)."""
+    return subprocess.run([tool_binary(name), *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
 @dataclass
 class RktEnv:
     """A private rkt world in a temp dir; ``run`` invokes the real ``rkt`` command."""
@@ -134,8 +149,7 @@ class RktEnv:
 
     @staticmethod
     def rkt_binary() -> str:
-        candidate = Path(sys.executable).with_name("rkt")
-        return str(candidate) if candidate.exists() else "rkt"
+        return tool_binary("rkt")
 
     #: directories a store or pod tree has from the moment it is first opened
     SKELETON = frozenset({

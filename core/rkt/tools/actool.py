@@ -166,13 +166,10 @@ def _patch_manifest(ns: argparse.Namespace) -> int:
         if ns.out is not None:
             raise UsageError("patch-manifest: --replace patches IMAGE.aci in place; give no "
                              "OUT.aci")
-        out = ns.image
     elif ns.out is None:
         raise UsageError("patch-manifest: give OUT.aci, or --replace to patch IMAGE.aci in "
                          "place")
-    else:
-        out = ns.out
-    patch_image(ns.image, out, patch, overwrite=ns.overwrite)
+    patch_image(ns.image, ns.out, patch, overwrite=ns.overwrite)
     return 0
 
 

@@ -199,11 +199,14 @@ def read_manifest(image: Path) -> bytes:
         raise ImageError(f"cannot read {image}: {exc.strerror}") from exc
 
 
-def patch_image(image: Path, out: Path, patch: Patch, *, overwrite: bool) -> None:
-    """Write ``image`` with its manifest patched to ``out`` (which may be ``image``)."""
-    if out != image:
+def patch_image(image: Path, out: Path | None, patch: Patch, *, overwrite: bool) -> None:
+    """Write ``image`` with its manifest patched to ``out``, or over ``image`` itself
+    when ``out`` is None (``--replace``)."""
+    if out is not None:
         check_output(out, overwrite=overwrite)
-    elif not out.name.endswith(".aci"):
+    else:
+        out = image
+    if not out.name.endswith(".aci"):
         raise UsageError(f"{out}: an image file name must end in .aci (appc-spec/aci.md)")
     manifest = read_manifest(image)
     new_manifest = patched_manifest(manifest, patch)
