@@ -33,7 +33,15 @@ from typing import BinaryIO
 from rkt.aci.archive import DEFAULT_LIMITS
 from rkt.aci.compression import Compression, detect, open_decompressed
 from rkt.aci.tarstream import REGULAR, SYMLINK, FileSource, TarReader, split_name
-from rkt.api import FetchedImage, FetchSession, ImageError, ImageRef, RktError, UsageError
+from rkt.api import (
+    ArchiveError,
+    FetchedImage,
+    FetchSession,
+    ImageError,
+    ImageRef,
+    RktError,
+    UsageError,
+)
 from rkt_plugins.docker.convert import Origin, created_epoch, image_manifest, manifest_bytes
 from rkt_plugins.docker.documents import (
     INDEX_TYPES,
@@ -207,7 +215,11 @@ def _open_tar(path: Path, tmp_dir: Path, describe: str) -> _OpenArchive:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
     temp: str | None = None
     try:
-        if detect(os.pread(fd, 512, 0)) is not Compression.NONE:
+        try:
+            compression = detect(os.pread(fd, 512, 0))
+        except ArchiveError:
+            raise ImageError(f"{path} is not a tar archive, plain or compressed") from None
+        if compression is not Compression.NONE:
             handle, temp = tempfile.mkstemp(prefix="docker-archive-", dir=tmp_dir)
             with open(fd, "rb", closefd=False) as raw, os.fdopen(handle, "wb") as out:
                 stream = open_decompressed(raw)
