@@ -80,9 +80,9 @@ def published(gpg: GpgHome, signing_key: tuple[str, Path],
     key_file.write_bytes(gpg_command(gpg, "--armor", "--export", fingerprint).stdout)
     page = (
         "<html><head>"
-        f'<meta name="ac-discovery" content="localhost/actool-hello '
+        '<meta name="ac-discovery" content="localhost/actool-hello '
         'https://localhost/images/{name}-{version}-{os}-{arch}.{ext}">'
-        f'<meta name="ac-discovery-pubkeys" content="localhost/actool-hello '
+        '<meta name="ac-discovery-pubkeys" content="localhost/actool-hello '
         'https://localhost/pubkeys.gpg">'
         "</head></html>"
     )
