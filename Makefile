@@ -28,7 +28,7 @@ install-python:
 	@# was moved or removed would otherwise still be installed from an old build
 	rm -rf build stage1_nspawn/build stage1_kvm/build testing/build
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check . ./stage1_nspawn ./stage1_kvm
-	ln -sf $(VENV)/bin/rkt $(BIN)/rkt
+	for tool in rkt actool docker2aci; do ln -sf $(VENV)/bin/$$tool $(BIN)/$$tool; done
 	$(VENV)/bin/rkt install
 
 install-test: install

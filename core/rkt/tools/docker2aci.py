@@ -61,7 +61,11 @@ def convert(image: str, out: Path, *, insecure: bool, compress: bool, overwrite:
     check_output(out, overwrite=overwrite)
     # Docker images carry no signature: converting one is the point of the tool.
     options = {"image"} | ({"tls", "http"} if insecure else set())
-    with tempfile.TemporaryDirectory(prefix="docker2aci-", dir=out.parent or ".") as scratch:
+    try:
+        scratch_dir = tempfile.TemporaryDirectory(prefix=".docker2aci-", dir=out.parent)
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    with scratch_dir as scratch:
         runtime = Runtime(data_dir_override=Path(scratch) / "data",
                           insecure=frozenset(options), reporter=reporter)
         plugins = runtime.plugins
