@@ -169,3 +169,18 @@ def test_bad_files(tmp_path: Path) -> None:
                           tool="actool")
     assert_one_line_error(actool("validate", "--type=image", image), "invalid choice",
                           tool="actool", status=1)
+
+
+def test_rkt_stage1_images_are_valid_images() -> None:
+    """What ``rkt install`` builds passes the publisher's check (docs/stage1.md)."""
+    directory = Path(os.environ.get("RKT_STAGE1_IMAGES_DIR", "/usr/lib/rkt/stage1-images"))
+    images = sorted(directory.glob("stage1-*.aci"))
+    if not images:
+        pytest.skip(f"no stage1 images in {directory} (run rkt install)")
+    result = actool("validate", "--type=appimage", *images)
+    assert result.returncode == 0, result.stderr
+    for image in images:
+        manifest = json.loads(actool("cat-manifest", image).stdout)
+        names = {a["name"] for a in manifest["annotations"]}
+        assert {"coreos.com/rkt/stage1/backend",
+                "coreos.com/rkt/stage1/interface-version"} <= names
