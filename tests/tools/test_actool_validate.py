@@ -46,7 +46,9 @@ def test_spec_examples_are_valid() -> None:
     assert len(examples) == 3
     result = actool("validate", *examples)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [f"{path}: valid manifest" for path in examples]
+    kinds = {"image.json": "image", "pod_runtime.json": "pod", "pod_template.json": "pod"}
+    assert result.stdout.splitlines() == [f"{path}: valid {kinds[path.name]} manifest"
+                                          for path in examples]
     assert result.stderr == ""
 
 
@@ -76,7 +78,7 @@ def test_one_invalid_file_among_valid_ones_fails_the_run(tmp_path: Path) -> None
                     EXAMPLES / "image.json")
     assert result.returncode == 1
     assert result.stdout.splitlines() == [f"{image}: valid appimage",
-                                          f"{EXAMPLES / 'image.json'}: valid manifest"]
+                                          f"{EXAMPLES / 'image.json'}: valid image manifest"]
     assert_one_line_error(result, "app.user: is required", tool="actool", stdout=True)
 
 

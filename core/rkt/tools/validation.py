@@ -93,6 +93,8 @@ class Verdict:
     #: None when the file is valid
     problem: str | None = None
     rule: str | None = None
+    #: what a valid file is, when more precise than its type ("pod manifest")
+    what: str | None = None
 
     @property
     def valid(self) -> bool:
@@ -100,8 +102,8 @@ class Verdict:
 
     def describe(self) -> str:
         if self.problem is None:
-            kind = self.type.value if self.type else "file"
-            return f"{self.path}: valid {kind}"
+            what = self.what or (self.type.value if self.type else "file")
+            return f"{self.path}: valid {what}"
         rule = f" [rule: {self.rule}]" if self.rule else ""
         return f"{self.path}: {self.problem}{rule}"
 
@@ -174,7 +176,9 @@ def validate(path: Path, wanted: FileType | None = None) -> Verdict:
         return Verdict(str(path), kind, _strip(str(exc), path), rule)
     except OSError as exc:
         return Verdict(str(path), kind, f"cannot read: {exc.strerror or exc}")
-    return Verdict(str(path), kind)
+    what = ("pod manifest" if document_kind == "PodManifest" else "image manifest") \
+        if kind is FileType.MANIFEST else None
+    return Verdict(str(path), kind, what=what)
 
 
 def _strip(message: str, path: Path) -> str:
@@ -185,8 +189,6 @@ def _strip(message: str, path: Path) -> str:
 def _validate_image(path: Path) -> None:
     with open(path, "rb") as handle:
         manifest = scan_aci(open_decompressed(handle), limits=DEFAULT_LIMITS)
-    if len(manifest) > DEFAULT_LIMITS.max_manifest_size:
-        raise ManifestError(f"manifest larger than {DEFAULT_LIMITS.max_manifest_size} bytes")
     _validate_manifest(manifest, "invalid manifest in image", pods=False)
 
 
