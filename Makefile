@@ -9,7 +9,7 @@ export PATH := $(VENV)/bin:$(PATH)
 
 # Debian packages rkt needs at run time, and the extra ones its tests drive for real.
 RUNTIME_PACKAGES := gnupg busybox-static systemd-container xz-utils bzip2 zstd \
-	python3-venv iproute2 util-linux
+	python3-venv iproute2 util-linux containernetworking-plugins iptables
 TEST_PACKAGES := ca-certificates docker-registry skopeo curl
 
 .PHONY: install install-system install-python install-test demo test check bench clean

@@ -23,6 +23,7 @@ so that no foreign exception reaches the user.
     ├── FetchError              an image or signature could not be retrieved
     ├── StoreError              the local store is unusable (disk full, corrupt index)
     ├── Stage1Error             the stage1 image or backend is unusable
+    ├── NetworkError            a pod network could not be set up or torn down (CNI)
     └── PodError                pod lookup or lifecycle failures
         └── PodNotFoundError    unknown or ambiguous UUID
 """
@@ -100,6 +101,11 @@ class StoreError(RktError):
 
 class Stage1Error(RktError):
     """The stage1 image is missing or unusable, or names a backend that is not installed."""
+
+
+class NetworkError(RktError):
+    """A pod's network could not be set up or torn down: an unknown or malformed
+    network, a CNI plugin that failed, hung or answered garbage, a port in use."""
 
 
 class PodError(RktError):

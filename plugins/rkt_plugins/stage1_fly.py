@@ -41,6 +41,8 @@ LOG = logging.getLogger(__name__)
 class FlyStage1:
     name = "fly"
     interface_version = INTERFACE_VERSION
+    #: no namespaces of its own: the host's network, always (and by default)
+    network_modes = frozenset({"host"})
 
     def build_image(self, rootfs: Path) -> None:
         del rootfs  # the common skeleton is all fly needs

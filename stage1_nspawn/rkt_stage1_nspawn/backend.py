@@ -91,6 +91,8 @@ def _nspawn_binary() -> str:
 class NspawnStage1:
     name = "nspawn"
     interface_version = INTERFACE_VERSION
+    #: the container joins the namespace stage0 prepared (none, or CNI networks)
+    network_modes = frozenset({"host", "none", "contained"})
 
     def build_image(self, rootfs: Path) -> None:
         # Nothing beyond the common skeleton: nspawn and Python come from the host.
@@ -107,8 +109,8 @@ class NspawnStage1:
             # apps get their capability set from the supervisor; it needs them all
             "--capability=all",
         ]
-        if runtime.private_network:
-            command.append("--private-network")
+        if runtime.network.netns is not None:
+            command.append(f"--network-namespace-path={runtime.network.netns}")
         for app in resolved.apps:
             if app.overlay:
                 upper = pod.path / "overlay" / app.tree / "upper" / app.name

@@ -22,6 +22,7 @@ from rkt.pod.contract import (
     ContractVersionError,
     OverlayDirs,
     PlacedApp,
+    PodNetwork,
     PodRuntime,
     ResolvedApp,
     ResolvedPod,
@@ -75,7 +76,8 @@ def test_pod_runtime_defaults() -> None:
     runtime = PodRuntime()
     assert runtime.pod_hostname("abc") == "rkt-abc"
     assert PodRuntime(hostname="h").pod_hostname("abc") == "h"
-    assert not runtime.private_network and PodRuntime(net=("none",)).private_network
+    none = PodRuntime(net=("none",), network=PodNetwork(mode="none", netns="/run/netns/x"))
+    assert not runtime.private_network and none.private_network
 
 
 def _job(**overrides: Any) -> SupervisorJob:

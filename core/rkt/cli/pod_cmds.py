@@ -125,7 +125,7 @@ def _iso(when: float | None) -> str:
 
 def _list(options: GlobalOptions, args: argparse.Namespace) -> int:
     from rkt.cli.image import humanize_time, print_table
-    from rkt.pod.status import AppStatus, pod_status
+    from rkt.pod.status import AppStatus, networks_summary, pod_status
 
     statuses = [pod_status(pod) for pod in _pods(options).iter_pods()]
     if args.format:
@@ -153,7 +153,8 @@ def _list(options: GlobalOptions, args: argparse.Namespace) -> int:
                 uuid if first else "", app.name or "", app.image_name,
                 *([image_id] if args.full else []),
                 status.state if first else "", when(status.created) if first else "",
-                when(status.started) if first else "", "",
+                when(status.started) if first else "",
+                networks_summary(status.networks) if first else "",
             ])
     print_table(rows, options)
     return 0
@@ -174,7 +175,7 @@ def _json_record(status: PodStatus) -> dict[str, Any]:
     return {
         "name": status.uuid,
         "state": status.state,
-        "networks": [],
+        "networks": [n.to_json() for n in status.networks],
         "app_names": status.app_names,
         "apps": apps,
         "created_at": int(status.created * 1e9) if status.created else None,
@@ -192,7 +193,7 @@ def _wait_value(value: str | None) -> float | None:
 
 
 def _status(options: GlobalOptions, args: argparse.Namespace) -> int:
-    from rkt.pod.status import pod_status, wait_until_exited, wait_until_ready
+    from rkt.pod.status import networks_summary, pod_status, wait_until_exited, wait_until_ready
 
     pods = _pods(options)
     pod = pods.find(_one_uuid(args))
@@ -213,7 +214,8 @@ def _status(options: GlobalOptions, args: argparse.Namespace) -> int:
     lines = [f"state={status.state}", f"created={_iso(status.created)}",
              f"started={_iso(status.started)}"]
     if status.state == "running":
-        lines += ["networks=", f"pid={pid if pid is not None else ''}", "exited=false"]
+        lines += [f"networks={networks_summary(status.networks)}",
+                  f"pid={pid if pid is not None else ''}", "exited=false"]
     elif status.state in ("exited", "exited garbage"):
         lines.append("exited=true")
         for app in status.apps:

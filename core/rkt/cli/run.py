@@ -16,6 +16,7 @@ from rkt.cli.imageargs import ImageArgs, split_image_args
 from rkt.errors import UsageError
 
 if TYPE_CHECKING:
+    from rkt.net.request import NetworkRequest
     from rkt.pod.contract import PodRuntime
     from rkt.pod.dirs import Pod
     from rkt.pod.prepare import PodRequest
@@ -79,11 +80,19 @@ def add_arguments(command: str, parser: RktArgumentParser) -> None:
     parser.add_bool_flag("--interactive", help="give the app the terminal")
     parser.add_argument("--hostname", help="the pod's hostname (default rkt-UUID)")
     parser.add_argument("--net", action="append", default=None, nargs="?", const="default",
-                        help="networks to join: host or none")
-    parser.add_bool_flag("--private-net", help="give the pod its own network (rkt 0.5)")
+                        help="networks to join: default, default-restricted, host, none, "
+                             "all, or NAME[:K=V;...] from net.d (comma list)")
+    parser.add_bool_flag("--private-net", help="the same as --net=default (rkt 0.5)")
     parser.add_bool_flag("--mds-register", help="register with the metadata service")
-    parser.add_argument("--port", action="append", default=[], help="NAME:[HOSTIP:]HOSTPORT")
-    parser.add_argument("--dns", action="append", default=[])
+    parser.add_argument("--port", action="append", default=[],
+                        help="NAME:[HOSTIP:]HOSTPORT: forward a host port to an app's port")
+    parser.add_argument("--dns", action="append", default=[],
+                        help="nameserver IP (repeatable), host or none")
+    parser.add_argument("--dns-search", action="append", default=[], help="DNS search domain")
+    parser.add_argument("--dns-opt", action="append", default=[], help="DNS resolver option")
+    parser.add_argument("--dns-domain", help="the pod's DNS domain")
+    parser.add_argument("--hosts-entry", action="append", default=[],
+                        help="IP=HOSTNAME for /etc/hosts (repeatable), or host")
     if command == "run":
         parser.add_argument("--uuid-file-save", metavar="FILE",
                             help="write the pod's UUID to FILE")
@@ -177,22 +186,26 @@ def _run_options(options: GlobalOptions, args: argparse.Namespace, app_count: in
 
     if args.interactive and app_count > 1:
         raise UsageError("--interactive can only be used with a single image")
-    nets: list[str] = []
-    for value in args.net or []:
-        nets += _csv(value) or ["default"]
-    if args.private_net:
-        nets.append("default")
-    nets = nets or ["host"]
-    unsupported = [n for n in nets if n.split(":")[0] not in ("host", "none")]
-    if unsupported:
-        raise UsageError(
-            f"--net={','.join(unsupported)}: contained networks (CNI) are not available "
-            "in this version; use --net=host or --net=none"
-        )
-    if args.port:
-        raise UsageError("--port needs a contained network, which this version lacks")
-    return PodRuntime(hostname=args.hostname, interactive=args.interactive, net=tuple(nets),
+    return PodRuntime(hostname=args.hostname, interactive=args.interactive,
                       debug=options.debug, insecure=options.insecure)
+
+
+def _network_request(args: argparse.Namespace) -> NetworkRequest:
+    from rkt.net.request import (
+        NetworkRequest,
+        parse_dns,
+        parse_hosts_entries,
+        parse_nets,
+        parse_ports,
+    )
+
+    entries, host_hosts = parse_hosts_entries(args.hosts_entry)
+    return NetworkRequest(
+        nets=parse_nets(args.net or [], private_net=args.private_net),
+        ports=parse_ports(args.port),
+        dns=parse_dns(args.dns, args.dns_search, args.dns_opt, args.dns_domain),
+        hosts_entries=entries, host_hosts=host_hosts,
+    )
 
 
 def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
@@ -202,10 +215,12 @@ def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
     lifecycle.ensure_root(command)
     if command == "run-prepared":
         prepared = lifecycle.open_prepared(options, args.uuid)
-        code = lifecycle.run_pod(options, prepared, _run_options(options, args, 1))
+        code = lifecycle.run_pod(options, prepared, _run_options(options, args, 1),
+                                 network=_network_request(args))
         return _report_oom_kills(options, prepared.pod, code)
     request = _pod_request(args)
     run_options = _run_options(options, args, len(request.apps)) if command == "run" else None
+    network = _network_request(args) if command == "run" else None
     choice = Stage1Choice(image=args.stage1_image, name=args.stage1_name, path=args.stage1_path,
                           url=args.stage1_url, hash=args.stage1_hash,
                           from_dir=args.stage1_from_dir)
@@ -215,7 +230,8 @@ def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
         lifecycle.mark_prepared(prepared)
         print(prepared.pod.uuid, file=options.stdout)
         return 0
-    code = lifecycle.run_pod(options, prepared, run_options, uuid_file=args.uuid_file_save)
+    code = lifecycle.run_pod(options, prepared, run_options, uuid_file=args.uuid_file_save,
+                             network=network)
     return _report_oom_kills(options, prepared.pod, code)
 
 

@@ -34,9 +34,11 @@ __all__ = [
     "AppMount",
     "AppPort",
     "ContractVersionError",
+    "NetAttachment",
     "OverlayDirs",
     "PlacedApp",
     "PodCgroups",
+    "PodNetwork",
     "PodRuntime",
     "ResolvedApp",
     "ResolvedPod",
@@ -343,11 +345,69 @@ class PodCgroups(NamedTuple):
         return tuple(f"{d}/app-{app_name}" for d in self.pod_dirs)
 
 
+class NetAttachment(NamedTuple):
+    """One CNI network the pod's namespace is attached to, as the plugins set it up.
+
+    :meth:`to_json` is rkt 1.x's ``net-info.json`` entry, which ``rkt list
+    --format=json`` and ``rkt status --format=json`` show (Nomad reads ``ip``).
+    """
+
+    name: str
+    #: the network's configuration file (``builtin:...`` for rkt's own)
+    conf_path: str
+    #: the first plugin of the network's chain
+    plugin_path: str
+    #: the pod's interface: ``eth0``, ``eth1``, ... in the order the networks apply
+    ifname: str
+    ip: str | None = None
+    mask: str | None = None
+    #: the host's side (the gateway the plugin returned), or None
+    gateway: str | None = None
+    #: ``CNI_ARGS`` from ``--net=name:K=V;...``
+    args: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"netName": self.name, "netConf": self.conf_path, "pluginPath": self.plugin_path,
+                "ifName": self.ifname, "ip": self.ip, "args": self.args, "mask": self.mask,
+                "gateway": self.gateway}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NetAttachment:
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return None if value is None else str(value)
+
+        return cls(name=str(data["netName"]), conf_path=str(data.get("netConf", "")),
+                   plugin_path=str(data.get("pluginPath", "")), ifname=str(data["ifName"]),
+                   ip=text("ip"), mask=text("mask"), gateway=text("gateway"),
+                   args=str(data.get("args") or ""))
+
+
+class PodNetwork(NamedTuple):
+    """The pod's network as stage0 set it up before calling the backend.
+
+    ``mode`` is ``"host"`` (the host's network namespace; ``netns`` is None),
+    ``"none"`` (its own namespace with only a loopback) or ``"contained"``
+    (its own namespace, attached to CNI networks). A backend places the pod in
+    ``netns`` (nspawn: ``--network-namespace-path``; a VM: a tap device made in
+    it). ``resolv_conf`` and ``hosts``, when set, are the contents every app's
+    ``/etc/resolv.conf`` and ``/etc/hosts`` must show, over the image's own
+    files and volumes (``--dns``, CNI's DNS, ``--hosts-entry``): ``build_job``
+    passes them to the supervisor.
+    """
+
+    mode: str = "host"
+    netns: str | None = None
+    attachments: tuple[NetAttachment, ...] = ()
+    resolv_conf: str | None = None
+    hosts: str | None = None
+
+
 class PodRuntime(NamedTuple):
     """The pod-level options of ``rkt run`` / ``run-prepared`` that reach the stage1.
 
-    ``net`` is the ``--net`` list (``host``, ``none``; CNI network names once
-    contained networks exist, whose attachments will join this object).
+    ``net`` names the networks the pod joined (``host``, ``none``, or CNI
+    network names), ``network`` is what stage0 set up for them.
     ``insecure`` holds the ``--insecure-options`` names (``capabilities``,
     ``seccomp``, ...) a backend must honour or refuse.
     """
@@ -360,6 +420,7 @@ class PodRuntime(NamedTuple):
     #: the pod's cgroups, or ``None`` on a host without the memory and cpu controllers
     #: (then no app has a limit: stage0 refuses limits it cannot apply)
     cgroups: PodCgroups | None = None
+    network: PodNetwork = PodNetwork()
 
     def pod_hostname(self, uuid: str) -> str:
         """``--hostname``, or rkt's default ``rkt-<uuid>``."""
@@ -367,8 +428,8 @@ class PodRuntime(NamedTuple):
 
     @property
     def private_network(self) -> bool:
-        """True when the pod must not see the host's network (``--net=none``)."""
-        return "none" in self.net
+        """True when the pod must not see the host's network (its own namespace)."""
+        return self.network.mode != "host"
 
 
 class OverlayDirs(NamedTuple):
@@ -386,7 +447,8 @@ class PlacedApp(NamedTuple):
     ``root`` is where its rootfs is (or is to be overlay-mounted), and
     ``mount_sources`` the path of each of ``app.mounts``' volumes, in order.
     ``etc_files`` are written into the app's ``/etc`` when the image has none
-    of that name (``hosts``, ``resolv.conf``).
+    of that name (``hosts``, ``resolv.conf``); ``etc_overrides`` are laid over
+    the app's own (``--dns``, ``--hosts-entry``, DNS from CNI).
     """
 
     app: ResolvedApp
@@ -397,6 +459,8 @@ class PlacedApp(NamedTuple):
     #: the app's cgroup directories as the supervisor sees them; each of the app's
     #: processes writes itself into their ``cgroup.procs`` before it execs
     cgroups: tuple[str, ...] = ()
+    #: written over whatever the app has (its image's file or a volume), read-only
+    etc_overrides: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         overlay = self.overlay
@@ -413,6 +477,7 @@ class PlacedApp(NamedTuple):
             ],
             "etc_files": dict(self.etc_files),
             "cgroups": list(self.cgroups),
+            "etc_overrides": dict(self.etc_overrides),
         }
 
 

@@ -88,9 +88,24 @@ def delete_pod(pods: PodStore, pod: Pod, stage1_backend: Stage1Lookup) -> None:
         except RktError as exc:
             LOG.debug("stage1 gc of %s: %s", pod.uuid, exc)
         remove_pod_cgroups(pod)  # stage0 made them, whatever the stage1
+        _teardown_network(pod)
         pods.delete(pod)
     finally:
         pod.release()
+
+
+def _teardown_network(pod: Pod) -> None:
+    """CNI DEL and the namespace's removal, for pods that had a network of their own.
+
+    A plugin's failed DEL does not keep the pod (what it held may be gone
+    already); it is a warning. A namespace that cannot be removed does.
+    """
+    if not (pod.path / "netns").exists():
+        return  # host networking: nothing to release (and no CNI code to import)
+    from rkt.net.pod import teardown_pod_network
+
+    for error in teardown_pod_network(pod):
+        LOG.warning("pod %s: %s", pod.uuid, error)
 
 
 def remove_pod(pods: PodStore, uuid: str, stage1_backend: Stage1Lookup) -> Pod:

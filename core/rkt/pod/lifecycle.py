@@ -36,6 +36,7 @@ from rkt.stage1 import (
 
 if TYPE_CHECKING:
     from rkt.context import Runtime
+    from rkt.net.request import NetworkRequest
     from rkt.pod.gc import Stage1Lookup
 
 LOG = logging.getLogger(__name__)
@@ -132,13 +133,27 @@ def _load_pod_manifest(runtime: Runtime, path: Path) -> dict[str, Any]:
 
 
 def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
-            *, uuid_file: str | None = None) -> int:
-    """Move the locked pod to ``run/`` and hand it to its stage1; return the exit code."""
+            *, uuid_file: str | None = None,
+            network: NetworkRequest | None = None) -> int:
+    """Set up the pod's network, move the locked pod to ``run/`` and hand it to its
+    stage1; return the exit code.
+
+    A network that cannot be set up is torn down again before this raises; a
+    pod this process prepared is then removed, a ``run-prepared`` one stays
+    prepared.
+    """
     pod = prepared.pod
+    if network is None:
+        from rkt.net.request import NetworkRequest
+
+        network = NetworkRequest()
     try:
         resolved = prepared.resolved or load_resolved_pod(pod)
+        pod_runtime = _with_network(runtime, prepared, resolved, pod_runtime, network)
     except BaseException:
         pod.release()
+        if prepared.resolved is not None:
+            PodStore(runtime.data_dir).delete(pod)
         raise
     pod.move("run")
     if uuid_file:
@@ -150,6 +165,37 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
             return prepared.backend.run(pod, resolved, pod_runtime._replace(cgroups=cgroups))
     finally:
         pod.release()
+
+
+def network_modes(backend: Stage1Backend) -> frozenset[str]:
+    """What networks a backend can put a pod in (``Stage1Backend.network_modes``);
+    a backend that does not say shares the host's network only."""
+    modes: frozenset[str] = getattr(backend, "network_modes", frozenset({"host"}))
+    return modes
+
+
+def _with_network(runtime: Runtime, prepared: PreparedPod, resolved: ResolvedPod,
+                  pod_runtime: PodRuntime, request: NetworkRequest) -> PodRuntime:
+    """Check the request against the backend, then set the network up (rkt.net)."""
+    from rkt.net.request import DEFAULT, HOST, NetSelection
+
+    modes = network_modes(prepared.backend)
+    if not request.nets:
+        default = DEFAULT if "contained" in modes else HOST
+        request = request._replace(nets=(NetSelection(default),))
+    mode = request.special or "contained"
+    if mode not in modes:
+        supported = ", ".join(f"--net={m}" if m != "contained" else "CNI networks"
+                              for m in sorted(modes))
+        raise UsageError(f"the {prepared.backend.name} stage1 supports only {supported}; "
+                         f"not --net={','.join(request.names())}")
+    from rkt.net.pod import setup_pod_network
+
+    hostname = pod_runtime.pod_hostname(prepared.pod.uuid)
+    network = setup_pod_network(prepared.pod, resolved, request, hostname=hostname,
+                                local_config=runtime.local_config,
+                                stage1_rootfs=prepared.pod.stage1_rootfs())
+    return pod_runtime._replace(net=request.names(), network=network)
 
 
 def mark_prepared(prepared: PreparedPod) -> None:

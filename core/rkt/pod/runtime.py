@@ -75,12 +75,18 @@ def build_job(
     them only where the image has no such file. Each app's cgroup directories
     (``runtime.cgroups``, host paths) are placed with ``cgroup_dir``: by default
     as they are, for a supervisor that sees the host's ``/sys/fs/cgroup``.
+    What the pod's network says (``runtime.network.resolv_conf`` and
+    ``hosts``) is laid over the app's own.
     """
     hostname = runtime.pod_hostname(pod.uuid)
     cgroups = runtime.cgroups
     etc_files = [("hosts", hosts_file(hostname))]
     if resolv_conf is not None:
         etc_files.append(("resolv.conf", resolv_conf))
+    network = runtime.network
+    etc_overrides = tuple((name, content) for name, content in
+                          (("resolv.conf", network.resolv_conf), ("hosts", network.hosts))
+                          if content is not None)
     placed = tuple(
         PlacedApp(
             app=app,
@@ -89,6 +95,7 @@ def build_job(
             mount_sources=tuple(volume_source(resolved.volume(m.volume)) for m in app.mounts),
             etc_files=tuple(etc_files),
             cgroups=tuple(cgroup_dir(d) for d in cgroups.app_dirs(app.name)) if cgroups else (),
+            etc_overrides=etc_overrides,
         )
         for app in resolved.apps
     )

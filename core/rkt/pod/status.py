@@ -7,12 +7,17 @@ listing stays fast with thousands of pods.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from rkt.errors import PodError
+from rkt.pod.contract import NetAttachment
 from rkt.pod.dirs import Pod, PodStore
+
+#: rkt 1.x's record of the pod's networks (written by ``rkt.net.pod``)
+NET_INFO_FILE = "net-info.json"
 
 #: phases whose pods have started (and may have exit codes)
 _STARTED_PHASES = ("run", "exited-garbage")
@@ -41,6 +46,8 @@ class PodStatus:
     #: seconds since the epoch
     created: float | None
     started: float | None
+    #: the CNI networks the pod was attached to (``net-info.json``)
+    networks: tuple[NetAttachment, ...] = ()
 
     @property
     def app_names(self) -> list[str | None]:
@@ -75,7 +82,22 @@ def pod_status(pod: Pod) -> PodStatus:
         apps=tuple(apps),
         created=pod.created(),
         started=pod.started() if started else None,
+        networks=pod_networks(pod),
     )
+
+
+def pod_networks(pod: Pod) -> tuple[NetAttachment, ...]:
+    """The attachments ``net-info.json`` records: none for host networking or ``none``."""
+    try:
+        document = json.loads((pod.path / NET_INFO_FILE).read_text())
+        return tuple(NetAttachment.from_json(entry) for entry in document)
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+
+
+def networks_summary(networks: tuple[NetAttachment, ...]) -> str:
+    """``default:ip4=172.16.28.7,other:ip4=10.1.0.2``, as ``list`` and ``status`` show them."""
+    return ",".join(f"{n.name}:ip4={n.ip}" for n in networks if n.ip)
 
 
 def wait_until_ready(pods: PodStore, pod: Pod, timeout: float) -> bool:

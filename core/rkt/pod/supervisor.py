@@ -50,7 +50,10 @@ APP_KEYS = frozenset({
     "name", "root", "overlay", "exec", "env", "uid", "gid", "supplementary_gids",
     "working_directory", "read_only_rootfs", "pre_start", "post_stop", "capabilities",
     "no_new_privileges", "oom_score_adj", "mounts", "etc_files", "cgroups",
+    "etc_overrides",
 })
+#: the job's directory: the files the supervisor binds into apps are kept next to it
+JOB_DIR = [os.path.dirname(RUNTIME)]
 STATUS_DIR = "/rkt/status"
 PIDS_DIR = "/rkt/pids"
 
@@ -245,7 +248,10 @@ def _setup_filesystems(app: dict[str, Any], spec: dict[str, Any]) -> None:
         os.symlink(target, os.path.join(dev, link))
     # /etc/hosts and resolv.conf go into the app's rootfs before any volume is
     # mounted: a volume at /etc hides them, and rkt never writes into a volume
+    overrides = app.get("etc_overrides") or {}
     for name, content in app.get("etc_files", {}).items():
+        if name in overrides:
+            continue
         etc = resolve_in_root(root, "/etc", create_dirs=True)
         path = os.path.join(etc, name)
         if not os.path.lexists(path):
@@ -256,6 +262,20 @@ def _setup_filesystems(app: dict[str, Any], spec: dict[str, Any]) -> None:
         target = _make_target(root, volume["target"], is_dir=os.path.isdir(source))
         bind(source, target, read_only=volume.get("read_only", False),
              recursive=volume.get("recursive", True))
+    for name, content in overrides.items():
+        # over the image's file and any volume there (--dns, --hosts-entry): a
+        # read-only bind, so neither the image nor a volume's source is written
+        source = os.path.join(JOB_DIR[0], "etc", f"{app['name']}.{name}")
+        os.makedirs(os.path.dirname(source), exist_ok=True)
+        with open(source, "w") as handle:
+            handle.write(content)
+        etc = resolve_in_root(root, "/etc", create_dirs=True)
+        if not os.path.lexists(os.path.join(etc, name)) and (
+                os.path.ismount(etc) or os.stat(etc).st_dev != os.stat(root).st_dev):
+            raise SetupError(f"/etc is a volume without {name}: there is nothing to put "
+                             f"the pod's {name} over")
+        target = _make_target(root, f"/etc/{name}", is_dir=False)
+        bind(source, target, read_only=True, recursive=False)
     os.chdir(root)
     _check(_libc().syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
     _check(_libc().umount2(b".", MNT_DETACH), "detach the stage1 root")
@@ -513,8 +533,10 @@ def load_job(path: str) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    path = argv[1] if len(argv) > 1 else RUNTIME
+    JOB_DIR[0] = os.path.dirname(os.path.abspath(path))
     try:
-        spec = load_job(argv[1] if len(argv) > 1 else RUNTIME)
+        spec = load_job(path)
     except (OSError, ValueError, JobError) as exc:
         os.write(2, f"rkt: supervisor: {exc}\n".encode())
         return 254
