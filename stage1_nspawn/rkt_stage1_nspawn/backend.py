@@ -149,7 +149,8 @@ class NspawnStage1:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             process = subprocess.Popen(command, pass_fds=pass_fds, cwd=pod.path,
-                                       env=_nspawn_environment(runtime))
+                                       env=_nspawn_environment(runtime),
+                                       preexec_fn=_stop_with_parent())
         except OSError as exc:
             signal.signal(signal.SIGINT, previous)
             raise Stage1Error(f"cannot start systemd-nspawn: {exc.strerror}") from exc
@@ -227,6 +228,23 @@ def _nspawn_environment(runtime: PodRuntime) -> dict[str, str]:
         # cgroups are beside, not below. (The v1 hierarchies have no such rule.)
         env["SYSTEMD_NSPAWN_USE_CGNS"] = "0"
     return env
+
+
+def _stop_with_parent() -> Callable[[], None]:
+    """For nspawn's child side: SIGTERM when rkt dies, however it dies (``kill -9``).
+
+    The process that started a pod is its lifetime (docs/architecture.md); nspawn
+    turns the SIGTERM into a graceful stop, and the pod's network waits for ``gc``.
+    """
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    def set_pdeathsig() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+    return set_pdeathsig
 
 
 def _find_namespace_init(root: int, depth: int = 3) -> int | None:
