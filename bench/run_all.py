@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("bench_image_store.py", "bench_pods.py", "fetch_https.py", "fetch_docker.py",
-              "actool_build.py")
+BENCHMARKS = ("bench_image_store.py", "bench_pods.py", "bench_net.py", "fetch_https.py",
+              "fetch_docker.py", "actool_build.py")
 
 
 def main() -> int:

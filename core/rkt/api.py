@@ -57,9 +57,11 @@ if TYPE_CHECKING:
     from rkt.pod.contract import (
         AppMount,
         AppPort,
+        NetAttachment,
         OverlayDirs,
         PlacedApp,
         PodCgroups,
+        PodNetwork,
         PodRuntime,
         ResolvedApp,
         ResolvedPod,
@@ -119,7 +121,8 @@ _HOMES: dict[str, str] = {
     # the typed stage1 contract (docs/stage1.md) and the supervisor's job
     **dict.fromkeys(
         ("PodRuntime", "ResolvedPod", "ResolvedApp", "ResolvedVolume", "AppMount", "AppPort",
-         "SupervisorJob", "PlacedApp", "OverlayDirs", "PodCgroups", "Resources"),
+         "SupervisorJob", "PlacedApp", "OverlayDirs", "PodCgroups", "Resources",
+         "PodNetwork", "NetAttachment"),
         "rkt.pod.contract",
     ),
     # helpers a backend uses to start, enter and clean up a pod
@@ -165,6 +168,7 @@ __all__ = [
     "ImageStore",
     "KeystoreError",
     "ManifestError",
+    "NetAttachment",
     "NetworkError",
     "OverlayDirs",
     "PlacedApp",
@@ -172,6 +176,7 @@ __all__ = [
     "Pod",
     "PodCgroups",
     "PodError",
+    "PodNetwork",
     "PodRuntime",
     "ProgressBar",
     "RemoteRecord",

@@ -46,7 +46,13 @@ SUPERVISOR_PATH = "rkt/supervisor.py"
 
 
 class Stage1Backend(Protocol):
-    """A way of isolating a pod: containers, virtual machines, or plain chroot."""
+    """A way of isolating a pod: containers, virtual machines, or plain chroot.
+
+    A backend may also say which networks it can put a pod in, as a class
+    attribute ``network_modes``, a frozenset of ``"host"``, ``"none"`` and
+    ``"contained"`` (joining the namespace stage0 prepared, ``PodRuntime.network``);
+    without it only ``"host"`` is assumed (docs/stage1.md).
+    """
 
     #: the entry-point name, e.g. "nspawn"
     name: str

@@ -123,8 +123,8 @@ class AppPort(NamedTuple):
     """A port the app's image declares it listens on (appc-spec/aci.md ``ports``).
 
     ``port_count`` is appc's ``count``: the ports ``port`` to ``port + count - 1``
-    (a tuple's ``count`` method keeps the name). Nothing forwards them yet; they
-    are here for the network attachments to come.
+    (a tuple's ``count`` method keeps the name). ``--port`` forwards them, by
+    name, through CNI's ``portmap`` (``rkt.net.pod``).
     """
 
     name: str
