@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,37 @@ def port_mappings(ports: tuple[PortRequest, ...], resolved: ResolvedPod) -> list
     return mappings
 
 
+def _forwarded_ports() -> set[tuple[str, int]]:
+    """(protocol, port) pairs portmap already forwards, for any container on the host."""
+    try:
+        rules = subprocess.run(["iptables", "-w", "-t", "nat", "-S", "CNI-HOSTPORT-DNAT"],
+                               capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    found = set()
+    for rule in rules.splitlines():
+        words = rule.split()
+        if "-p" in words and "--dports" in words:
+            protocol = words[words.index("-p") + 1]
+            for port in words[words.index("--dports") + 1].split(","):
+                low, _, high = port.partition(":")
+                if low.isdigit():
+                    found.update((protocol, p) for p in range(int(low), int(high or low) + 1))
+    return found
+
+
+def _check_ports_free(mappings: list[dict[str, Any]]) -> None:
+    """A host port that something on the host listens on, or that is forwarded to
+    another container already, cannot be forwarded."""
+    forwarded = _forwarded_ports()
+    for mapping in mappings:
+        if (mapping["protocol"], mapping["hostPort"]) in forwarded:
+            raise NetworkError(f"--port: host port {mapping['hostPort']}/"
+                               f"{mapping['protocol']} is already forwarded to another pod")
+        _check_port_free(mapping)
+
+
 def _check_port_free(mapping: dict[str, Any]) -> None:
-    """A host port something on the host listens on cannot be forwarded."""
     udp = mapping["protocol"] == "udp"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
         try:
@@ -113,8 +143,8 @@ def setup_pod_network(pod: Pod, resolved: ResolvedPod, request: NetworkRequest, 
         return PodNetwork(mode="host", resolv_conf=dns.pod_resolv_conf(request.dns, []),
                           hosts=hosts)
     networks = [] if special == NONE else select_networks(request.nets, local_config)
-    for mapping in mappings:
-        _check_port_free(mapping)
+    if mappings:
+        _check_ports_free(mappings)
     if (pod.path / NETNS_FILE).exists():
         # a run-prepared that was killed while setting up: start from nothing
         for error in teardown_pod_network(pod):
