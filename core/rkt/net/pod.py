@@ -76,7 +76,7 @@ def _forwarded_ports() -> set[tuple[str, int]]:
                                capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return set()
-    found = set()
+    found: set[tuple[str, int]] = set()
     for rule in rules.splitlines():
         words = rule.split()
         if "-p" in words and "--dports" in words:
