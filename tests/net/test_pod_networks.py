@@ -455,6 +455,36 @@ def test_bad_networks_leave_nothing(rkt_env: RktEnv, addr_image: Path, files: di
     assert rkt_env.run("status", prepared).stdout.startswith("state=prepared")
 
 
+def test_a_failure_after_one_attachment_tears_the_first_down(rkt_env: RktEnv,
+                                                             addr_image: Path) -> None:
+    net_d = rkt_env.local_config / "net.d"
+    net_d.mkdir()
+    # applied after the built-in default (99-default.conf): eth0 is up when eth1 fails
+    (net_d / "zz-broken.conf").write_text('{"name": "broken", "cniVersion": "1.0.0", '
+                                          '"type": "broken"}')
+    _write_plugin(net_d, "broken", f'echo "$CNI_CONTAINERID" > {net_d}/uuid; '
+                                   "echo 'no luck' >&2; exit 1")
+    result = run(rkt_env, "run", "--net=default,broken", addr_image)
+    assert_one_line_error(result, 'network "broken": CNI plugin "broken" (ADD) failed: no luck')
+    uuid = (net_d / "uuid").read_text().strip()
+    assert host_traces(uuid) == []
+    assert list((rkt_env.data_dir / "pods").glob("*/*")) == []
+
+
+def test_teardown_is_idempotent(rkt_env: RktEnv, addr_image: Path) -> None:
+    from rkt.net.pod import teardown_pod_network
+    from rkt.pod.dirs import PodStore
+
+    assert run(rkt_env, "run", addr_image).returncode == 0
+    pod = PodStore(rkt_env.data_dir).find(pod_uuid(rkt_env))
+    assert host_traces(pod.uuid) != []
+    assert teardown_pod_network(pod) == []
+    assert host_traces(pod.uuid) == []
+    assert teardown_pod_network(pod) == []
+    collect(rkt_env)
+    assert list((rkt_env.data_dir / "pods").glob("*/*")) == []
+
+
 def test_an_exhausted_subnet(rkt_env: RktEnv, addr_image: Path, tmp_path: Path) -> None:
     subnet = free_subnet()
     net_d = rkt_env.local_config / "net.d"
