@@ -405,7 +405,10 @@ def test_run_by_name_hash_and_url(env: RktEnv, site: Site) -> None:
     for directory in (fresh.data_dir, fresh.local_config, fresh.system_config):
         directory.mkdir(parents=True)
     fresh.trust("localhost/hello", site.key_file)
-    by_url = fresh.run("run", url)
+    try:
+        by_url = fresh.run("run", url)
+    finally:
+        fresh.run("gc", "--grace-period=0s")  # the pod's network (rkt_env collects env's)
     assert by_url.returncode == 0, by_url.stderr
     assert "hello from a discovered image" in by_url.stdout
     assert f"rkt: fetching image from {url}" in by_url.stderr
