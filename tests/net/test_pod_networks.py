@@ -335,6 +335,23 @@ def test_two_pods_on_a_user_bridge_reach_each_other(
             server.kill()
 
 
+def test_all_networks_in_file_name_order(
+    rkt_env: RktEnv, addr_image: Path, bridge_net: tuple[str, ipaddress.IPv4Network],
+) -> None:
+    name, subnet = bridge_net
+    result = run(rkt_env, "run", "--net=all", addr_image)
+    found = addresses(result.stdout)
+    # 10-bridge.conflist before the built-in 99-default.conf
+    assert ipaddress.ip_address(found["eth0"]) in subnet, result.stdout + result.stderr
+    assert ipaddress.ip_address(found["eth1"]) in ipaddress.ip_network("172.16.28.0/24")
+    networks = json.loads(rkt_env.run("list", "--format=json", check=True).stdout)[0]["networks"]
+    assert [(n["netName"], n["ifName"]) for n in networks] == [(name, "eth0"),
+                                                                ("default", "eth1")]
+    uuid = pod_uuid(rkt_env)
+    collect(rkt_env)
+    assert host_traces(uuid) == []
+
+
 def _wait_for(path: Path) -> str:
     deadline = time.monotonic() + 20
     while not path.exists() and time.monotonic() < deadline:
