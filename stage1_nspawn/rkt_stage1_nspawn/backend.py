@@ -9,6 +9,11 @@ ends, however it ends.
 
 On hosts without systemd as PID 1, nspawn must not try to register with
 machined or create a scope: ``--register=no --keep-unit``.
+
+nspawn's own seccomp filter is turned off (``SYSTEMD_SECCOMP=0``): each app
+gets rkt's filter from the supervisor, as on every stage1, so the filter an app
+runs under is exactly the one its isolators asked for (docs/isolators.md), and
+``rkt enter`` can give an entered process the very same one.
 """
 
 from __future__ import annotations
@@ -220,7 +225,8 @@ def _cgroup_in_container(cgroups: PodCgroups | None) -> Callable[[str], str]:
 
 
 def _nspawn_environment(runtime: PodRuntime) -> dict[str, str]:
-    env = dict(os.environ)
+    # no seccomp filter of nspawn's own: the apps get exactly rkt's (see the module doc)
+    env = {**os.environ, "SYSTEMD_SECCOMP": "0"}
     if runtime.cgroups is not None and runtime.cgroups.version == 2:
         # With cgroup v2's nsdelegate a process may move others only between
         # cgroups inside its cgroup namespace, and nspawn roots the container's

@@ -69,7 +69,7 @@ def build_aci(
     path: Path,
     *,
     manifest: Mapping[str, Any] | bytes,
-    files: Mapping[str, bytes | str] | None = None,
+    files: Mapping[str, bytes | str | Path] | None = None,
     busybox: bool = False,
     compression: str = "gzip",
     extra_tar: Path | None = None,
@@ -78,7 +78,8 @@ def build_aci(
     """Write an ACI to ``path``.
 
     ``files`` maps rootfs-relative paths to contents (a path ending in ``/`` is a
-    directory; contents starting with ``#!`` are made executable). ``busybox``
+    directory; contents starting with ``#!`` are made executable) or to a host
+    file, copied with its mode (a test's compiled helper). ``busybox``
     copies the host's static busybox to ``/bin/busybox`` with the common applets
     linked. ``symlinks`` maps rootfs-relative paths to link targets (stored as
     given, however hostile). ``compression`` is ``gzip``, ``bzip2``, ``xz``, ``zstd`` or ``none``.
@@ -113,6 +114,9 @@ def build_aci(
                 if directory not in made_dirs:
                     _add_dir(tar, directory)
                     made_dirs.add(directory)
+                continue
+            if isinstance(content, Path):
+                tar.add(str(content), "rootfs/" + rel.lstrip("/"))
                 continue
             body = content.encode() if isinstance(content, str) else content
             mode = 0o755 if body.startswith(b"#!") else 0o644

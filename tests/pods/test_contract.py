@@ -27,6 +27,7 @@ from rkt.pod.contract import (
     ResolvedApp,
     ResolvedPod,
     ResolvedVolume,
+    SeccompFilter,
     SupervisorJob,
 )
 from rkt.stage1 import INTERFACE_VERSION, check_interface_version
@@ -39,6 +40,7 @@ APP = ResolvedApp(
     read_only_rootfs=True,
     mounts=(AppMount("data", "/data", read_only=True, recursive=False),),
     capabilities=("CAP_NET_BIND_SERVICE",), no_new_privileges=True, oom_score_adj=-10,
+    seccomp=SeccompFilter("remove", ("@rkt/default-blacklist", "mkdir"), "EACCES", "IAAAAA=="),
     pre_start=("/bin/setup",), post_stop=("/bin/cleanup", "now"),
     ports=(AppPort("http", "tcp", 80, port_count=2, socket_activated=True),),
 )
@@ -60,10 +62,18 @@ def test_keep_all_capabilities_stays_distinct_from_keep_none() -> None:
         assert ResolvedApp.from_json(app.to_json()).capabilities == caps
 
 
+def test_no_seccomp_filter_stays_distinct_from_a_filter() -> None:
+    app = APP._replace(seccomp=None)
+    assert ResolvedApp.from_json(app.to_json()).seccomp is None
+    assert json.loads(POD.to_json())["apps"][0]["seccomp"]["set"] == [
+        "@rkt/default-blacklist", "mkdir"]
+
+
 def test_apps_json_of_another_version_is_refused() -> None:
     document = json.loads(POD.to_json())
     document["version"] = 1
-    with pytest.raises(ContractVersionError, match="version 1; this rkt speaks 2"):
+    with pytest.raises(ContractVersionError,
+                       match=f"version 1; this rkt speaks {CONTRACT_VERSION}"):
         ResolvedPod.from_json(json.dumps(document))
 
 
@@ -111,7 +121,7 @@ def test_the_supervisor_refuses_a_job_of_another_version(tmp_path: Path,
     assert supervisor.main(["supervisor", str(path)]) == 254
     err = capfd.readouterr().err
     assert err == (f"rkt: supervisor: {path} is of stage1 interface version 99; "
-                   "this supervisor speaks 2\n")
+                   f"this supervisor speaks {CONTRACT_VERSION}\n")
 
 
 class _Backend:
@@ -129,13 +139,13 @@ def _stage1_manifest(name: str, version: str | None) -> dict[str, Any]:
 @pytest.mark.parametrize(("name", "version", "message"), [
     ("example.com/stage1-future", "99",
      'stage1 image "example.com/stage1-future" speaks stage1 interface version 99; '
-     "this rkt speaks 2"),
+     f"this rkt speaks {INTERFACE_VERSION}"),
     ("coreos.com/rkt/stage1-fly", "1",
      'stage1 image "coreos.com/rkt/stage1-fly" speaks stage1 interface version 1; '
-     "this rkt speaks 2 (run 'rkt install' to rebuild the stage1 images)"),
+     f"this rkt speaks {INTERFACE_VERSION} (run 'rkt install' to rebuild the stage1 images)"),
     ("example.com/stage1-old", "1",
      'stage1 image "example.com/stage1-old" speaks stage1 interface version 1; '
-     "this rkt speaks 2"),
+     f"this rkt speaks {INTERFACE_VERSION}"),
     ("example.com/stage1-silent", None,
      'stage1 image "example.com/stage1-silent" does not say which stage1 interface version'),
 ])
@@ -151,5 +161,5 @@ def test_a_backend_of_another_interface_version_is_refused() -> None:
     backend = _Backend()
     backend.interface_version = 1
     with pytest.raises(Stage1Error, match='backend "fly" speaks stage1 interface version 1'):
-        check_interface_version(_stage1_manifest("x", "2"), backend)  # type: ignore[arg-type]
-    check_interface_version(_stage1_manifest("x", "2"), _Backend())  # type: ignore[arg-type]
+        check_interface_version(_stage1_manifest("x", str(INTERFACE_VERSION)), backend)  # type: ignore[arg-type]
+    check_interface_version(_stage1_manifest("x", str(INTERFACE_VERSION)), _Backend())  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from rkt.stage1 import INTERFACE_VERSION
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.plugin import needs_root
 
@@ -481,7 +482,7 @@ def test_stage1_of_an_unknown_interface_version_is_refused(
     future = _future_stage1(aci_builder, "99")
     result = run(env, "run", f"--stage1-path={future}", busybox_image)
     assert_one_line_error(result, 'stage1 image "example.com/stage1-future" speaks stage1 '
-                                  "interface version 99; this rkt speaks 2")
+                                  f"interface version 99; this rkt speaks {INTERFACE_VERSION}")
     assert_one_line_error(run(env, "prepare", f"--stage1-path={future}", busybox_image),
                           "interface version 99")
     assert pod_dirs(env) == []
@@ -499,7 +500,8 @@ def test_stage1_image_of_an_older_rkt_asks_for_rkt_install(
     images = tmp_path / "stage1-images"
     build_stage1_image(OldFly(), images / "stage1-fly.aci")
     result = run(env, "run", FLY, busybox_image, env={"RKT_STAGE1_IMAGES_DIR": str(images)})
-    assert_one_line_error(result, "speaks stage1 interface version 1; this rkt speaks 2 "
+    assert_one_line_error(result, "speaks stage1 interface version 1; this rkt speaks "
+                                  f"{INTERFACE_VERSION} "
                                   "(run 'rkt install' to rebuild the stage1 images)")
     assert pod_dirs(env) == []
 

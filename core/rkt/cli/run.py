@@ -26,7 +26,7 @@ APP_FLAGS = {
     "--exec", "--user", "--group", "--supplementary-gids", "--working-dir", "--name",
     "--mount", "--signature", "--readonly-rootfs", "--annotation", "--environment",
     "--caps-retain", "--caps-remove", "--cap-retain", "--cap-remove",
-    "--memory", "--cpu", "--cpu-shares", "--oom-score-adj",
+    "--memory", "--cpu", "--cpu-shares", "--oom-score-adj", "--seccomp",
 }
 
 
@@ -51,6 +51,8 @@ def _add_app_flags(parser: RktArgumentParser) -> None:
     group.add_argument("--cpu", help="the app's CPU limit (and request), e.g. 500m or 1.5")
     group.add_argument("--cpu-shares", help="the app's relative CPU weight, 2..262144")
     group.add_argument("--oom-score-adj", help="the app's OOM score adjustment, -1000..1000")
+    group.add_argument("--seccomp", metavar="mode=remove|retain[,errno=ENAME],SYSCALL,...",
+                       help="the app's seccomp filter, replacing the image's")
 
 
 def add_arguments(command: str, parser: RktArgumentParser) -> None:
@@ -112,6 +114,7 @@ def _csv(value: str | None) -> list[str] | None:
 
 def _app_requests(parser_args: argparse.Namespace, images: list[ImageArgs]) -> list[object]:
     from rkt.pod.apps import AppRequest, parse_env, parse_mount, resource_isolators
+    from rkt.pod.seccomp import parse_seccomp_flag
 
     app_parser = RktArgumentParser(prog="rkt run")
     _add_app_flags(app_parser)
@@ -128,6 +131,7 @@ def _app_requests(parser_args: argparse.Namespace, images: list[ImageArgs]) -> l
             supplementary = [int(g) for g in _csv(str(gids))] if gids else None  # type: ignore[union-attr]
         except ValueError as exc:
             raise UsageError(f"--supplementary-gids {gids}: expected numbers") from exc
+        seccomp = pick("seccomp")
         exec_value = pick("exec")
         signature = pick("signature")
         requests.append(AppRequest(
@@ -148,6 +152,7 @@ def _app_requests(parser_args: argparse.Namespace, images: list[ImageArgs]) -> l
                          for e in (own.environment or parser_args.environment or [])],
             caps_retain=_csv(pick("caps_retain") or pick("cap_retain")),  # type: ignore[arg-type]
             caps_remove=_csv(pick("caps_remove") or pick("cap_remove")),  # type: ignore[arg-type]
+            seccomp=parse_seccomp_flag(str(seccomp)) if seccomp else None,
             isolators=resource_isolators(
                 pick("memory"), pick("cpu"), pick("cpu_shares"),  # type: ignore[arg-type]
                 pick("oom_score_adj"),  # type: ignore[arg-type]

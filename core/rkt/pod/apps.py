@@ -167,6 +167,8 @@ class AppRequest:
     environment: list[tuple[str, str]] = field(default_factory=list)
     caps_retain: list[str] | None = None
     caps_remove: list[str] | None = None
+    #: ``--seccomp``, as the isolator it replaces the image's with
+    seccomp: dict[str, object] | None = None
     #: isolators from --memory, --cpu, --cpu-shares, --oom-score-adj
     isolators: list[dict[str, object]] = field(default_factory=list)
 

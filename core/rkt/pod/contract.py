@@ -44,13 +44,15 @@ __all__ = [
     "ResolvedPod",
     "ResolvedVolume",
     "Resources",
+    "SeccompFilter",
     "SupervisorJob",
 ]
 
 #: the version of the JSON documents below; it is the stage1 interface version
 #: (``rkt.stage1.INTERFACE_VERSION``), because the supervisor inside a stage1
-#: image is what reads them
-CONTRACT_VERSION = 2
+#: image is what reads them. 3: apps carry a seccomp filter, which a version 2
+#: supervisor would silently not apply.
+CONTRACT_VERSION = 3
 
 
 class ContractVersionError(ValueError):
@@ -174,6 +176,35 @@ class Resources(NamedTuple):
                    cpu_shares=number("cpu_shares"))
 
 
+class SeccompFilter(NamedTuple):
+    """The app's seccomp filter: what its isolator (or rkt's default) asked for,
+    and that compiled for this machine's architecture.
+
+    ``mode`` is ``"remove"`` (every syscall but ``set``) or ``"retain"`` (only
+    ``set``); ``set`` is as the isolator or ``--seccomp`` wrote it (``@`` groups
+    unexpanded); ``errno`` is the error name a filtered syscall returns, ``""``
+    meaning the process is killed with SIGSYS. ``program`` is the classic BPF
+    program (``struct sock_filter[]``) in base64, ready for
+    ``prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER)`` (docs/isolators.md).
+    """
+
+    mode: str
+    set: tuple[str, ...]
+    errno: str
+    program: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "set": list(self.set), "errno": self.errno,
+                "program": self.program}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> SeccompFilter | None:
+        if data is None:
+            return None
+        return cls(mode=str(data["mode"]), set=tuple(str(s) for s in data["set"]),
+                   errno=str(data["errno"]), program=str(data["program"]))
+
+
 class ResolvedApp(NamedTuple):
     """One app of the pod, with everything the image and the flags said resolved.
 
@@ -181,8 +212,10 @@ class ResolvedApp(NamedTuple):
     in the image's ``/etc/passwd`` and ``/etc/group`` (appc-spec/aci.md).
     ``env`` is ordered ``(name, value)`` pairs, already merged in rkt's order
     (inherited, defaults, image, ``--set-env-file``, ``--set-env``, per-app
-    ``--environment``). ``capabilities`` is the bounding set to keep, ``None``
-    meaning keep every capability (``--insecure-options=capabilities``).
+    ``--environment``). ``capabilities`` is the app's capability set (bounding,
+    inheritable and, for uid 0, permitted and effective), ``None`` meaning keep
+    every capability (``--insecure-options=capabilities``). ``seccomp`` is the
+    filter to install last, ``None`` meaning none (``--insecure-options=seccomp``).
     """
 
     name: str
@@ -208,6 +241,7 @@ class ResolvedApp(NamedTuple):
     capabilities: tuple[str, ...] | None = None
     no_new_privileges: bool = False
     oom_score_adj: int | None = None
+    seccomp: SeccompFilter | None = None
     #: the ``pre-start`` and ``post-stop`` event handlers' commands
     pre_start: tuple[str, ...] | None = None
     post_stop: tuple[str, ...] | None = None
@@ -232,6 +266,7 @@ class ResolvedApp(NamedTuple):
             "capabilities": None if self.capabilities is None else list(self.capabilities),
             "no_new_privileges": self.no_new_privileges,
             "oom_score_adj": self.oom_score_adj,
+            "seccomp": None if self.seccomp is None else self.seccomp.to_json(),
             "pre_start": None if self.pre_start is None else list(self.pre_start),
             "post_stop": None if self.post_stop is None else list(self.post_stop),
         }
@@ -271,6 +306,7 @@ class ResolvedApp(NamedTuple):
             capabilities=_strings(data.get("capabilities")),
             no_new_privileges=bool(data.get("no_new_privileges", False)),
             oom_score_adj=None if oom is None else int(oom),
+            seccomp=SeccompFilter.from_json(data.get("seccomp")),
             pre_start=_strings(data.get("pre_start")),
             post_stop=_strings(data.get("post_stop")),
             ports=tuple(AppPort.from_json(p) for p in data.get("ports") or ()),

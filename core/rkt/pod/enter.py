@@ -2,8 +2,10 @@
 
 rkt's CVE-2019-10144/10145/10147 came from entering with more than the app had:
 all capabilities, no cgroup. Here the command joins the app's cgroups and every
-namespace it has (mount, UTS, IPC, network, PID, cgroup), gets the app's
-capability bounding set, no_new_privs, user and groups, and its environment.
+namespace it has (mount, UTS, IPC, network, PID, cgroup), and then becomes the
+app exactly as the supervisor made it (``supervisor.exec_app``): the same
+capability sets, user and groups, no_new_privs and seccomp filter, and its
+environment.
 """
 
 from __future__ import annotations
@@ -95,14 +97,11 @@ def enter(app_pid: int, app: ResolvedApp, command: list[str]) -> int:
                         )
                 child = os.fork()  # a PID namespace applies to children only
                 if child == 0:
-                    env = app.environment()
-                    # the supervisor's own privilege dropping, given the same fields
-                    supervisor.drop_privileges(app.process_json())
-                    try:
-                        os.chdir(app.working_directory)
-                    except OSError:
-                        os.chdir("/")
-                    supervisor._exec(command, env)
+                    # the supervisor's own last steps, given the same fields
+                    process = app.process_json()
+                    if not os.path.isdir(app.working_directory):
+                        process["working_directory"] = "/"
+                    supervisor.exec_app(process, command, app.environment())
                 _, status = os.waitpid(child, 0)
                 code = os.waitstatus_to_exitcode(status)
                 os._exit(code if code >= 0 else 128 - code)

@@ -43,9 +43,10 @@ from rkt.pod.contract import (
     ResolvedApp,
     ResolvedPod,
     ResolvedVolume,
+    SeccompFilter,
 )
 from rkt.pod.dirs import POD_MANIFEST, Pod
-from rkt.pod.supervisor import resolve_in_root
+from rkt.pod.supervisor import CAPABILITIES, resolve_in_root
 from rkt.stage1 import named_entry
 
 if TYPE_CHECKING:
@@ -132,19 +133,39 @@ def _cap_name(name: str) -> str:
     return upper if upper.startswith("CAP_") else f"CAP_{upper}"
 
 
-def _capabilities(app: dict[str, Any], insecure_caps: bool) -> list[str] | None:
-    """The app's bounding set: the spec's default 14, shaped by its isolators."""
-    if insecure_caps:
-        return None  # keep every capability (--insecure-options=capabilities)
-    caps = list(DEFAULT_CAPABILITIES)
+def _cap_names(app_name: str, isolator: dict[str, Any]) -> list[str]:
+    names = [_cap_name(c) for c in (isolator.get("value") or {}).get("set") or []]
+    for name in names:
+        if name not in CAPABILITIES:
+            raise PodError(f'app "{app_name}": {isolator["name"]}: unknown capability "{name}"')
+    return names
+
+
+def _capabilities(app_name: str, app: dict[str, Any], insecure_caps: bool) -> list[str] | None:
+    """The app's capability set: the spec's default 14, shaped by its isolators."""
     retain = named_entry(app.get("isolators"), "os/linux/capabilities-retain-set")
     remove = named_entry(app.get("isolators"), "os/linux/capabilities-remove-set")
+    # checked even when insecure: a typo must not pass unnoticed until the option goes
+    caps = list(DEFAULT_CAPABILITIES)
     if retain is not None:
-        caps = [_cap_name(c) for c in retain["value"].get("set", [])]
+        caps = _cap_names(app_name, retain)
     if remove is not None:
-        dropped = {_cap_name(c) for c in remove["value"].get("set", [])}
+        dropped = set(_cap_names(app_name, remove))
         caps = [c for c in caps if c not in dropped]
+    if insecure_caps:
+        return None  # keep every capability (--insecure-options=capabilities)
     return caps
+
+
+def _seccomp(app_name: str, app: dict[str, Any], insecure_seccomp: bool) -> SeccompFilter | None:
+    """The app's compiled seccomp filter (docs/isolators.md), or None."""
+    from rkt.pod.seccomp import filter_for
+
+    try:
+        compiled = filter_for(app.get("isolators"))
+    except UsageError as exc:
+        raise PodError(f'app "{app_name}": {exc}') from exc
+    return None if insecure_seccomp else compiled
 
 
 def _check_request(request: AppRequest) -> None:
@@ -189,10 +210,19 @@ def _app_definition(image: ResolvedImage, request: AppRequest) -> dict[str, Any]
         ("os/linux/capabilities-remove-set", request.caps_remove),
     ):
         if caps is not None:
+            for cap in caps:
+                if _cap_name(cap) not in CAPABILITIES:
+                    flag = "--caps-retain" if "retain" in isolator_name else "--caps-remove"
+                    raise UsageError(f'{flag}: unknown capability "{cap}"')
             # the two capability isolators exclude each other: a flag replaces both
             app["isolators"] = [i for i in app.get("isolators") or []
                                 if not i["name"].startswith("os/linux/capabilities-")]
             app["isolators"].append({"name": isolator_name, "value": {"set": caps}})
+    if request.seccomp is not None:
+        # as with capabilities: --seccomp replaces the image's seccomp isolator
+        app["isolators"] = [i for i in app.get("isolators") or []
+                            if not i["name"].startswith("os/linux/seccomp-")]
+        app["isolators"].append(request.seccomp)
     if request.isolators:
         _replace_isolators(app, list(request.isolators))
     if request.environment:
@@ -472,7 +502,8 @@ def resolve_app(
     post = named_entry(app.get("eventHandlers"), "post-stop")
     no_new_privs = named_entry(app.get("isolators"), "os/linux/no-new-privileges")
     oom_score_adj = named_entry(app.get("isolators"), "os/linux/oom-score-adj")
-    capabilities = _capabilities(app, "capabilities" in insecure)
+    capabilities = _capabilities(app_name, app, "capabilities" in insecure)
+    seccomp = _seccomp(app_name, app, "seccomp" in insecure)
     return ResolvedApp(
         name=app_name,
         image_name=image_name,
@@ -491,6 +522,7 @@ def resolve_app(
         capabilities=None if capabilities is None else tuple(capabilities),
         no_new_privileges=bool(no_new_privs and no_new_privs.get("value") is True),
         oom_score_adj=int(oom_score_adj["value"]) if oom_score_adj else None,
+        seccomp=seccomp,
         pre_start=tuple(pre["exec"]) if pre else None,
         post_stop=tuple(post["exec"]) if post else None,
         ports=_ports(app),

@@ -11,9 +11,10 @@ app's rootfs (an overlay, when asked to), ``/proc``, ``/sys`` (read-only), a
 minimal ``/dev`` (appc-spec/OS-SPEC.md's device set), the volumes at their
 mount points, then ``pivot_root``s into the rootfs (the stage1's files are gone
 from the app's view, unlike a plain chroot), joins the app's cgroup (made by
-stage0), drops capabilities and privileges, and execs. ``pre-start`` handlers
-run first in the same mount namespace, ``post-stop`` handlers after the app
-ends (best effort).
+stage0) and becomes the app (:func:`exec_app`: capabilities, user,
+no_new_privs, the seccomp filter, exec). ``pre-start`` handlers run first in
+the same mount namespace, ``post-stop`` handlers after the app ends (best
+effort).
 
 When an app fails (non-zero exit) the others are stopped and the supervisor
 exits with that app's code; when all apps succeed it exits 0. Exit codes are
@@ -24,7 +25,6 @@ plain child of ``rkt run`` (the fly stage1).
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 RUNTIME = "/rkt/runtime.json"
 #: the stage1 interface version of the jobs this supervisor reads (it is
 #: ``rkt.pod.contract.CONTRACT_VERSION`` of the rkt that built the image)
-JOB_VERSION = 2
+JOB_VERSION = 3
 #: the keys of a job and of each of its apps (``SupervisorJob.to_json``)
 JOB_KEYS = frozenset({
     "version", "mode", "uuid", "hostname", "interactive", "status_dir", "pids_dir",
@@ -49,7 +49,7 @@ JOB_KEYS = frozenset({
 APP_KEYS = frozenset({
     "name", "root", "overlay", "exec", "env", "uid", "gid", "supplementary_gids",
     "working_directory", "read_only_rootfs", "pre_start", "post_stop", "capabilities",
-    "no_new_privileges", "oom_score_adj", "mounts", "etc_files", "cgroups",
+    "no_new_privileges", "oom_score_adj", "seccomp", "mounts", "etc_files", "cgroups",
     "etc_overrides",
 })
 #: the job's directory: the files the supervisor binds into apps are kept next to it
@@ -69,8 +69,13 @@ MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MNT_DETACH = 2
 PR_CAPBSET_DROP = 24
+PR_SET_KEEPCAPS = 8
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_PDEATHSIG = 1
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+CAP_SYS_ADMIN = 21
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SYS_PIVOT_ROOT = 155  # x86_64
 TIOCSCTTY = 0x540E
 CAP_LAST = 40
@@ -323,23 +328,133 @@ def oom_kills(app: dict[str, Any]) -> int:
     return 0
 
 
-def drop_privileges(app: dict[str, Any]) -> None:
+# -- becoming the app ------------------------------------------------------------------
+def _last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return CAP_LAST
+
+
+def _held_capabilities() -> tuple[int, int]:
+    """This process's permitted and bounding sets."""
+    found = {}
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(("CapPrm:", "CapBnd:")):
+                found[line[:6]] = int(line.split()[1], 16)
+    return found["CapPrm"], found["CapBnd"]
+
+
+def capability_mask(names: list[str] | None) -> int:
+    """The app's capability set as a bit mask (every capability for ``None``)."""
+    if names is None:
+        return (1 << (_last_cap() + 1)) - 1
+    mask = 0
+    for name in names:
+        if name not in CAPABILITIES:
+            # stage0 refuses unknown names; a job naming one was not made by it
+            raise SetupError(f'unknown capability "{name}"')
+        mask |= 1 << CAPABILITIES[name]
+    return mask
+
+
+def _capset(effective: int, permitted: int, inheritable: int) -> None:
+    import ctypes
+
+    header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+    # two struct __user_cap_data_struct {effective, permitted, inheritable}: low, high 32 bits
+    data = (ctypes.c_uint32 * 6)(
+        effective & 0xFFFFFFFF, permitted & 0xFFFFFFFF, inheritable & 0xFFFFFFFF,
+        effective >> 32, permitted >> 32, inheritable >> 32,
+    )
+    _check(_libc().capset(header, data), "set capabilities")
+
+
+def drop_privileges(app: dict[str, Any], *, keep_sys_admin: bool = False) -> None:
+    """Take on the app's user, groups and capability sets (docs/isolators.md).
+
+    The bounding and inheritable sets become the app's set. Permitted and
+    effective become it too for uid 0 and empty for any other uid (as in rkt
+    1.x), so a file-capability or setuid binary can gain nothing beyond the
+    bounding set. The ambient set stays empty. ``keep_sys_admin`` keeps
+    CAP_SYS_ADMIN in the permitted and effective sets, for installing the
+    seccomp filter afterwards; the ``execve`` of the app drops it again, as the
+    kernel then recomputes those sets from the bounding and inheritable ones.
+    """
     if app.get("oom_score_adj") is not None:
         with open("/proc/self/oom_score_adj", "w") as handle:
             handle.write(str(app["oom_score_adj"]))
-    keep = app.get("capabilities")
-    if keep is not None:
-        wanted = {CAPABILITIES[name] for name in keep if name in CAPABILITIES}
-        for cap in range(CAP_LAST + 1):
-            if cap not in wanted:
-                result = _libc().prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
-                if result != 0 and _errno() != errno.EINVAL:
-                    _check(result, f"drop capability {cap}")
-    if app.get("no_new_privileges"):
-        _check(_libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
+    # what this process holds bounds what it can hand out (fly runs with the host's sets)
+    permitted, bounding = _held_capabilities()
+    wanted = capability_mask(app.get("capabilities")) & bounding
+    libc = _libc()
+    for cap in range(bounding.bit_length()):
+        if bounding & (1 << cap) and not wanted & (1 << cap):
+            _check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
+    # keep the permitted set across setuid, to hand out exactly the app's below
+    _check(libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "keep capabilities")
     os.setgroups(app.get("supplementary_gids", []))
     os.setgid(app["gid"])
     os.setuid(app["uid"])
+    _check(libc.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0), "reset keep capabilities")
+    held = wanted if app["uid"] == 0 else 0
+    if keep_sys_admin:
+        held |= 1 << CAP_SYS_ADMIN
+    held &= permitted
+    _capset(held, held, wanted)
+    if app.get("no_new_privileges"):
+        _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
+
+
+def seccomp_program(app: dict[str, Any]) -> bytes:
+    """The app's compiled seccomp filter (``b""`` for none)."""
+    seccomp = app.get("seccomp")
+    if not seccomp or not seccomp.get("program"):
+        return b""
+    import binascii  # call this before pivot_root: the app's rootfs has no stdlib
+
+    return binascii.a2b_base64(seccomp["program"])
+
+
+def install_seccomp(program: bytes) -> None:
+    """Install a BPF filter on this process (inherited by everything it execs).
+
+    The kernel allows it with no_new_privs set or CAP_SYS_ADMIN in effect.
+    """
+    import ctypes
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    _check(_libc().prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0),
+           "install the seccomp filter")
+
+
+def exec_app(app: dict[str, Any], argv: list[str], env: dict[str, str],
+             program: bytes | None = None) -> None:
+    """Become the app and exec ``argv``: the last steps of every process run as
+    the app (the app, its event handlers, ``rkt enter``). Raises SetupError.
+
+    ``program`` is :func:`seccomp_program`'s, when it had to be decoded earlier.
+    The seccomp filter goes in last, so that the filter need allow nothing
+    but ``execve`` (which rkt's filters never block) of what follows it.
+    """
+    if program is None:
+        program = seccomp_program(app)
+    drop_privileges(app, keep_sys_admin=bool(program) and not app.get("no_new_privileges"))
+    working_directory = app.get("working_directory") or "/"
+    try:
+        os.chdir(working_directory)
+    except OSError as exc:
+        raise SetupError(f'working directory "{working_directory}": {exc.strerror}') from exc
+    path = _find_executable(argv[0], env)
+    if program:
+        install_seccomp(program)
+    _exec(path, argv, env)
 
 
 def _find_executable(command: str, env: dict[str, str]) -> str:
@@ -352,8 +467,7 @@ def _find_executable(command: str, env: dict[str, str]) -> str:
     return command
 
 
-def _exec(argv: list[str], env: dict[str, str]) -> None:
-    path = _find_executable(argv[0], env)
+def _exec(path: str, argv: list[str], env: dict[str, str]) -> None:
     try:
         os.execve(path, argv, env)
     except OSError as exc:
@@ -378,6 +492,7 @@ def _app_child(app: dict[str, Any], spec: dict[str, Any], argv: list[str], *, in
             os.dup2(null, 0)
             os.close(null)
         cgroups = _open_cgroups(app)
+        program = seccomp_program(app)
         if setup:
             _setup_filesystems(app, spec)
         env = dict(app["env"])
@@ -387,9 +502,7 @@ def _app_child(app: dict[str, Any], spec: dict[str, Any], argv: list[str], *, in
             if pid == 0:
                 try:
                     _join_cgroups(cgroups)
-                    drop_privileges(app)
-                    os.chdir(app.get("working_directory", "/"))
-                    _exec(handler, env)
+                    exec_app(app, handler, env, program)
                 except SetupError as exc:
                     _report(app, f"pre-start: {exc}")
                 os._exit(254)
@@ -399,14 +512,7 @@ def _app_child(app: dict[str, Any], spec: dict[str, Any], argv: list[str], *, in
                 _report(app, f"pre-start handler failed with exit code {code}")
                 os._exit(code if code > 0 else 128 - code)
         _join_cgroups(cgroups)
-        drop_privileges(app)
-        try:
-            os.chdir(app.get("working_directory", "/"))
-        except OSError as exc:
-            raise SetupError(
-                f'working directory "{app.get("working_directory")}": {exc.strerror}'
-            ) from exc
-        _exec(argv, env)
+        exec_app(app, argv, env, program)
     except SetupError as exc:
         _report(app, str(exc))
     except BaseException as exc:  # the child must never return into the supervisor

@@ -1,7 +1,7 @@
 """An example third-party stage1: each pod gets new PID, UTS and IPC namespaces from
 util-linux's ``unshare``, no container manager at all, and rkt's shared supervisor
 does the rest. About sixty lines, written against the typed stage1 contract
-(``rkt.pod.contract``, interface version 2): see docs/stage1.md.
+(``rkt.pod.contract``, interface version 3): see docs/stage1.md.
 """
 
 from __future__ import annotations
