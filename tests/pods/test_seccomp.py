@@ -14,8 +14,6 @@ from rkt.errors import PodError, UsageError
 from rkt.pod import seccomp
 from rkt.pod.seccomp import compile_filter, filter_for, parse_seccomp_flag
 
-pytest.importorskip("pyseccomp")
-
 
 def instructions(program: str) -> int:
     return len(base64.b64decode(program)) // 8  # struct sock_filter is 8 bytes

@@ -1,7 +1,7 @@
 """Seccomp filters: from an app's isolator (or rkt's default) to a BPF program.
 
-stage0 compiles every app's filter here, with libseccomp (through the
-``pyseccomp`` ctypes binding), when the pod is prepared; the program travels in
+stage0 compiles every app's filter here, with libseccomp (Debian's
+``libseccomp2``, through ctypes), when the pod is prepared; the program travels in
 the stage1 contract (``SeccompFilter.program``) and the stdlib-only supervisor
 installs it as the last step before it execs the app. So every stage1 that
 uses the supervisor (nspawn, fly, kvm) applies the same filter, and a set that
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 import errno as errno_codes
-import tempfile
+import os
 from typing import Any
 
 from rkt.errors import PodError, UsageError
@@ -158,14 +158,98 @@ def _expand(names: tuple[str, ...]) -> tuple[list[str], bool]:
     return syscalls, with_default
 
 
-def _libseccomp() -> Any:
-    try:
-        import pyseccomp
-    except (ImportError, RuntimeError, OSError) as exc:
-        raise PodError(
-            f"seccomp filters need libseccomp (Debian package libseccomp2): {exc}"
-        ) from exc
-    return pyseccomp
+class _Libseccomp:
+    """The few libseccomp calls rkt needs, through ctypes.
+
+    Our own binding rather than a PyPI one: the ``seccomp`` bindings compile C at
+    install time, and ``pyseccomp`` finds the library with ``ctypes.util``, which
+    runs ``ldconfig`` in a subprocess: 50 ms on every pod start. Loading the
+    soname directly takes a fraction of a millisecond.
+    """
+
+    #: actions (linux/seccomp.h)
+    ALLOW = 0x7FFF0000
+    KILL_PROCESS = 0x80000000
+    #: scmp_compare's SCMP_CMP_MASKED_EQ
+    MASKED_EQ = 7
+    #: seccomp_syscall_resolve_name's answer for a name no architecture has
+    UNKNOWN = -1
+
+    def __init__(self) -> None:
+        import ctypes
+
+        try:
+            lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+        except OSError as exc:
+            raise PodError(
+                f"seccomp filters need libseccomp (Debian package libseccomp2): {exc}"
+            ) from exc
+        lib.seccomp_init.argtypes = [ctypes.c_uint32]
+        lib.seccomp_init.restype = ctypes.c_void_p
+        lib.seccomp_release.argtypes = [ctypes.c_void_p]
+        lib.seccomp_release.restype = None
+        lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
+        lib.seccomp_rule_add_array.argtypes = [
+            ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+        lib.seccomp_rule_add_array.restype = ctypes.c_int
+        lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.seccomp_export_bpf.restype = ctypes.c_int
+        self._lib = lib
+        self._ctypes = ctypes
+
+        class ArgCompare(ctypes.Structure):  # struct scmp_arg_cmp
+            _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
+                        ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+
+        self._arg_compare = ArgCompare
+
+    @staticmethod
+    def errno_action(number: int) -> int:
+        return 0x00050000 | (number & 0xFFFF)
+
+    def resolve(self, name: str) -> int:
+        """The syscall's number here; below -1 for one only other architectures have."""
+        return int(self._lib.seccomp_syscall_resolve_name(name.encode()))
+
+    def compile(self, default_action: int,
+                rules: list[tuple[int, int, tuple[int, int] | None]]) -> bytes:
+        """A BPF program: ``rules`` are (action, syscall number, (arg 0 mask, value) or None)."""
+        context = self._lib.seccomp_init(default_action)
+        if not context:
+            raise PodError("seccomp: libseccomp could not start a filter")
+        try:
+            for action, number, masked in rules:
+                if masked is None:
+                    result = self._lib.seccomp_rule_add_array(context, action, number, 0, None)
+                else:
+                    compare = self._arg_compare(0, self.MASKED_EQ, masked[0], masked[1])
+                    result = self._lib.seccomp_rule_add_array(
+                        context, action, number, 1, self._ctypes.byref(compare))
+                if result < 0:
+                    raise PodError(f"seccomp: libseccomp refused a rule for syscall {number}: "
+                                   f"{os.strerror(-result)}")
+            fd = os.memfd_create("rkt-seccomp")
+            try:
+                result = self._lib.seccomp_export_bpf(context, fd)
+                if result < 0:
+                    raise PodError(f"seccomp: cannot export the filter: {os.strerror(-result)}")
+                size = os.lseek(fd, 0, os.SEEK_END)
+                return os.pread(fd, size, 0)
+            finally:
+                os.close(fd)
+        finally:
+            self._lib.seccomp_release(context)
+
+
+_LIBSECCOMP: _Libseccomp | None = None
+
+
+def _libseccomp() -> _Libseccomp:
+    global _LIBSECCOMP
+    if _LIBSECCOMP is None:
+        _LIBSECCOMP = _Libseccomp()
+    return _LIBSECCOMP
 
 
 def compile_filter(mode: str, names: tuple[str, ...], errno_name: str) -> SeccompFilter:
@@ -173,9 +257,8 @@ def compile_filter(mode: str, names: tuple[str, ...], errno_name: str) -> Seccom
 
     ``@appc.io/all`` retained is no filter at all (``program`` is ``""``).
     """
-    pyseccomp = _libseccomp()
-
-    action = pyseccomp.ERRNO(errno_number(errno_name)) if errno_name else pyseccomp.KILL_PROCESS
+    lib = _libseccomp()
+    action = lib.errno_action(errno_number(errno_name)) if errno_name else lib.KILL_PROCESS
     effective_mode = mode
     names_left: tuple[str, ...]
     if ALL in names:
@@ -188,39 +271,30 @@ def compile_filter(mode: str, names: tuple[str, ...], errno_name: str) -> Seccom
     syscalls, with_default = _expand(names_left)
     numbers: dict[str, int] = {}
     for name in syscalls:
-        number = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
-        if number == -1:
+        number = lib.resolve(name)
+        if number == lib.UNKNOWN:
             raise UsageError(f'seccomp: unknown syscall "{name}"')
         if number >= 0:  # below -1: a syscall other architectures have, not this one
             numbers[name] = number
+    rules: list[tuple[int, int, tuple[int, int] | None]] = []
     if effective_mode == "retain":
-        program = pyseccomp.SyscallFilter(action)
-        for name in dict.fromkeys([*numbers, *ALWAYS_ALLOWED]):
-            _add(pyseccomp, program, pyseccomp.ALLOW, name)
+        default_action = action
+        for name in ALWAYS_ALLOWED:
+            number = lib.resolve(name)
+            if number >= 0:
+                numbers[name] = number
+        rules += [(lib.ALLOW, number, None) for number in numbers.values()]
     else:
-        program = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
-        for name in numbers:
-            if name not in ALWAYS_ALLOWED:
-                program.add_rule(action, name)
+        default_action = lib.ALLOW
+        rules += [(action, number, None) for name, number in numbers.items()
+                  if name not in ALWAYS_ALLOWED]
         if with_default:
-            for flag in CLONE_NAMESPACE_FLAGS:
-                program.add_rule(action, "clone",
-                                 pyseccomp.Arg(0, pyseccomp.MASKED_EQ, flag, flag))
-            if "clone3" not in numbers:
+            clone = lib.resolve("clone")
+            rules += [(action, clone, (flag, flag)) for flag in CLONE_NAMESPACE_FLAGS]
+            clone3 = lib.resolve("clone3")
+            if "clone3" not in numbers and clone3 >= 0:
                 # clone3's flags are in memory a filter cannot read: ENOSYS makes
                 # the C library fall back to clone, which is checked above
-                _add(pyseccomp, program, pyseccomp.ERRNO(errno_codes.ENOSYS), "clone3")
-    return SeccompFilter(mode, names, errno_name, _export(program))
-
-
-def _add(pyseccomp: Any, program: Any, action: int, name: str) -> None:
-    """A rule for ``name`` if this architecture has such a syscall."""
-    if pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name) >= 0:
-        program.add_rule(action, name)
-
-
-def _export(program: Any) -> str:
-    with tempfile.TemporaryFile() as handle:
-        program.export_bpf(handle)
-        handle.seek(0)
-        return base64.b64encode(handle.read()).decode()
+                rules.append((lib.errno_action(errno_codes.ENOSYS), clone3, None))
+    program = lib.compile(default_action, rules)
+    return SeccompFilter(mode, names, errno_name, base64.b64encode(program).decode())
