@@ -10,8 +10,10 @@ export PATH := $(VENV)/bin:$(PATH)
 # Debian packages rkt needs at run time, and the extra ones its tests drive for real.
 RUNTIME_PACKAGES := gnupg busybox-static systemd-container xz-utils bzip2 zstd \
 	python3-venv iproute2 util-linux containernetworking-plugins iptables libseccomp2
-# gcc and libc6-dev build the tests' static syscall probes; libcap2-bin has setcap
-TEST_PACKAGES := ca-certificates docker-registry skopeo curl gcc libc6-dev libcap2-bin
+# gcc and libc6-dev build the tests' static syscall probes; libcap2-bin has setcap;
+# strace lists the syscalls a retain-set test allows
+TEST_PACKAGES := ca-certificates docker-registry skopeo curl gcc libc6-dev libcap2-bin \
+	strace
 
 .PHONY: install install-system install-python install-test demo test check bench clean
 
