@@ -317,11 +317,36 @@ def test_unknown_syscalls_groups_and_errnos_are_refused(env: RktEnv,
     assert pod_dirs(env) == []
 
 
-def test_insecure_seccomp_at_run_prepared(env: RktEnv, aci_builder: AciBuilder) -> None:
-    uuid = run(env, "prepare", "--quiet", image(aci_builder), *SHOW_STATUS).stdout.strip()
-    result = env.run("--insecure-options=seccomp", "run-prepared", uuid)
-    assert result.returncode == 0, result.stderr
-    assert status_lines(result.stdout)["Seccomp"] == "0"
+def test_insecure_options_at_run_prepared(env: RktEnv, aci_builder: AciBuilder,
+                                          tmp_path: Path) -> None:
+    """Given to run-prepared, they lift what prepare resolved, for the app and for
+    rkt enter alike."""
+    out = tmp_path / "out"
+    out.mkdir()
+    uuid = run(env, "prepare", "--quiet", f"--volume=out,kind=host,source={out}",
+               image(aci_builder), "--mount=volume=out,target=/out", "--exec=/bin/sh", "--",
+               "-c", "grep -E '^(CapEff|Seccomp):' /proc/self/status > /out/app; "
+               "exec sleep 1000").stdout.strip()
+    pod = subprocess.Popen(
+        [env.rkt_binary(), *env.global_flags(), "--insecure-options=seccomp,capabilities",
+         "run-prepared", uuid], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not (out / "app").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        app_fields = status_lines((out / "app").read_text())
+        assert app_fields["Seccomp"] == "0"
+        assert app_fields["CapEff"] != SPEC_DEFAULT  # every capability the stage1 has
+        entered = env.run("enter", uuid, "/bin/grep", "-E", "^(CapEff|Seccomp):",
+                          "/proc/self/status")
+        assert entered.returncode == 0, entered.stderr
+        assert status_lines(entered.stdout) == app_fields
+        env.run("stop", "--force", uuid, check=True)
+        pod.wait(timeout=15)
+    finally:
+        if pod.poll() is None:
+            pod.kill()
+            pod.wait()
 
 
 # -- no_new_privs, oom_score_adj ------------------------------------------------------

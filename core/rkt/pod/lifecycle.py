@@ -22,9 +22,11 @@ from rkt.pod.prepare import (
     PodRequest,
     ResolvedImage,
     build_pod_manifest,
+    lift_insecure,
     load_resolved_pod,
     masked_paths,
     prepare_pod,
+    save_resolved_pod,
 )
 from rkt.stage1 import (
     Stage1Backend,
@@ -149,6 +151,12 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
         network = NetworkRequest()
     try:
         resolved = prepared.resolved or load_resolved_pod(pod)
+        lifted = lift_insecure(resolved, pod_runtime.insecure)
+        if lifted != resolved:
+            # run-prepared's --insecure-options: apps.json says what the apps get,
+            # for the backend now and for rkt enter later
+            save_resolved_pod(pod, lifted)
+            resolved = lifted
         pod_runtime = _with_network(runtime, prepared, resolved, pod_runtime, network)
     except BaseException:
         pod.release()

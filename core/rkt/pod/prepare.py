@@ -558,10 +558,28 @@ def prepare_pod(
                                 volumes=volumes, request=request, insecure=insecure))
     resolved = ResolvedPod(uuid=pod.uuid, apps=tuple(apps), volumes=volumes,
                            rkt_version=__version__, resources=pod_resources)
-    (stage1_rootfs / "rkt" / APPS_FILE).write_text(resolved.to_json())
+    save_resolved_pod(pod, resolved)
     if overlay:
         (pod.path / "overlay-prepared").touch()
     return resolved
+
+
+def save_resolved_pod(pod: Pod, resolved: ResolvedPod) -> None:
+    """Write ``apps.json``."""
+    (pod.stage1_rootfs() / "rkt" / APPS_FILE).write_text(resolved.to_json())
+
+
+def lift_insecure(resolved: ResolvedPod, insecure: frozenset[str]) -> ResolvedPod:
+    """``resolved`` with what ``--insecure-options`` lifts (``capabilities``,
+    ``seccomp``) lifted: for options given to ``run-prepared``, not ``prepare``."""
+    apps = []
+    for app in resolved.apps:
+        if "capabilities" in insecure:
+            app = app._replace(capabilities=None)
+        if "seccomp" in insecure:
+            app = app._replace(seccomp=None)
+        apps.append(app)
+    return resolved._replace(apps=tuple(apps))
 
 
 def load_apps(pod: Pod) -> dict[str, Any]:

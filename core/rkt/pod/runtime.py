@@ -77,8 +77,6 @@ def build_job(
     as they are, for a supervisor that sees the host's ``/sys/fs/cgroup``.
     What the pod's network says (``runtime.network.resolv_conf`` and
     ``hosts``) is laid over the app's own.
-    ``--insecure-options`` given to ``run-prepared`` (``capabilities``,
-    ``seccomp``) lift what ``prepare`` resolved.
     """
     hostname = runtime.pod_hostname(pod.uuid)
     cgroups = runtime.cgroups
@@ -91,7 +89,7 @@ def build_job(
                           if content is not None)
     placed = tuple(
         PlacedApp(
-            app=_lift_insecure(app, runtime.insecure),
+            app=app,
             root=app_root(app),
             overlay=overlay(app),
             mount_sources=tuple(volume_source(resolved.volume(m.volume)) for m in app.mounts),
@@ -106,14 +104,6 @@ def build_job(
         interactive=runtime.interactive, status_dir=status_dir, pids_dir=pids_dir,
         set_hostname=set_hostname, die_with_parent=die_with_parent,
     )
-
-
-def _lift_insecure(app: ResolvedApp, insecure: frozenset[str]) -> ResolvedApp:
-    if "capabilities" in insecure:
-        app = app._replace(capabilities=None)
-    if "seccomp" in insecure:
-        app = app._replace(seccomp=None)
-    return app
 
 
 def volume_host_path(pod: Pod, volume: ResolvedVolume) -> str:
