@@ -24,8 +24,9 @@ so that no foreign exception reaches the user.
     ├── StoreError              the local store is unusable (disk full, corrupt index)
     ├── Stage1Error             the stage1 image or backend is unusable
     ├── NetworkError            a pod network could not be set up or torn down (CNI)
-    └── PodError                pod lookup or lifecycle failures
-        └── PodNotFoundError    unknown or ambiguous UUID
+    ├── PodError                pod lookup or lifecycle failures
+    │   └── PodNotFoundError    unknown or ambiguous UUID
+    └── MetadataError           the metadata service cannot start, or cannot be reached
 """
 
 from __future__ import annotations
@@ -114,3 +115,7 @@ class PodError(RktError):
 
 class PodNotFoundError(PodError):
     """No pod, or more than one pod, matches the given UUID or UUID prefix."""
+
+
+class MetadataError(RktError):
+    """The metadata service could not start, or a pod could not be registered with it."""

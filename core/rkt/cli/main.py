@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "image": ("rkt.cli.image", "Operate on image(s) in the local store"),
     "install": ("rkt.cli.install", "Create the rkt data and config directories"),
     "list": ("rkt.cli.pod_cmds", "List pods"),
+    "metadata-service": ("rkt.cli.metadata_service", "Run the appc metadata service"),
     "prepare": ("rkt.cli.run", "Prepare to run image(s) in a pod"),
     "rm": ("rkt.cli.pod_cmds", "Remove all files and resources associated with exited pods"),
     "run": ("rkt.cli.run", "Run image(s) in a pod"),
