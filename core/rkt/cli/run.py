@@ -85,7 +85,11 @@ def add_arguments(command: str, parser: RktArgumentParser) -> None:
                         help="networks to join: default, default-restricted, host, none, "
                              "all, or NAME[:K=V;...] from net.d (comma list)")
     parser.add_bool_flag("--private-net", help="the same as --net=default (rkt 0.5)")
-    parser.add_bool_flag("--mds-register", help="register with the metadata service")
+    parser.add_bool_flag("--mds-register", help="register the pod with the metadata service "
+                         "(needs a private network, such as --net=default)")
+    parser.add_argument("--mds-socket", metavar="PATH",
+                        help="the metadata service's registration socket "
+                             "(default /run/rkt/metadata-svc.sock)")
     parser.add_argument("--port", action="append", default=[],
                         help="NAME:[HOSTIP:]HOSTPORT: forward a host port to an app's port")
     parser.add_argument("--dns", action="append", default=[],
@@ -213,19 +217,45 @@ def _network_request(args: argparse.Namespace) -> NetworkRequest:
     )
 
 
+def _metadata_socket(args: argparse.Namespace, network: NetworkRequest) -> Path | None:
+    """--mds-register: the registration socket to register the pod on (a service must
+    listen there: checked now, before anything is made); None without the flag."""
+    if not args.mds_register:
+        if args.mds_socket:
+            raise UsageError("--mds-socket is only used with --mds-register")
+        return None
+    if network.special is not None:
+        raise UsageError(
+            f"--mds-register flag does not work with --net={network.special}: the metadata "
+            "service tells pods apart by their address on a private network; "
+            "use --net=default or another contained network"
+        )
+    from rkt.metadata import DEFAULT_SOCKET
+    from rkt.metadata.client import probe_service
+
+    socket_path = Path(args.mds_socket).absolute() if args.mds_socket else DEFAULT_SOCKET
+    probe_service(socket_path)
+    return socket_path
+
+
 def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
     from rkt.pod import lifecycle
     from rkt.stage1 import Stage1Choice
 
     lifecycle.ensure_root(command)
     if command == "run-prepared":
+        # bad flags (and no metadata service) before any pod lookup
+        pod_runtime = _run_options(options, args, 1)
+        pod_network = _network_request(args)
+        metadata_socket = _metadata_socket(args, pod_network)
         prepared = lifecycle.open_prepared(options, args.uuid)
-        code = lifecycle.run_pod(options, prepared, _run_options(options, args, 1),
-                                 network=_network_request(args))
+        code = lifecycle.run_pod(options, prepared, pod_runtime, network=pod_network,
+                                 metadata_socket=metadata_socket)
         return _report_oom_kills(options, prepared.pod, code)
     request = _pod_request(args)
     run_options = _run_options(options, args, len(request.apps)) if command == "run" else None
     network = _network_request(args) if command == "run" else None
+    metadata_socket = _metadata_socket(args, network) if network is not None else None
     choice = Stage1Choice(image=args.stage1_image, name=args.stage1_name, path=args.stage1_path,
                           url=args.stage1_url, hash=args.stage1_hash,
                           from_dir=args.stage1_from_dir)
@@ -236,7 +266,7 @@ def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
         print(prepared.pod.uuid, file=options.stdout)
         return 0
     code = lifecycle.run_pod(options, prepared, run_options, uuid_file=args.uuid_file_save,
-                             network=network)
+                             network=network, metadata_socket=metadata_socket)
     return _report_oom_kills(options, prepared.pod, code)
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 from rkt.errors import PodError, RktError
 from rkt.locks import FileLock
+from rkt.metadata import forget_pod
 from rkt.pod.cgroups import remove_pod_cgroups
 from rkt.pod.dirs import Pod, PodStore
 
@@ -87,6 +88,7 @@ def delete_pod(pods: PodStore, pod: Pod, stage1_backend: Stage1Lookup) -> None:
             stage1_backend(pod).gc(pod)
         except RktError as exc:
             LOG.debug("stage1 gc of %s: %s", pod.uuid, exc)
+        forget_pod(pod.path, pod.uuid)
         remove_pod_cgroups(pod)  # stage0 made them, whatever the stage1
         _teardown_network(pod)
         pods.delete(pod)

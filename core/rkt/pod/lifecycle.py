@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkt.errors import PodError, UsageError
+from rkt.metadata import forget_pod
 from rkt.pod.cgroups import PARENT_KEY, setup_pod_cgroups, stage1_cgroup
 from rkt.pod.contract import PodRuntime, ResolvedPod
 from rkt.pod.dirs import STARTED_FILE, Pod, PodStore
@@ -136,13 +137,16 @@ def _load_pod_manifest(runtime: Runtime, path: Path) -> dict[str, Any]:
 
 def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
             *, uuid_file: str | None = None,
-            network: NetworkRequest | None = None) -> int:
+            network: NetworkRequest | None = None,
+            metadata_socket: Path | None = None) -> int:
     """Set up the pod's network, move the locked pod to ``run/`` and hand it to its
     stage1; return the exit code.
 
     A network that cannot be set up is torn down again before this raises; a
     pod this process prepared is then removed, a ``run-prepared`` one stays
-    prepared.
+    prepared. With ``metadata_socket`` (``--mds-register``) the pod is
+    registered with the metadata service listening there once its network is
+    up (and unregistered when it ends).
     """
     pod = prepared.pod
     if network is None:
@@ -158,6 +162,8 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
             save_resolved_pod(pod, lifted)
             resolved = lifted
         pod_runtime = _with_network(runtime, prepared, resolved, pod_runtime, network)
+        if metadata_socket is not None:
+            resolved = _register_metadata(pod, resolved, pod_runtime, metadata_socket)
     except BaseException:
         pod.release()
         if prepared.resolved is not None:
@@ -172,6 +178,7 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
         with stage1_cgroup(cgroups):
             return prepared.backend.run(pod, resolved, pod_runtime._replace(cgroups=cgroups))
     finally:
+        forget_pod(pod.path, pod.uuid)
         pod.release()
 
 
@@ -204,6 +211,23 @@ def _with_network(runtime: Runtime, prepared: PreparedPod, resolved: ResolvedPod
                                 local_config=runtime.local_config,
                                 stage1_rootfs=prepared.pod.stage1_rootfs())
     return pod_runtime._replace(net=request.names(), network=network)
+
+
+def _register_metadata(pod: Pod, resolved: ResolvedPod, pod_runtime: PodRuntime,
+                       socket_path: Path) -> ResolvedPod:
+    """Register the pod (rkt.metadata.client); a pod that cannot be registered does
+    not start, and its network, set up already, is torn down again."""
+    from rkt.metadata.client import register_for_run
+
+    try:
+        return register_for_run(pod, resolved, pod_runtime, socket_path)
+    except BaseException:
+        if (pod.path / "netns").exists():
+            from rkt.net.pod import teardown_pod_network
+
+            for error in teardown_pod_network(pod):
+                LOG.warning("pod %s: %s", pod.uuid, error)
+        raise
 
 
 def mark_prepared(prepared: PreparedPod) -> None:
@@ -251,6 +275,7 @@ def stop_pod(pod: Pod, stage1_backend: Stage1Lookup, *, force: bool) -> bool:
     if pod.state() != "running":
         return False
     stage1_backend(pod).stop(pod, force=force)
+    forget_pod(pod.path, pod.uuid)
     return True
 
 
