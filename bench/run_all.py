@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = ("bench_image_store.py", "bench_pods.py", "bench_net.py", "fetch_https.py",
-              "fetch_docker.py", "actool_build.py")
+              "fetch_docker.py", "actool_build.py", "bench_metadata_service.py")
 
 
 def main() -> int:
