@@ -132,6 +132,7 @@ def test_the_service_killed_while_a_pod_runs(
     tmp_path: Path,
 ) -> None:
     image = script_image(aci_builder, "long", f"""
+        echo "$AC_METADATA_URL" > /shared/url
         wget -qO- {V1}/pod/uuid > /shared/before
         while [ ! -e /shared/go ]; do sleep 0.1; done
         wget -qO- {V1}/pod/uuid > /shared/after
@@ -140,6 +141,10 @@ def test_the_service_killed_while_a_pod_runs(
     pod = spawn(rkt_env, [*mds_run_args(service, shared, image), f"--uuid-file-save={uuid_file}"])
     try:
         uuid = wait_for(shared / "before", pod)
+        # rkt enter gets the app's environment, AC_METADATA_URL included
+        entered = rkt_env.run("enter", uuid, "/bin/sh", "-c", "echo $AC_METADATA_URL")
+        assert entered.returncode == 0, entered.stderr
+        assert entered.stdout.strip() == (shared / "url").read_text().strip() != ""
         service.kill()
         restarted = MetadataServiceProcess(rkt_env, service.socket_path, service.port).start()
         try:
