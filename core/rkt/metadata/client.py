@@ -163,13 +163,13 @@ def register_for_run(pod: Pod, resolved: ResolvedPod, runtime: PodRuntime,
     """``rkt run --mds-register``: register the pod and give its apps
     ``AC_METADATA_URL``; the returned pod is also written to ``apps.json``, so that
     ``rkt enter`` sees the same environment."""
-    from rkt.pod.prepare import APPS_FILE
+    from rkt.pod.prepare import save_resolved_pod
 
     ip, host = pod_address(runtime)
     registration = register_pod(socket_path, pod, resolved, ip)
     updated = with_metadata_url(resolved, registration.url(host))
     try:
-        (pod.stage1_rootfs() / "rkt" / APPS_FILE).write_text(updated.to_json())
+        save_resolved_pod(pod, updated)
     except OSError as exc:
         unregister_pod(pod.path, pod.uuid)
         raise MetadataError(f'pod "{pod.uuid}": cannot write its apps.json: {exc}') from exc
