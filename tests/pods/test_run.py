@@ -312,7 +312,8 @@ def start_pod(env: RktEnv, tmp_path: Path, *args: str | Path
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 15
-    while not uuid_file.exists() and time.monotonic() < deadline:
+    # the file may exist before its content is written
+    while not (uuid_file.exists() and uuid_file.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
     return pod, uuid_file.read_text()
 
