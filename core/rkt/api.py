@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     )
     from rkt.pod.dirs import PID_FILE, PPID_FILE, Pod
     from rkt.pod.enter import children, enter, host_pid_of, namespace_pids
+    from rkt.pod.lifetime import spawn_stage1
     from rkt.pod.runtime import (
         build_job,
         host_resolv_conf,
@@ -130,6 +131,8 @@ _HOMES: dict[str, str] = {
                      "host_resolv_conf"), "rkt.pod.runtime"),
     **dict.fromkeys(("enter", "children", "host_pid_of", "namespace_pids"), "rkt.pod.enter"),
     "run_with_console": "rkt.console",
+    # the pod lives exactly as long as the rkt process (docs/stage1.md)
+    "spawn_stage1": "rkt.pod.lifetime",
     # user output
     "ProgressBar": "rkt.progress",
     # errors (rkt prints "rkt: <message>" for any of these)
@@ -216,6 +219,7 @@ __all__ = [
     "overlay_on_host",
     "run_with_console",
     "session_for",
+    "spawn_stage1",
     "volume_host_path",
     "write_job",
 ]

@@ -22,6 +22,8 @@ import time
 import tty
 from collections.abc import Callable, Iterator, Sequence
 
+from rkt.pod.lifetime import spawn_stage1
+
 ESCAPE = 0x1D  # Ctrl+]
 ESCAPE_COUNT = 3
 ESCAPE_WINDOW = 1.0
@@ -75,15 +77,21 @@ def run_with_console(
 ) -> int:
     """Run ``command`` (the pod's supervisor), relaying the terminal; return its exit code.
 
-    Ctrl+C is the pod's business (its supervisor stops the apps), so rkt ignores
-    SIGINT while the pod runs instead of dying before it.
+    The process is started with :func:`rkt.pod.lifetime.spawn_stage1`: it dies
+    with rkt, and a stop signal to rkt (Ctrl+C included) stops it gracefully.
+    Outside a pod command (no lifetime installed) rkt ignores SIGINT while the
+    process runs, so that the pod, not rkt, decides what Ctrl+C does.
     """
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from rkt.pod.lifetime import current_lifetime
+
+    ignore = current_lifetime() is None
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore else None
     try:
         return _run(command, interactive=interactive, kill=kill, pass_fds=pass_fds,
                     on_start=on_start, env=env)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if ignore:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _run(
@@ -98,7 +106,7 @@ def _run(
     stdin_tty = sys.stdin.isatty()
     if not stdin_tty:
         # No terminal, no escape sequence to watch: the plain case.
-        process = subprocess.Popen(
+        process = spawn_stage1(
             command, pass_fds=pass_fds, env=env,
             stdin=None if interactive else subprocess.DEVNULL,
         )
@@ -110,7 +118,7 @@ def _run(
     if interactive:
         master, slave = pty.openpty()
         _copy_size(sys.stdin.fileno(), slave)
-    process = subprocess.Popen(
+    process = spawn_stage1(
         command, pass_fds=pass_fds, env=env,
         stdin=slave if interactive else subprocess.DEVNULL,
         stdout=slave if interactive else None,

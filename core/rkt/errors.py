@@ -27,6 +27,13 @@ so that no foreign exception reaches the user.
     ├── PodError                pod lookup or lifecycle failures
     │   └── PodNotFoundError    unknown or ambiguous UUID
     └── MetadataError           the metadata service cannot start, or cannot be reached
+
+    KeyboardInterrupt
+    └── PodInterrupted          SIGINT, SIGTERM or SIGHUP before the pod's stage1 started
+
+:class:`PodInterrupted` is a ``KeyboardInterrupt``, as Ctrl+C is: it must unwind
+through any ``except Exception`` (a plugin loader, a fetcher) so that every
+cleanup on the way runs; the CLI prints it as one line and exits 128 + N.
 """
 
 from __future__ import annotations
@@ -119,3 +126,12 @@ class PodNotFoundError(PodError):
 
 class MetadataError(RktError):
     """The metadata service could not start, or a pod could not be registered with it."""
+
+
+class PodInterrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP arrived before the pod's stage1 started (exit 128+N)."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -60,6 +60,8 @@ class FlyStage1:
             pids_dir=str(rootfs / "rkt" / "pids"),
             # the host's network, so the host's resolver (when the image has none)
             resolv_conf=host_resolv_conf(),
+            # the app too dies with rkt: fly has no PID namespace to end it
+            die_with_parent=True,
         )
         spec = write_job(pod, job)
         if pod.lock_fd is not None:

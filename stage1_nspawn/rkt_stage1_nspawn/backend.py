@@ -47,6 +47,7 @@ from rkt.api import (
     host_pid_of,
     host_resolv_conf,
     namespace_pids,
+    spawn_stage1,
     volume_host_path,
     write_job,
 )
@@ -141,6 +142,7 @@ class NspawnStage1:
             volume_source=lambda volume: f"/rkt/volumes/{volume.name}",
             resolv_conf=None if runtime.private_network else host_resolv_conf(),
             cgroup_dir=_cgroup_in_container(runtime.cgroups),
+            die_with_parent=True,
         )
         write_job(pod, job)
         prepare_host()
@@ -150,21 +152,17 @@ class NspawnStage1:
         pass_fds = (pod.lock_fd,) if pod.lock_fd is not None else ()
         if pod.lock_fd is not None:
             os.set_inheritable(pod.lock_fd, True)
-        # Ctrl-C belongs to the pod (nspawn forwards it); rkt itself must not die first.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # rkt's stop signals reach nspawn as SIGTERM, which it turns into
+        # --kill-signal for the supervisor; nspawn dies with rkt (spawn_stage1)
+        # and the supervisor with nspawn (die_with_parent)
         try:
-            process = subprocess.Popen(command, pass_fds=pass_fds, cwd=pod.path,
-                                       env=_nspawn_environment(runtime),
-                                       preexec_fn=_stop_with_parent())
+            process = spawn_stage1(command, pass_fds=pass_fds, cwd=pod.path,
+                                   env=_nspawn_environment(runtime))
         except OSError as exc:
-            signal.signal(signal.SIGINT, previous)
             raise Stage1Error(f"cannot start systemd-nspawn: {exc.strerror}") from exc
         (pod.path / PPID_FILE).write_text(str(process.pid))
         self._record_pid1(pod, process)
-        try:
-            return process.wait()
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        return process.wait()
 
     @staticmethod
     def _record_pid1(pod: Pod, process: subprocess.Popen[bytes]) -> None:
@@ -234,23 +232,6 @@ def _nspawn_environment(runtime: PodRuntime) -> dict[str, str]:
         # cgroups are beside, not below. (The v1 hierarchies have no such rule.)
         env["SYSTEMD_NSPAWN_USE_CGNS"] = "0"
     return env
-
-
-def _stop_with_parent() -> Callable[[], None]:
-    """For nspawn's child side: SIGTERM when rkt dies, however it dies (``kill -9``).
-
-    The process that started a pod is its lifetime (docs/architecture.md); nspawn
-    turns the SIGTERM into a graceful stop, and the pod's network waits for ``gc``.
-    """
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig = 1
-
-    def set_pdeathsig() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-
-    return set_pdeathsig
 
 
 def _find_namespace_init(root: int, depth: int = 3) -> int | None:

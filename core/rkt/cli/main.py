@@ -136,8 +136,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     debug = any(a == "--debug" or a.startswith("--debug=t") for a in argv)
     try:
         code = _dispatch(_root_parser().parse_args(argv), argv)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130, debug)
+    except KeyboardInterrupt as exc:
+        # Ctrl+C, or rkt.errors.PodInterrupted (a stop signal to a pod command)
+        _fail(str(exc) or "interrupted", getattr(exc, "exit_code", 130), debug)
     except SystemExit:
         raise
     except BrokenPipeError:

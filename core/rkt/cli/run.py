@@ -239,6 +239,14 @@ def _metadata_socket(args: argparse.Namespace, network: NetworkRequest) -> Path 
 
 
 def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
+    from rkt.pod.lifetime import pod_lifetime
+
+    # this process is the pod's lifetime: stop signals stop the pod (rkt.pod.lifetime)
+    with pod_lifetime():
+        return _run(command, options, args)
+
+
+def _run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
     from rkt.pod import lifecycle
     from rkt.stage1 import Stage1Choice
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rkt.errors import PodError, UsageError
+from rkt.errors import PodError, PodInterrupted, UsageError
 from rkt.metadata import forget_pod
-from rkt.pod.cgroups import PARENT_KEY, setup_pod_cgroups, stage1_cgroup
+from rkt.pod.cgroups import PARENT_KEY, remove_pod_cgroups, setup_pod_cgroups, stage1_cgroup
 from rkt.pod.contract import PodRuntime, ResolvedPod
 from rkt.pod.dirs import STARTED_FILE, Pod, PodStore
+from rkt.pod.lifetime import current_lifetime
 from rkt.pod.prepare import (
     PodRequest,
     ResolvedImage,
@@ -147,14 +148,19 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
     prepared. With ``metadata_socket`` (``--mds-register``) the pod is
     registered with the metadata service listening there once its network is
     up (and unregistered when it ends).
+    The same holds when a stop signal (:mod:`rkt.pod.lifetime`) arrives before
+    the stage1 process started: what was set up is undone.
     """
     pod = prepared.pod
+    lifetime = current_lifetime()
     if network is None:
         from rkt.net.request import NetworkRequest
 
         network = NetworkRequest()
     try:
         resolved = prepared.resolved or load_resolved_pod(pod)
+        if lifetime is not None:
+            lifetime.defer()
         lifted = lift_insecure(resolved, pod_runtime.insecure)
         if lifted != resolved:
             # run-prepared's --insecure-options: apps.json says what the apps get,
@@ -165,18 +171,20 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
         if metadata_socket is not None:
             resolved = _register_metadata(pod, resolved, pod_runtime, metadata_socket)
     except BaseException:
-        pod.release()
-        if prepared.resolved is not None:
-            PodStore(runtime.data_dir).delete(pod)
+        _abandon(runtime, prepared)
         raise
     pod.move("run")
-    if uuid_file:
-        Path(uuid_file).write_text(pod.uuid)
-    (pod.path / STARTED_FILE).touch()
     try:
+        if uuid_file:
+            Path(uuid_file).write_text(pod.uuid)
+        (pod.path / STARTED_FILE).touch()
         cgroups = setup_pod_cgroups(pod, resolved, runtime.config.paths.get(PARENT_KEY))
         with stage1_cgroup(cgroups):
             return prepared.backend.run(pod, resolved, pod_runtime._replace(cgroups=cgroups))
+    except PodInterrupted:
+        if lifetime is not None and lifetime.process is None:
+            _undo_start(runtime, prepared)
+        raise
     finally:
         forget_pod(pod.path, pod.uuid)
         pod.release()
@@ -228,6 +236,34 @@ def _register_metadata(pod: Pod, resolved: ResolvedPod, pod_runtime: PodRuntime,
             for error in teardown_pod_network(pod):
                 LOG.warning("pod %s: %s", pod.uuid, error)
         raise
+
+
+def _undo_start(runtime: Runtime, prepared: PreparedPod) -> None:
+    """Undo what ``run_pod`` set up for a stage1 that never started (a stop signal
+    came first): cgroups, network, the move to ``run/``."""
+    pod = prepared.pod
+    forget_pod(pod.path, pod.uuid)
+    remove_pod_cgroups(pod)
+    if (pod.path / "netns").exists():
+        from rkt.net.pod import NETNS_FILE, STATE_FILE, teardown_pod_network
+        from rkt.pod.status import NET_INFO_FILE
+
+        for error in teardown_pod_network(pod):
+            LOG.warning("%s", error)
+        for name in (NET_INFO_FILE, STATE_FILE, NETNS_FILE):
+            (pod.path / name).unlink(missing_ok=True)
+    (pod.path / STARTED_FILE).unlink(missing_ok=True)
+    if prepared.resolved is None:
+        pod.move("prepared")
+    _abandon(runtime, prepared)
+
+
+def _abandon(runtime: Runtime, prepared: PreparedPod) -> None:
+    """Give up a pod that never started: ``run`` removes the pod it made, and
+    ``run-prepared`` leaves its pod prepared."""
+    if prepared.resolved is not None:
+        PodStore(runtime.data_dir).delete(prepared.pod)
+    prepared.pod.release()
 
 
 def mark_prepared(prepared: PreparedPod) -> None:

@@ -435,17 +435,21 @@ def install_seccomp(program: bytes) -> None:
 
 
 def exec_app(app: dict[str, Any], argv: list[str], env: dict[str, str],
-             program: bytes | None = None) -> None:
+             program: bytes | None = None, *, die_with: int | None = None) -> None:
     """Become the app and exec ``argv``: the last steps of every process run as
     the app (the app, its event handlers, ``rkt enter``). Raises SetupError.
 
     ``program`` is :func:`seccomp_program`'s, when it had to be decoded earlier.
+    ``die_with``: be killed when that process (the supervisor) dies.
     The seccomp filter goes in last, so that the filter need allow nothing
     but ``execve`` (which rkt's filters never block) of what follows it.
     """
     if program is None:
         program = seccomp_program(app)
     drop_privileges(app, keep_sys_admin=bool(program) and not app.get("no_new_privileges"))
+    if die_with is not None:
+        # after drop_privileges: changing credentials clears the setting
+        _die_with(die_with)
     working_directory = app.get("working_directory") or "/"
     try:
         os.chdir(working_directory)
@@ -512,12 +516,20 @@ def _app_child(app: dict[str, Any], spec: dict[str, Any], argv: list[str], *, in
                 _report(app, f"pre-start handler failed with exit code {code}")
                 os._exit(code if code > 0 else 128 - code)
         _join_cgroups(cgroups)
-        exec_app(app, argv, env, program)
+        exec_app(app, argv, env, program,
+                 die_with=SUPERVISOR_PID if spec.get("die_with_parent") else None)
     except SetupError as exc:
         _report(app, str(exc))
     except BaseException as exc:  # the child must never return into the supervisor
         _report(app, f"{type(exc).__name__}: {exc}")
     os._exit(254)
+
+
+def _die_with(parent: int) -> None:
+    """Be killed when ``parent`` dies; exit now if it already has (the pod is gone)."""
+    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(137)
 
 
 def _report(app: dict[str, Any], message: str) -> None:
@@ -528,6 +540,10 @@ def _report(app: dict[str, Any], message: str) -> None:
 
 
 # -- the supervisor proper -----------------------------------------------------------
+#: this process, as its apps see their parent (1 when it is a PID namespace's init)
+SUPERVISOR_PID = os.getpid()
+
+
 class Supervisor:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
@@ -655,6 +671,8 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
     if spec.get("die_with_parent"):
+        # the pod lives no longer than the rkt that runs it (rkt.pod.lifetime); the
+        # kernel delivers this SIGKILL even to a PID namespace's init
         _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if spec.get("set_hostname"):
         # for stage1s that give the pod a UTS namespace but set no hostname themselves

@@ -1,0 +1,214 @@
+"""The process that runs a pod is the pod's lifetime (rkt's stage0 exec'd its stage1).
+
+A scheduler (Nomad's rkt driver, a systemd unit) starts ``rkt run`` or ``rkt
+run-prepared`` and later signals that process. So, as when rkt 1.x's stage0
+became the stage1:
+
+- SIGINT, SIGTERM or SIGHUP to it stop the pod gracefully: the stage1 process
+  gets the backend's stop (by default SIGTERM, which the shared supervisor
+  turns into each app's stop and, after its ``stop_timeout``, SIGKILL); the pod
+  exits and its apps' exit codes are recorded. Should the pod still run well
+  after that, rkt kills the stage1 process.
+- SIGKILL to it ends the pod too: :func:`spawn_stage1` starts the stage1
+  process with a parent-death signal (``PR_SET_PDEATHSIG``, SIGKILL), and the
+  stage1 passes it on (the supervisor's ``die_with_parent``), so nothing of the
+  pod outlives ``rkt``. The pod lock, held by rkt and the stage1, then reads as
+  exited.
+- A signal while the pod is being prepared unwinds the preparation (nothing is
+  left in the store or pod directories); one that arrives after the pod moved to
+  ``run/`` but before the stage1 started is held until the next checkpoint, so
+  the pod never runs half-configured (see :func:`rkt.pod.lifecycle.run_pod`).
+
+docs/stage1.md says what a backend must do for this to hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
+from typing import Any
+
+from rkt.errors import PodError, PodInterrupted
+
+LOG = logging.getLogger(__name__)
+
+#: the signals that ask a pod to stop; SIGHUP too: the terminal or session went away
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1
+#: how long after a graceful stop request rkt waits before it kills the stage1
+#: process itself (beyond the supervisor's own ``stop_timeout``)
+STOP_GRACE = 5.0
+
+
+class PodLifetime:
+    """Signal handling for one ``rkt run`` / ``run-prepared`` / ``prepare`` process.
+
+    Three phases: *preparing* (a stop signal raises :class:`PodInterrupted` at
+    once, and the preparation's own cleanup runs), *starting* (the signal is
+    remembered and :meth:`checkpoint` raises it), and *running* (once
+    :meth:`started` registered the stage1 process: the signal becomes the
+    backend's graceful stop).
+    """
+
+    def __init__(self, stop_timeout: float = 10.0) -> None:
+        self.stop_timeout = stop_timeout
+        self.deferred = False
+        self.received: int | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stop: Callable[[], None] | None = None
+        self._stopping = False
+        self._previous: dict[int, Any] = {}
+
+    # -- installing ------------------------------------------------------------------
+    def install(self) -> None:
+        global _CURRENT
+        for signum in STOP_SIGNALS:
+            previous = signal.getsignal(signum)
+            if signum == signal.SIGHUP and previous == signal.SIG_IGN:
+                continue  # started under nohup: the caller wants SIGHUP ignored
+            self._previous[signum] = previous
+            signal.signal(signum, self._on_signal)
+        _CURRENT = self
+
+    def uninstall(self) -> None:
+        global _CURRENT
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+        signal.alarm(0)
+        if _CURRENT is self:
+            _CURRENT = None
+
+    # -- phases ----------------------------------------------------------------------
+    def defer(self) -> None:
+        """From now on a stop signal waits for :meth:`checkpoint` or :meth:`started`."""
+        self.deferred = True
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Raise :class:`PodInterrupted` if a stop signal arrived and nothing runs yet."""
+        if self.received is not None and self.process is None:
+            raise PodInterrupted(self.received, _interrupted(self.received))
+
+    def started(self, process: subprocess.Popen[bytes],
+                stop: Callable[[], None] | None = None) -> None:
+        """The stage1 process runs: stop signals now stop it (``stop``, else SIGTERM)."""
+        self.process = process
+        self._stop = stop
+        if self.received is not None:
+            self._request_stop()
+
+    # -- signals ---------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        del frame
+        if self.received is None:
+            self.received = signum
+        if self.process is not None:
+            self._request_stop()
+        elif not self.deferred:
+            raise PodInterrupted(signum, _interrupted(signum))
+
+    def _request_stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        process = self.process
+        assert process is not None
+        LOG.debug("stop signal: stopping the pod (stage1 process %d)", process.pid)
+        try:
+            if self._stop is not None:
+                self._stop()
+            else:
+                process.send_signal(signal.SIGTERM)
+        except (OSError, PodError) as exc:
+            LOG.debug("graceful stop failed (%s): killing the stage1", exc)
+            self._kill()
+            return
+        signal.signal(signal.SIGALRM, lambda signum, frame: self._kill())
+        signal.alarm(math.ceil(self.stop_timeout + STOP_GRACE))
+
+    def _kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            LOG.debug("the pod did not stop in time: killing stage1 process %d",
+                      self.process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+
+
+def _interrupted(signum: int) -> str:
+    return f"interrupted by {signal.Signals(signum).name} before the pod started"
+
+
+_CURRENT: PodLifetime | None = None
+
+
+def current_lifetime() -> PodLifetime | None:
+    """The lifetime installed in this process, if a pod command is running."""
+    return _CURRENT
+
+
+@contextlib.contextmanager
+def pod_lifetime(stop_timeout: float = 10.0) -> Iterator[PodLifetime]:
+    lifetime = PodLifetime(stop_timeout)
+    lifetime.install()
+    try:
+        yield lifetime
+    finally:
+        lifetime.uninstall()
+
+
+_PRCTL: Any = None
+
+
+def _prctl() -> Any:
+    global _PRCTL
+    if _PRCTL is None:
+        import ctypes
+
+        _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+    return _PRCTL
+
+
+def spawn_stage1(
+    command: Sequence[str],
+    *,
+    stop: Callable[[], None] | None = None,
+    **popen: Any,
+) -> subprocess.Popen[bytes]:
+    """Start a pod's stage1 process so that it lives no longer than this rkt.
+
+    The child gets ``PR_SET_PDEATHSIG`` = SIGKILL (it survives ``exec`` of a
+    program that is not set-user-ID), so SIGKILL to rkt kills it; while rkt
+    lives, stop signals to rkt become ``stop()`` (default: SIGTERM to the
+    child). ``popen`` is passed to :class:`subprocess.Popen`. Raises
+    :class:`PodInterrupted` without starting anything if a stop signal arrived
+    while the pod was being set up.
+    """
+    lifetime = _CURRENT
+    if lifetime is not None:
+        lifetime.checkpoint()
+    prctl = _prctl()
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)  # rkt died between fork and prctl: the pod must not start
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    # A stop signal between fork and registering the child would find no
+    # process to stop: hold them until the child is known.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        process = subprocess.Popen(command, preexec_fn=in_child, **popen)
+        if lifetime is not None:
+            lifetime.started(process, stop)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    return process
