@@ -12,12 +12,20 @@ def rkt(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_version_names_rkt_and_appc_for_nomad() -> None:
+    """Nomad's rkt driver (hashicorp/nomad-driver-rkt, rkt/driver.go at bcdecbf7)
+    takes the first match of these two expressions and requires rkt >= 1.27.0."""
     import re
+
+    from rkt import __version__
 
     result = rkt("version")
     assert result.returncode == 0
-    assert re.search(r"rkt [vV]ersion[:]? (\d[.\d]+)", result.stdout)
-    assert re.search(r"appc [vV]ersion[:]? 0\.8\.11", result.stdout)
+    found = re.search(r"rkt [vV]ersion[:]? (\d[.\d]+)", result.stdout)
+    assert found is not None and found.group(1) == "1.30.0"
+    assert tuple(int(n) for n in found.group(1).split(".")) >= (1, 27, 0)
+    assert re.search(r"appc [vV]ersion[:]? (\d[.\d]+)", result.stdout).group(1) == "0.8.11"  # type: ignore[union-attr]
+    # this project's own version, on a line of its own
+    assert f"rkt-python Version: {__version__}\n" in result.stdout
 
 
 def test_version_imports_no_plugin_and_no_heavy_library() -> None:

@@ -1,7 +1,9 @@
 """``rkt version``: what Nomad's driver fingerprints every 30 s; imports no plugin.
 
-Its output names rkt's and appc's versions in rkt 1.x's format, which Nomad
-parses with ``rkt [vV]ersion[:]? (\\d[.\\d]+)`` and ``appc [vV]ersion[:]? (\\d[.\\d]+)``.
+Its output names, in rkt 1.x's format, the rkt release whose command line this
+implements (``rkt Version:``) and the appc spec's version, which Nomad parses
+with ``rkt [vV]ersion[:]? (\\d[.\\d]+)`` and ``appc [vV]ersion[:]? (\\d[.\\d]+)``;
+then this project's own version (``rkt-python Version:``), see docs/schedulers.md.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import os
 import sys
 from typing import IO, TYPE_CHECKING
 
-from rkt import APPC_VERSION, __version__
+from rkt import APPC_VERSION, RKT_COMPAT_VERSION, __version__
 
 if TYPE_CHECKING:
     import argparse
@@ -22,7 +24,8 @@ def print_version(out: IO[str]) -> None:
     machine = os.uname().machine
     python = f"{sys.implementation.name} {sys.version.split()[0]}"
     out.write(
-        f"rkt Version: {__version__}\nappc Version: {APPC_VERSION}\n"
+        f"rkt Version: {RKT_COMPAT_VERSION}\nappc Version: {APPC_VERSION}\n"
+        f"rkt-python Version: {__version__}\n"
         f"Python Version: {python}\nOS/Arch: {sys.platform}/{machine}\n"
     )
 
