@@ -12,7 +12,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rkt.cli.context import GlobalOptions, RktArgumentParser
 from rkt.errors import PodError, RktError, UsageError
@@ -20,7 +20,6 @@ from rkt.errors import PodError, RktError, UsageError
 if TYPE_CHECKING:
     from rkt.pod.dirs import PodStore
     from rkt.pod.gc import GcEvent, GcReport, Stage1Lookup
-    from rkt.pod.status import PodStatus
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
@@ -125,13 +124,12 @@ def _iso(when: float | None) -> str:
 
 def _list(options: GlobalOptions, args: argparse.Namespace) -> int:
     from rkt.cli.image import humanize_time, print_table
-    from rkt.pod.status import AppStatus, networks_summary, pod_status
+    from rkt.pod.status import AppStatus, api_v1_record, networks_summary, pod_status
 
     statuses = [pod_status(pod) for pod in _pods(options).iter_pods()]
     if args.format:
-        out = [_json_record(s) for s in statuses]
-        print(json.dumps(out, indent=2 if args.format == "json-pretty" else None),
-              file=options.stdout)
+        out = [api_v1_record(s) for s in statuses]
+        print(_go_json(out, pretty=args.format == "json-pretty"), file=options.stdout)
         return 0
     rows: list[list[str]] = []
     if not args.no_legend:
@@ -160,27 +158,11 @@ def _list(options: GlobalOptions, args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_record(status: PodStatus) -> dict[str, Any]:
-    """rkt's api/v1 Pod shape, which Nomad's driver parses."""
-    apps: list[dict[str, Any]] = []
-    for app in status.apps:
-        entry: dict[str, Any] = {"name": app.name, "image_name": app.image_name,
-                                 "image_id": app.image_id}
-        if app.exit_code is not None:
-            entry["exit_code"] = app.exit_code
-        if app.oom_killed:
-            entry["oom_killed"] = True  # an extension: rkt 1.x's api had no such mark
-        entry["state"] = app.state
-        apps.append(entry)
-    return {
-        "name": status.uuid,
-        "state": status.state,
-        "networks": [n.to_json() for n in status.networks],
-        "app_names": status.app_names,
-        "apps": apps,
-        "created_at": int(status.created * 1e9) if status.created else None,
-        "started_at": int(status.started * 1e9) if status.started else None,
-    }
+def _go_json(value: object, *, pretty: bool) -> str:
+    """JSON as rkt (Go's encoding/json) printed it: compact, or tab-indented."""
+    if pretty:
+        return json.dumps(value, indent="\t")
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _wait_value(value: str | None) -> float | None:
@@ -193,7 +175,13 @@ def _wait_value(value: str | None) -> float | None:
 
 
 def _status(options: GlobalOptions, args: argparse.Namespace) -> int:
-    from rkt.pod.status import networks_summary, pod_status, wait_until_exited, wait_until_ready
+    from rkt.pod.status import (
+        api_v1_record,
+        networks_summary,
+        pod_status,
+        wait_until_exited,
+        wait_until_ready,
+    )
 
     pods = _pods(options)
     pod = pods.find(_one_uuid(args))
@@ -206,10 +194,8 @@ def _status(options: GlobalOptions, args: argparse.Namespace) -> int:
     status = pod_status(pod)
     pid = pod.pid()
     if args.format:
-        out = _json_record(status)
-        out["pid"] = pid
-        print(json.dumps(out, indent=2 if args.format == "json-pretty" else None),
-              file=options.stdout)
+        out = api_v1_record(status, pid=pid)
+        print(_go_json(out, pretty=args.format == "json-pretty"), file=options.stdout)
         return 0
     lines = [f"state={status.state}", f"created={_iso(status.created)}",
              f"started={_iso(status.started)}"]

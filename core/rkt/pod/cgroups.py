@@ -99,7 +99,7 @@ def resolve_resources(
     hint, as in rkt 1.x and Kubernetes, and sets nothing); ``resource/cpu``'s
     limit is a CFS quota, its request (the limit when omitted, ace.md) the CPU
     shares, which ``os/linux/cpu-shares`` overrides. Refuses, with one line,
-    limits below what a process needs to start and above what the host has.
+    limits below what a process needs to start and memory above what the host has.
     """
     memory = cpu_limit = cpu_request = None
     shares: int | None = None
@@ -135,10 +135,9 @@ def resolve_resources(
         if cpu_millis < MIN_CPU_MILLIS:
             raise PodError(f"{what}: CPU limit {cpu_limit.normalize()} is below the minimum of "
                            f"{MIN_CPU_MILLIS}m")
-        cpus = os.cpu_count() or 1
-        if cpu_millis > cpus * 1000:
-            raise PodError(f"{what}: CPU limit {cpu_limit.normalize()} is more than this "
-                           f"host's {cpus} CPUs")
+        # A quota above the host's CPUs never throttles, but rkt 1.x accepted it and
+        # Nomad's rkt driver passes its CPU shares as --cpu (100 by default), so it
+        # is written as asked (issue 15)
     if shares is None:
         request = cpu_request if cpu_request is not None else cpu_limit
         if request is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rkt.errors import PodError
@@ -26,15 +27,33 @@ _POLL_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)
+class AppMountStatus:
+    """A volume mounted into an app, as rkt's api/v1 ``Mount`` describes it."""
+
+    volume: str
+    container_path: str
+    #: the host path of a host volume; "" for an empty volume (rkt's convention)
+    host_path: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
 class AppStatus:
     name: str | None
     image_name: str
     image_id: str
-    #: the pod's state, or "exited" once the app's exit code is recorded
+    #: rkt's app states: unknown, created, running, exited (api/v1 ``AppState``)
     state: str
     exit_code: int | None = None
     #: the kernel's OOM killer ended it (its memory limit, the pod's, or the host's)
     oom_killed: bool = False
+    #: seconds since the epoch
+    created: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    mounts: tuple[AppMountStatus, ...] = ()
+    user_annotations: tuple[tuple[str, str], ...] = ()
+    user_labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,10 +67,47 @@ class PodStatus:
     started: float | None
     #: the CNI networks the pod was attached to (``net-info.json``)
     networks: tuple[NetAttachment, ...] = ()
+    user_annotations: tuple[tuple[str, str], ...] = ()
+    user_labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def app_names(self) -> list[str | None]:
         return [app.name for app in self.apps]
+
+
+def _app_state(pod_state: str, exit_code: int | None) -> str:
+    """rkt 1.x's app state for a pod whose apps are fixed at prepare time."""
+    if exit_code is not None:
+        return "exited"
+    return {"prepared": "created", "running": "running"}.get(
+        pod_state, "unknown" if pod_state in ("embryo", "preparing", "aborted prepare")
+        else "exited")
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _pairs(value: object) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, dict):
+        return tuple((str(k), str(v)) for k, v in value.items())
+    return ()
+
+
+def _mounts(app: dict[str, Any], volumes: dict[str, dict[str, Any]]) -> tuple[AppMountStatus, ...]:
+    mounts = []
+    for mount in app.get("mounts") or []:
+        volume = mount.get("appVolume") or volumes.get(mount.get("volume", ""), {})
+        mounts.append(AppMountStatus(
+            volume=str(mount.get("volume", "")),
+            container_path=str(mount.get("path", "")),
+            host_path=str(volume.get("source") or ""),
+            read_only=bool(volume.get("readOnly")),
+        ))
+    return tuple(mounts)
 
 
 def pod_status(pod: Pod) -> PodStatus:
@@ -63,27 +119,98 @@ def pod_status(pod: Pod) -> PodStatus:
     started = pod.phase in _STARTED_PHASES
     codes = pod.app_exit_codes() if started else {}
     oom_killed = pod.oom_killed_apps() if started else set()
+    created = pod.created()
+    pod_started = pod.started() if started else None
+    status_dir = pod.stage1_rootfs() / "rkt" / "status"
+    volumes = {v.get("name", ""): v for v in manifest.get("volumes") or []}
     apps = []
     for app in manifest.get("apps") or []:
         image = app.get("image") or {}
         name = app.get("name")
         code = codes.get(name)
+        runtime_app = app.get("app") or {}
         apps.append(AppStatus(
             name=name,
             image_name=image.get("name", ""),
             image_id=image.get("id", ""),
-            state="running" if state == "running" else "exited" if code is not None else state,
+            state=_app_state(state, code),
             exit_code=code,
             oom_killed=name in oom_killed,
+            created=created,
+            started=(_mtime(status_dir / f"{name}-started") or pod_started) if started else None,
+            finished=_mtime(status_dir / str(name)) if code is not None else None,
+            mounts=_mounts(app, volumes),
+            user_annotations=_pairs(runtime_app.get("userAnnotations")),
+            user_labels=_pairs(runtime_app.get("userLabels")),
         ))
     return PodStatus(
         uuid=pod.uuid,
         state=state,
         apps=tuple(apps),
-        created=pod.created(),
-        started=pod.started() if started else None,
+        created=created,
+        started=pod_started,
+        user_annotations=_pairs(manifest.get("userAnnotations")),
+        user_labels=_pairs(manifest.get("userLabels")),
         networks=pod_networks(pod),
     )
+
+
+def _nanoseconds(when: float | None) -> int | None:
+    return None if when is None else int(when * 1_000_000_000)
+
+
+def api_v1_record(status: PodStatus, *, pid: int | None = None) -> dict[str, Any]:
+    """The pod as rkt 1.x's ``rkt list/status --format=json`` gave it (``api/v1``
+    ``Pod``), which clients such as Nomad's rkt driver decode.
+
+    Times are nanoseconds since the epoch, as api/v1 documents them (rkt 1.x
+    itself printed the pod's two in seconds). Keys rkt leaves out when empty
+    are left out; ``networks`` (``net-info.json``'s entries) is always there.
+    ``pid``, and an app's ``image_name`` and ``oom_killed``, are extensions a Go
+    client ignores.
+    """
+    apps: list[dict[str, Any]] = []
+    for app in status.apps:
+        entry: dict[str, Any] = {"name": app.name, "state": app.state,
+                                 "image_id": app.image_id, "image_name": app.image_name}
+        for key, value in (("created_at", app.created), ("started_at", app.started),
+                           ("finished_at", app.finished)):
+            if value is not None:
+                entry[key] = _nanoseconds(value)
+        if app.exit_code is not None:
+            entry["exit_code"] = app.exit_code
+        if app.oom_killed:
+            entry["oom_killed"] = True  # an extension: rkt 1.x's api had no such mark
+        if app.mounts:
+            entry["mounts"] = [
+                {"name": m.volume, "container_path": m.container_path,
+                 "host_path": m.host_path, "read_only": m.read_only}
+                for m in app.mounts
+            ]
+        if app.user_annotations:
+            entry["user_annotations"] = dict(app.user_annotations)
+        if app.user_labels:
+            entry["user_labels"] = dict(app.user_labels)
+        apps.append(entry)
+    record: dict[str, Any] = {
+        "name": status.uuid,
+        "state": status.state,
+        "networks": [n.to_json() for n in status.networks],
+    }
+    if status.apps:
+        record["app_names"] = status.app_names
+        record["apps"] = apps
+    if status.created is not None:
+        record["created_at"] = _nanoseconds(status.created)
+    if status.started is not None:
+        record["started_at"] = _nanoseconds(status.started)
+    if status.user_annotations:
+        record["user_annotations"] = dict(status.user_annotations)
+    if status.user_labels:
+        record["user_labels"] = dict(status.user_labels)
+    if pid is not None:
+        record["pid"] = pid
+    return record
 
 
 def pod_networks(pod: Pod) -> tuple[NetAttachment, ...]:
@@ -98,6 +225,7 @@ def pod_networks(pod: Pod) -> tuple[NetAttachment, ...]:
 def networks_summary(networks: tuple[NetAttachment, ...]) -> str:
     """``default:ip4=172.16.28.7,other:ip4=10.1.0.2``, as ``list`` and ``status`` show them."""
     return ",".join(f"{n.name}:ip4={n.ip}" for n in networks if n.ip)
+
 
 
 def wait_until_ready(pods: PodStore, pod: Pod, timeout: float) -> bool:
