@@ -34,12 +34,27 @@ def test_version_imports_no_plugin_and_no_heavy_library() -> None:
         "from rkt.cli.main import main\n"
         "try:\n    main(['version'])\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('pluggy', 'pydantic', 'stevedore', 'rkt_plugins', 'requests',"
-        " 'rkt.store', 'rkt.facade') if m in sys.modules]\n"
+        " 'rkt.store', 'rkt.facade', 'grpc', 'google.protobuf', 'rkt.apiservice')"
+        " if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert "HEAVY []" in result.stdout
+
+
+def test_pod_commands_never_import_the_api_service() -> None:
+    """gRPC and protobuf are for ``rkt api-service`` alone: ``rkt run`` must not pay."""
+    code = (
+        "import sys\n"
+        "import rkt.cli.run, rkt.cli.pod_cmds, rkt.pod.lifecycle, rkt.pod.lifetime\n"
+        "import rkt.pod.status, rkt.cli.api_service\n"
+        "print('GRPC', [m for m in ('grpc', 'google.protobuf', 'rkt.apiservice')"
+        " if m in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert "GRPC []" in result.stdout
 
 
 def test_unambiguous_prefix_works_and_ambiguous_is_a_one_line_error() -> None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 #: command name -> (module, one-line summary). Nested commands (``rkt image list``)
 #: are dispatched by their group module.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "api-service": ("rkt.cli.api_service", "Run the API service (read-only gRPC, v1alpha)"),
     "cat-manifest": ("rkt.cli.pod_cmds", "Inspect and print the pod manifest"),
     "config": ("rkt.cli.config_cmd", "Print the merged configuration"),
     "enter": ("rkt.cli.pod_cmds", "Enter the namespaces of an app within a rkt pod"),
