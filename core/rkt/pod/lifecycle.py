@@ -97,6 +97,11 @@ def create_pod(
     try:
         resolved = prepare_pod(pod, runtime.store, stage1, manifest, request,
                                insecure=runtime.insecure)
+        lifetime = current_lifetime()
+        if lifetime is not None:
+            # the pod is whole: a stop signal now waits for run_pod's checkpoints
+            # (or is moot once prepare has printed the UUID)
+            lifetime.defer()
     except BaseException:
         pod.release()
         pods.delete(pod)
