@@ -56,8 +56,9 @@ class PodLifetime:
     backend's graceful stop).
     """
 
-    def __init__(self, stop_timeout: float = 10.0) -> None:
+    def __init__(self, stop_timeout: float = 10.0, grace: float = STOP_GRACE) -> None:
         self.stop_timeout = stop_timeout
+        self.grace = grace
         self.deferred = False
         self.received: int | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -74,14 +75,15 @@ class PodLifetime:
                 continue  # started under nohup: the caller wants SIGHUP ignored
             self._previous[signum] = previous
             signal.signal(signum, self._on_signal)
+        self._previous[signal.SIGALRM] = signal.getsignal(signal.SIGALRM)
         _CURRENT = self
 
     def uninstall(self) -> None:
         global _CURRENT
+        signal.alarm(0)
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
-        signal.alarm(0)
         if _CURRENT is self:
             _CURRENT = None
 
@@ -131,7 +133,7 @@ class PodLifetime:
             self._kill()
             return
         signal.signal(signal.SIGALRM, lambda signum, frame: self._kill())
-        signal.alarm(math.ceil(self.stop_timeout + STOP_GRACE))
+        signal.alarm(max(1, math.ceil(self.stop_timeout + self.grace)))
 
     def _kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -154,8 +156,9 @@ def current_lifetime() -> PodLifetime | None:
 
 
 @contextlib.contextmanager
-def pod_lifetime(stop_timeout: float = 10.0) -> Iterator[PodLifetime]:
-    lifetime = PodLifetime(stop_timeout)
+def pod_lifetime(stop_timeout: float = 10.0, grace: float = STOP_GRACE
+                 ) -> Iterator[PodLifetime]:
+    lifetime = PodLifetime(stop_timeout, grace)
     lifetime.install()
     try:
         yield lifetime
@@ -179,6 +182,7 @@ def spawn_stage1(
     command: Sequence[str],
     *,
     stop: Callable[[], None] | None = None,
+    helper: bool = False,
     **popen: Any,
 ) -> subprocess.Popen[bytes]:
     """Start a pod's stage1 process so that it lives no longer than this rkt.
@@ -186,7 +190,9 @@ def spawn_stage1(
     The child gets ``PR_SET_PDEATHSIG`` = SIGKILL (it survives ``exec`` of a
     program that is not set-user-ID), so SIGKILL to rkt kills it; while rkt
     lives, stop signals to rkt become ``stop()`` (default: SIGTERM to the
-    child). ``popen`` is passed to :class:`subprocess.Popen`. Raises
+    child). A ``helper`` (a process the pod needs beside its stage1 process,
+    e.g. a file server for a VM) dies with rkt too but is not what a stop
+    signal stops. ``popen`` is passed to :class:`subprocess.Popen`. Raises
     :class:`PodInterrupted` without starting anything if a stop signal arrived
     while the pod was being set up.
     """
@@ -207,7 +213,7 @@ def spawn_stage1(
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         process = subprocess.Popen(command, preexec_fn=in_child, **popen)
-        if lifetime is not None:
+        if lifetime is not None and not helper:
             lifetime.started(process, stop)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

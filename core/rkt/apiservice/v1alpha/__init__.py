@@ -1,1 +1,2 @@
-"""Generated from ``api.proto`` by ``scripts/gen-apiservice``; do not edit the ``api_pb2*`` modules."""
+"""The wire contract (``api.proto``) and the modules ``scripts/gen-apiservice``
+generates from it (``api_pb2*``: do not edit)."""

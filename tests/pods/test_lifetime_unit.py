@@ -1,0 +1,121 @@
+"""rkt.pod.lifetime without a pod: a plain ``sleep`` stands in for the stage1
+process, so these run unprivileged. The pod-level behaviour (real stage1s,
+status, /proc) is tests/pods/test_lifetime.py."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from rkt.errors import PodInterrupted
+from rkt.pod.lifetime import current_lifetime, pod_lifetime, spawn_stage1
+
+
+def alive_with(mark: str) -> bool:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if mark.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                    state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                    if state != "Z":
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+def wait_gone(mark: str, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive_with(mark):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def mark() -> str:
+    return str(random.randrange(10**8, 10**9))
+
+
+def stage0(code: str) -> subprocess.Popen[str]:
+    """A Python process playing stage0; it prints READY once its child runs."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_the_stage1_process_dies_with_rkt(mark: str) -> None:
+    parent = stage0(f"""
+        import time
+        from rkt.pod.lifetime import spawn_stage1
+        spawn_stage1(["sleep", "{mark}"])
+        print("READY", flush=True)
+        time.sleep(1000)
+    """)
+    assert parent.stdout is not None and parent.stdout.readline() == "READY\n"
+    assert alive_with(mark)
+    parent.kill()
+    parent.wait()
+    assert wait_gone(mark)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_stops_the_stage1_process_and_rkt_waits_for_it(
+        mark: str, signum: int) -> None:
+    parent = stage0(f"""
+        from rkt.pod.lifetime import pod_lifetime, spawn_stage1
+        with pod_lifetime():
+            process = spawn_stage1(["sleep", "{mark}"])
+            print("READY", flush=True)
+            print("CODE", process.wait(), flush=True)
+    """)
+    assert parent.stdout is not None and parent.stdout.readline() == "READY\n"
+    parent.send_signal(signum)
+    assert parent.stdout.readline() == f"CODE {-signal.SIGTERM}\n"
+    assert parent.wait(timeout=10) == 0
+    assert wait_gone(mark)
+
+
+def test_a_stage1_that_ignores_its_stop_is_killed_after_the_grace(mark: str) -> None:
+    parent = stage0(f"""
+        from rkt.pod.lifetime import pod_lifetime, spawn_stage1
+        with pod_lifetime(stop_timeout=0, grace=1):
+            process = spawn_stage1(["sh", "-c", "trap '' TERM; exec sleep {mark}"])
+            print("READY", flush=True)
+            print("CODE", process.wait(), flush=True)
+    """)
+    assert parent.stdout is not None and parent.stdout.readline() == "READY\n"
+    time.sleep(0.3)  # the shell has set its trap and exec'd
+    parent.send_signal(signal.SIGTERM)
+    assert parent.stdout.readline() == f"CODE {-signal.SIGKILL}\n"
+    assert parent.wait(timeout=10) == 0
+
+
+def test_a_signal_while_preparing_unwinds_at_once() -> None:
+    with pytest.raises(PodInterrupted) as caught, pod_lifetime():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # not reached: the handler raises
+    assert caught.value.exit_code == 128 + signal.SIGTERM
+    assert str(caught.value) == "interrupted by SIGTERM before the pod started"
+    assert current_lifetime() is None
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_signal_once_deferred_waits_for_the_checkpoint_and_starts_nothing(
+        mark: str) -> None:
+    with pytest.raises(PodInterrupted) as caught, pod_lifetime() as lifetime:
+        lifetime.defer()
+        os.kill(os.getpid(), signal.SIGINT)
+        reached = True  # the handler did not raise: setup goes on to its checkpoint
+        spawn_stage1(["sleep", mark])
+    assert reached
+    assert caught.value.exit_code == 128 + signal.SIGINT
+    assert not alive_with(mark)
