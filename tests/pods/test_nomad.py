@@ -303,6 +303,7 @@ def test_status_and_list_json_decode_as_rkt_1_clients(env: RktEnv, task_image: P
             process.kill()
     after = status("--format=json")
     assert after["state"] == "exited"
+    assert "pid" not in json.loads(env.run("status", "--format=json", uuid).stdout)
     app = after["apps"][0]
     assert app["state"] == "exited" and app["exit_code"] == 143
     assert app["finished_at"] >= app["started_at"] >= created_ns

@@ -194,7 +194,7 @@ def _status(options: GlobalOptions, args: argparse.Namespace) -> int:
     status = pod_status(pod)
     pid = pod.pid()
     if args.format:
-        out = api_v1_record(status, pid=pid)
+        out = api_v1_record(status, pid=pid if status.state == "running" else None)
         print(_go_json(out, pretty=args.format == "json-pretty"), file=options.stdout)
         return 0
     lines = [f"state={status.state}", f"created={_iso(status.created)}",
