@@ -42,6 +42,13 @@ def client_modules(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[A
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{root}",
                     f"--python_out={root}", f"--grpc_python_out={root}",
                     str(root / "rktclient" / "api.proto")], check=True)
+    # The server's own modules may be imported in this process too (other tests):
+    # give the client a descriptor pool of its own, as a separate program has.
+    generated = root / "rktclient" / "api_pb2.py"
+    code = generated.read_text()
+    assert "_descriptor_pool.Default().AddSerializedFile(" in code
+    generated.write_text(code.replace("_descriptor_pool.Default().AddSerializedFile(",
+                                      "_descriptor_pool.DescriptorPool().AddSerializedFile("))
     sys.path.insert(0, str(root))
     try:
         yield (importlib.import_module("rktclient.api_pb2"),
