@@ -74,8 +74,12 @@ def run_with_console(
     pass_fds: Sequence[int] = (),
     on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
     env: dict[str, str] | None = None,
+    stop: Callable[[], None] | None = None,
 ) -> int:
     """Run ``command`` (the pod's supervisor), relaying the terminal; return its exit code.
+
+    ``stop`` is the pod's graceful stop for :func:`rkt.pod.lifetime.spawn_stage1`
+    (default: SIGTERM to the process), called when rkt gets a stop signal.
 
     The process is started with :func:`rkt.pod.lifetime.spawn_stage1`: it dies
     with rkt, and a stop signal to rkt (Ctrl+C included) stops it gracefully.
@@ -88,7 +92,7 @@ def run_with_console(
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore else None
     try:
         return _run(command, interactive=interactive, kill=kill, pass_fds=pass_fds,
-                    on_start=on_start, env=env)
+                    on_start=on_start, env=env, stop=stop)
     finally:
         if ignore:
             signal.signal(signal.SIGINT, previous)
@@ -102,12 +106,13 @@ def _run(
     pass_fds: Sequence[int],
     on_start: Callable[[subprocess.Popen[bytes]], None] | None,
     env: dict[str, str] | None,
+    stop: Callable[[], None] | None,
 ) -> int:
     stdin_tty = sys.stdin.isatty()
     if not stdin_tty:
         # No terminal, no escape sequence to watch: the plain case.
         process = spawn_stage1(
-            command, pass_fds=pass_fds, env=env,
+            command, stop=stop, pass_fds=pass_fds, env=env,
             stdin=None if interactive else subprocess.DEVNULL,
         )
         if on_start:
@@ -119,7 +124,7 @@ def _run(
         master, slave = pty.openpty()
         _copy_size(sys.stdin.fileno(), slave)
     process = spawn_stage1(
-        command, pass_fds=pass_fds, env=env,
+        command, stop=stop, pass_fds=pass_fds, env=env,
         stdin=slave if interactive else subprocess.DEVNULL,
         stdout=slave if interactive else None,
         stderr=slave if interactive else None,
