@@ -235,6 +235,14 @@ def test_pods_running_and_exited_and_a_start_event(service: Service, rkt_env: Rk
         assert set(pods) == {exited_uuid, running_uuid}
         running, done = pods[running_uuid], pods[exited_uuid]
         assert running.state == api.POD_STATE_RUNNING and running.pid > 0
+        assert [n.name for n in running.networks] == ["default"]  # nspawn's default
+        assert running.networks[0].ipv4.startswith("172.16.28.")
+        on_default = service.stub.ListPods(api.ListPodsRequest(filters=[
+            api.PodFilter(network_names=["default"])])).pods
+        # an exited pod keeps its attachment until gc, and rkt listed it too
+        assert {p.id for p in on_default} == {running_uuid, exited_uuid}
+        assert service.stub.ListPods(api.ListPodsRequest(filters=[
+            api.PodFilter(network_names=["other"])])).pods == []
         assert running.apps[0].state == api.APP_STATE_RUNNING
         assert running.apps[0].exit_code == -1
         assert running.apps[0].image.name == "example.com/sleeper"

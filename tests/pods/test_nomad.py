@@ -16,9 +16,10 @@ Go is not installed here, so Go's ``encoding/json`` is stood in for by
 struct declares (a string where a number is declared fails, unknown keys are
 ignored, ``null`` leaves the zero value).
 
-Networking (``--net=default``, ``--port``, ``--dns``, ``--dns-search``) comes
-with the CNI work; until it lands the replay uses the driver's ``net =
-["host"]`` task option, with which the driver passes none of those flags.
+Two replays: a task with the driver's ``net = ["host"]`` option (no network
+flags at all), and a task on rkt's default network with a ``port_map``,
+``dns_servers`` and ``dns_search_domains``, whose address the driver reads
+from ``status`` and whose port answers on the host.
 """
 
 from __future__ import annotations
@@ -29,14 +30,17 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rkt_testing import AciBuilder, RktEnv
+from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
+from rkt_testing.aci import image_manifest
 from rkt_testing.plugin import needs_root
 
 pytestmark = [needs_root, pytest.mark.root, pytest.mark.slow]
@@ -94,6 +98,14 @@ def go_decode(value: Any, schema: Any, where: str = "$") -> Any:
         return {key: go_decode(lowered.get(key.lower()), sub, f"{where}.{key}")
                 for key, sub in schema.items()}
     raise TypeError(schema)
+
+
+def go_is_global_unicast(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
+    """Go's net.IP.IsGlobalUnicast, which the driver asks of each network's ip."""
+    if ip is None:
+        return False
+    return not (ip.is_loopback or ip.is_multicast or ip.is_link_local or ip.is_unspecified
+                or ip == ipaddress.IPv4Address("255.255.255.255"))
 
 
 #: the driver's own structs (rkt/api.go)
@@ -251,6 +263,97 @@ def test_nomad_driver_task_lifecycle(env: RktEnv, task_image: Path, mark: str,
     assert final["state"] == "exited"
     assert final["apps"][0]["state"] == "exited"
     assert final["apps"][0]["exit_code"] == 128 + signal.SIGTERM  # the app's stop signal
+
+
+@pytest.fixture
+def web_image(aci_builder: AciBuilder) -> Path:
+    """busybox httpd on port 80, declared as the port named ``http``."""
+    manifest = image_manifest(
+        "example.com/web", exec_=["/bin/sh", "-c", "mkdir -p /www && echo hello from the "
+                                  "task > /www/index.html && exec httpd -f -p 80 -h /www"],
+        app={"ports": [{"name": "http", "protocol": "tcp", "port": 80}]},
+    )
+    return aci_builder.build("web.aci", name="example.com/web", busybox=True,
+                             files={"etc/passwd": "root:x:0:0::/:/bin/sh\n",
+                                    "etc/group": "root:x:0:\n"}, manifest=manifest)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("0.0.0.0", 0))
+        return int(probe.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return str(response.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_nomad_driver_task_on_the_default_network(env: RktEnv, web_image: Path,
+                                                  tmp_path: Path) -> None:
+    """No ``net`` option: the driver passes no --net (rkt's default network),
+    ``port_map { http = "http" }`` as ``prepare --port=http:HOSTPORT`` after the
+    image, and the DNS options to ``run-prepared``; then it waits for
+    ``networks[].ip`` (rktGetDriverNetwork) and maps the ports by the manifest's."""
+    host_port = free_port()
+    global_args = ["--insecure-options=all", "--debug=false"]
+    prepare = [*global_args, "prepare", "--set-env=NOMAD_TASK_NAME=web", str(web_image),
+               "--memory=268435456", "--cpu=100", f"--port=http:{host_port}"]
+    prepared = subprocess.run(rkt(env, *prepare), capture_output=True, text=True)
+    assert prepared.returncode == 0, prepared.stderr
+    uuid = prepared.stdout.strip()
+    assert prepared.stdout == uuid + "\n"  # only the UUID: the driver takes all of it
+    run_args = [*global_args, "run-prepared", "--net=default", "--dns=192.0.2.53",
+                "--dns-search=service.example", uuid]
+    task = subprocess.Popen(rkt(env, *run_args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60  # the driver's networkDeadline
+        while True:
+            status = subprocess.run(rkt(env, "status", "--format=json", uuid),
+                                    capture_output=True, text=True)
+            assert status.returncode == 0, status.stderr
+            pod = go_decode(json.loads(status.stdout), DRIVER_POD)
+            if pod["state"] == "running":
+                break
+            assert time.monotonic() < deadline and task.poll() is None, status.stdout
+            time.sleep(0.2)
+        # the network is there before the pod runs: the driver's first look finds it
+        good = [n for n in pod["networks"] if go_is_global_unicast(n["ip"])]
+        assert good, status.stdout
+        assert good[0]["netName"] == "default"
+        assert good[0]["ip"] in ipaddress.ip_network("172.16.28.0/24")  # default's subnet
+        manifest = go_decode(json.loads(subprocess.run(
+            rkt(env, "cat-manifest", uuid), capture_output=True, text=True,
+            check=True).stdout), APPC_POD)
+        assert [p["name"] for p in manifest["apps"][0]["app"]["ports"]] == ["http"]
+        assert http_get(f"http://127.0.0.1:{host_port}/") == "hello from the task\n"
+        resolv = subprocess.run(rkt(env, "enter", uuid, "/bin/cat", "/etc/resolv.conf"),
+                                capture_output=True, text=True, timeout=60)
+        assert "nameserver 192.0.2.53" in resolv.stdout
+        assert "search service.example" in resolv.stdout
+        task.send_signal(signal.SIGINT)
+        code = task.wait(timeout=30)
+    finally:
+        if task.poll() is None:
+            task.kill()
+            task.wait()
+    assert code == 0, task.stderr.read() if task.stderr else ""
+    final = json.loads(env.run("status", "--format=json", uuid).stdout)
+    assert final["state"] == "exited" and final["apps"][0]["exit_code"] == 143
+
+
+def test_nomad_port_map_naming_no_port_of_the_image(env: RktEnv, web_image: Path) -> None:
+    refused = env.run("--insecure-options=all", "prepare", web_image, "--port=https:18443")
+    assert_one_line_error(refused, 'the pod\'s apps have no port "https" (their ports: http)')
+    assert list((env.data_dir / "pods").glob("*/*")) == []
 
 
 # -- the JSON models -----------------------------------------------------------------

@@ -77,6 +77,10 @@ def pod_message(pod: Pod, *, detail: bool) -> api.Pod:
         pid = pod.pid()
         message.pid = pid if pid is not None else -1
         message.cgroup = cgroup_of(pod)
+    if status.state in ("running", "exited"):
+        # rkt reported the networks of running and exited pods (until collected)
+        message.networks.extend(api.Network(name=n.name, ipv4=n.ip or "")
+                                for n in status.networks)
     if detail:
         message.manifest = manifest_bytes
     after_run = pod.phase in ("run", "exited-garbage")

@@ -76,6 +76,10 @@ def add_arguments(command: str, parser: RktArgumentParser) -> None:
         parser.add_argument("--user-annotation", action="append", default=[])
         parser.add_argument("--user-label", action="append", default=[])
         _add_app_flags(parser)
+    if command != "run-prepared":
+        # rkt 1.x's prepare records the ports in the pod manifest for run-prepared
+        parser.add_argument("--port", action="append", default=[],
+                            help="NAME:[HOSTIP:]HOSTPORT: forward a host port to an app's port")
     if command == "prepare":
         parser.add_bool_flag("--quiet", help="print only the UUID")
         return
@@ -90,8 +94,10 @@ def add_arguments(command: str, parser: RktArgumentParser) -> None:
     parser.add_argument("--mds-socket", metavar="PATH",
                         help="the metadata service's registration socket "
                              "(default /run/rkt/metadata-svc.sock)")
-    parser.add_argument("--port", action="append", default=[],
-                        help="NAME:[HOSTIP:]HOSTPORT: forward a host port to an app's port")
+    if command == "run-prepared":
+        parser.add_argument("--port", action="append", default=[],
+                            help="NAME:[HOSTIP:]HOSTPORT: forward a host port to an app's "
+                                 "port (instead of the ports given to prepare)")
     parser.add_argument("--dns", action="append", default=[],
                         help="nameserver IP (repeatable), host or none")
     parser.add_argument("--dns-search", action="append", default=[], help="DNS search domain")
@@ -166,6 +172,7 @@ def _app_requests(parser_args: argparse.Namespace, images: list[ImageArgs]) -> l
 
 
 def _pod_request(args: argparse.Namespace) -> PodRequest:
+    from rkt.net.request import parse_ports
     from rkt.pod.apps import parse_env, parse_volume, read_env_file
     from rkt.pod.prepare import PodRequest
 
@@ -187,6 +194,7 @@ def _pod_request(args: argparse.Namespace) -> PodRequest:
         pod_manifest=Path(args.pod_manifest) if args.pod_manifest else None,
         user_annotations=dict(parse_env(a, "--user-annotation") for a in args.user_annotation),
         user_labels=dict(parse_env(a, "--user-label") for a in args.user_label),
+        ports=parse_ports(args.port),
     )
 
 

@@ -40,7 +40,7 @@ from rkt.stage1 import (
 
 if TYPE_CHECKING:
     from rkt.context import Runtime
-    from rkt.net.request import NetworkRequest
+    from rkt.net.request import NetworkRequest, PortRequest
     from rkt.pod.gc import Stage1Lookup
 
 LOG = logging.getLogger(__name__)
@@ -208,6 +208,9 @@ def _with_network(runtime: Runtime, prepared: PreparedPod, resolved: ResolvedPod
     from rkt.net.request import DEFAULT, HOST, NetSelection
 
     modes = network_modes(prepared.backend)
+    if not request.ports:
+        # the ports `rkt prepare --port` recorded in the pod manifest (pods.md)
+        request = request._replace(ports=_manifest_ports(prepared.pod))
     if not request.nets:
         default = DEFAULT if "contained" in modes else HOST
         request = request._replace(nets=(NetSelection(default),))
@@ -241,6 +244,14 @@ def _register_metadata(pod: Pod, resolved: ResolvedPod, pod_runtime: PodRuntime,
             for error in teardown_pod_network(pod):
                 LOG.warning("pod %s: %s", pod.uuid, error)
         raise
+
+
+def _manifest_ports(pod: Pod) -> tuple[PortRequest, ...]:
+    from rkt.net.request import PortRequest
+
+    ports = pod.manifest_json().get("ports")
+    return tuple(PortRequest(str(p["name"]), int(p["hostPort"]), p.get("hostIP"))
+                 for p in ports if isinstance(p, dict)) if isinstance(ports, list) else ()
 
 
 def _undo_start(runtime: Runtime, prepared: PreparedPod) -> None:

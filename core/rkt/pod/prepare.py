@@ -50,6 +50,7 @@ from rkt.pod.supervisor import CAPABILITIES, resolve_in_root
 from rkt.stage1 import named_entry
 
 if TYPE_CHECKING:
+    from rkt.net.request import PortRequest
     from rkt.store import ImageInfo, ImageStore
 
 APPS_FILE = "apps.json"
@@ -70,6 +71,8 @@ class PodRequest:
     pod_manifest: Path | None = None
     user_annotations: dict[str, str] = field(default_factory=dict)
     user_labels: dict[str, str] = field(default_factory=dict)
+    #: ``--port``: recorded in the pod manifest (``ports``), which ``run-prepared`` reads
+    ports: tuple[PortRequest, ...] = ()
 
 
 @dataclass
@@ -296,13 +299,30 @@ def build_pod_manifest(
         "acVersion": APPC_VERSION, "acKind": "PodManifest", "apps": apps, "volumes": volumes,
         "isolators": None,
         "annotations": [{"name": MUTABLE_ANNOTATION, "value": "false"}],
-        "ports": [],
+        "ports": _exposed_ports(request.ports, apps),
     }
     if request.user_annotations:
         document["userAnnotations"] = request.user_annotations
     if request.user_labels:
         document["userLabels"] = request.user_labels
     return document, names
+
+
+def _exposed_ports(ports: tuple[PortRequest, ...],
+                   apps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """pods.md ``ports``: each names a port an app's image declares."""
+    declared = {port.get("name") for app in apps for port in app["app"].get("ports") or ()}
+    exposed = []
+    for port in ports:
+        if port.name not in declared:
+            known = ", ".join(sorted(str(name) for name in declared)) or "none"
+            raise UsageError(f'--port={port.name}:...: the pod\'s apps have no port '
+                             f'"{port.name}" (their ports: {known})')
+        entry: dict[str, Any] = {"name": port.name, "hostPort": port.host_port}
+        if port.host_ip:
+            entry["hostIP"] = port.host_ip
+        exposed.append(entry)
+    return exposed
 
 
 def copy_tree(source: Path, dest: Path) -> None:
