@@ -11,9 +11,10 @@ export PATH := $(VENV)/bin:$(PATH)
 RUNTIME_PACKAGES := gnupg busybox-static systemd-container xz-utils bzip2 zstd \
 	python3-venv iproute2 util-linux containernetworking-plugins iptables libseccomp2
 # gcc and libc6-dev build the tests' static syscall probes; libcap2-bin has setcap;
-# strace lists the syscalls a retain-set test allows
+# strace lists the syscalls a retain-set test allows; podman and runc are baselines
+# of the pod benchmarks
 TEST_PACKAGES := ca-certificates docker-registry skopeo curl gcc libc6-dev libcap2-bin \
-	strace
+	strace podman runc
 
 .PHONY: install install-system install-python install-test demo test check bench clean
 

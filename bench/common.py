@@ -39,16 +39,28 @@ def compare(ours: Callable[[], object], baseline: Callable[[], object], repeat: 
             setup: Callable[[], object] | None = None) -> tuple[float, float]:
     """Median times of ``ours`` and ``baseline``, run alternately so that noise from
     the machine (disk write-back, other load) falls on both alike."""
-    times: dict[int, list[float]] = {0: [], 1: []}
+    medians = compare_all({"ours": ours, "baseline": baseline}, repeat, setup)
+    return medians["ours"], medians["baseline"]
+
+
+def compare_all(runs: dict[str, Callable[[], object]], repeat: int = 5,
+                setup: Callable[[], object] | None = None) -> dict[str, float]:
+    """Median time of each of ``runs``, interleaved: every round runs each once, the
+    order rotating from round to round, so that the machine's noise falls on all."""
+    names = list(runs)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(repeat):
-        order = (0, 1) if round_ % 2 == 0 else (1, 0)
-        for which in order:
+        shift = round_ % len(names)
+        order = names[shift:] + names[:shift]
+        if round_ % 2:
+            order.reverse()
+        for name in order:
             if setup is not None:
                 setup()
             start = time.perf_counter()
-            (ours if which == 0 else baseline)()
-            times[which].append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times[name]) for name in names}
 
 
 def sh(command: str | Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
