@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, TYPE_CHECKING
 
 from rkt import APPC_VERSION, RKT_COMPAT_VERSION, __version__
 
+TYPE_CHECKING = False  # not typing's: see rkt.cli.main
 if TYPE_CHECKING:
     import argparse
+    from typing import IO
 
     from rkt.cli.context import GlobalOptions, RktArgumentParser
 
