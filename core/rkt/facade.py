@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 import pluggy
 
 from rkt.errors import PluginError, Stage1Error
-from rkt.plugins import STAGE1_GROUP, installed_stage1_backends, new_plugin_manager
+from rkt.plugins import (
+    installed_stage1_backends,
+    load_entry_point,
+    new_plugin_manager,
+    stage1_entry_point,
+)
 from rkt.registry import (
     DiscoveryRegistry,
     FetcherRegistry,
@@ -104,37 +109,30 @@ class Plugins:
     def stage1_backend(self, name: str) -> Stage1Backend:
         """The backend named ``name``: a registered one, else the entry point of that name.
 
-        Only the chosen entry point is imported (stevedore's DriverManager loads one
-        named extension).
+        Only the chosen entry point is imported, found in rkt's cached entry points
+        (:func:`rkt.plugins.stage1_entry_point`): reading every distribution's
+        metadata, as stevedore or ``importlib.metadata`` would, costs more than a
+        fly pod.
         """
         factory = self.stage1_backends.get(name)
         if factory is not None:
             return factory()
-        installed = installed_stage1_backends()
-        if name not in installed:
+        value = stage1_entry_point(name)
+        if value is None:
+            installed = installed_stage1_backends()
             known = ", ".join(sorted(set(installed) | set(self.stage1_backends.names())))
             raise Stage1Error(
                 f'stage1 backend "{name}" is not installed (installed: {known or "none"})'
             )
-        from stevedore import driver  # imported here: it is slow and only run needs it
-
         try:
-            manager: Any = driver.DriverManager(
-                namespace=STAGE1_GROUP, name=name, invoke_on_load=True,
-                on_load_failure_callback=_raise_load_failure,
-            )
+            backend_class: Any = load_entry_point(value)
+            return cast("Stage1Backend", backend_class())
         except Stage1Error:
             raise
         except Exception as exc:
-            raise Stage1Error(f'stage1 backend "{name}" failed to load: {exc}') from exc
-        return cast("Stage1Backend", manager.driver)
-
-
-def _raise_load_failure(manager: object, entrypoint: Any, exc: BaseException) -> None:
-    raise Stage1Error(
-        f'stage1 backend "{entrypoint.name}" ({entrypoint.value}) failed to load: '
-        f"{type(exc).__name__}: {exc}"
-    ) from exc
+            raise Stage1Error(
+                f'stage1 backend "{name}" ({value}) failed to load: {type(exc).__name__}: {exc}'
+            ) from exc
 
 
 def _code_of(function: Callable[..., object]) -> object:

@@ -24,7 +24,7 @@ from types import ModuleType
 import pluggy
 
 from rkt import hookspecs
-from rkt.errors import PluginError
+from rkt.errors import PluginError, Stage1Error
 
 LOG = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _entry_points() -> dict[str, list[tuple[str, str]]]:
     return groups
 
 
-def _load_entry_point(value: str) -> object:
+def load_entry_point(value: str) -> object:
     """Import what an entry point names: ``module`` or ``module:attr.attr``."""
     module_name, _, attrs = value.partition(":")
     target: object = importlib.import_module(module_name.strip())
@@ -143,7 +143,7 @@ def new_plugin_manager(
             if name in blocked_names or pm.has_plugin(name):
                 continue
             try:
-                plugin = _load_entry_point(value)
+                plugin = load_entry_point(value)
             except Exception as exc:
                 raise PluginError(
                     f'plugin "{name}" ({value}) failed to load: '
@@ -171,3 +171,12 @@ def _register(pm: pluggy.PluginManager, plugin: ModuleType | object, name: str) 
 def installed_stage1_backends() -> list[str]:
     """Names in the ``rkt.stage1`` entry-point group, without importing any of them."""
     return sorted({name for name, _ in _entry_points()[STAGE1_GROUP]})
+
+
+def stage1_entry_point(name: str) -> str | None:
+    """What the ``rkt.stage1`` entry point ``name`` names (``module:attr``), or None."""
+    values = sorted({value for entry, value in _entry_points()[STAGE1_GROUP] if entry == name})
+    if len(values) > 1:
+        raise Stage1Error(f'stage1 backend "{name}" is installed more than once: '
+                          f'{", ".join(values)}')
+    return values[0] if values else None
