@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import tempfile
@@ -13,11 +14,15 @@ from rkt.api import (
     FetcherRegistry,
     FetchError,
     FetchSession,
+    ImageNotFoundError,
     ImageRef,
+    RemoteRecord,
     StoreError,
     UsageError,
     hookimpl,
 )
+
+LOG = logging.getLogger(__name__)
 
 
 def default_signature_path(path: Path) -> Path:
@@ -54,6 +59,27 @@ def _private_copy(path: Path, tmp_dir: Path) -> Path:
     return Path(name)
 
 
+def file_identity(path: Path) -> str:
+    """What tells a file's bytes apart without reading them: device, inode, size,
+    mtime and ctime (ns). A write, truncation or rename into place changes the
+    ctime, which no program can set back, so the same identity means the same bytes
+    (``os.utime`` restores an mtime, not the ctime)."""
+    st = os.stat(path)
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def _imported_before(path: Path, identity: str, session: FetchSession) -> str | None:
+    """The stored image this very file was imported as, if the store remembers it."""
+    store = session.runtime.store
+    cached = store.cached_remote(path.resolve().as_uri())
+    if cached is None or cached[0] != identity:
+        return None
+    try:
+        return store.resolve(cached[1]).id
+    except ImageNotFoundError:
+        return None  # removed since: import it again
+
+
 class FileFetcher:
     #: a local file needs no network, so it is read even with --pull-policy=never
     answers_offline = True
@@ -65,6 +91,18 @@ class FileFetcher:
             raise UsageError(f"no such file: {path}")
         if not path.is_file():
             raise UsageError(f"{path} is not a regular file")
+        # Taken before the bytes are read: a change while they are copied changes
+        # the ctime, so the next fetch sees another identity and reads them again.
+        identity = file_identity(path)
+        if session.runtime.is_insecure("image"):
+            # Nothing to verify: a file imported before is not hashed again. (A
+            # signed file is verified, so read, every time: trust may have changed.)
+            stored = _imported_before(path, identity, session)
+            if stored is not None:
+                LOG.debug("%s was imported before as %s and is unchanged: not read again",
+                          path, stored)
+                session.runtime.reporter.warn("image signature verification has been disabled")
+                return FetchedImage.unchanged(stored, str(path))
         signature: bytes | None = None
         signature_path = session.signature_file or default_signature_path(path)
         if not session.runtime.is_insecure("image"):
@@ -85,6 +123,7 @@ class FileFetcher:
             signature=signature,
             signature_origin=str(signature_path),
             temporary=True,
+            remote=RemoteRecord(path.resolve().as_uri(), identity),
         )
 
 
