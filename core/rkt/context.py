@@ -17,16 +17,22 @@ terminal.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol
 
+# Neither typing nor dataclasses at run time: every command imports this module, and
+# those two (with the inspect, ast and dis that dataclasses imports) cost more than
+# a `rkt status`. Type checkers treat this TYPE_CHECKING like typing's.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import IO, Protocol
+
     from rkt.config import Config
     from rkt.facade import Plugins
     from rkt.keystore import KeyDescription, TrustedKeystore
     from rkt.store import ImageStore
+else:
+    Protocol = object  # Reporter is a protocol for type checkers only
 
 DEFAULT_DATA_DIR = Path("/var/lib/rkt")
 DEFAULT_LOCAL_CONFIG = Path("/etc/rkt")
@@ -109,21 +115,37 @@ class StreamReporter:
         raise UsageError(f'unable to ask user to review the fingerprint of "{origin}"')
 
 
-@dataclass
 class Runtime:
     """The directories and policy rkt runs with, and the services built from them."""
 
-    #: ``--dir``; None means ``paths.d``'s ``data``, else :data:`DEFAULT_DATA_DIR`
-    data_dir_override: Path | None = None
-    local_config: Path = DEFAULT_LOCAL_CONFIG
-    system_config: Path = DEFAULT_SYSTEM_CONFIG
-    user_config: Path | None = None
-    #: the ``--insecure-options`` in force, expanded (see :data:`INSECURE_OPTIONS`)
-    insecure: frozenset[str] = frozenset()
-    #: trust keys found by discovery over verified https without asking
-    trust_keys_from_https: bool = False
-    debug: bool = False
-    reporter: Reporter = field(default_factory=StreamReporter)
+    def __init__(
+        self,
+        data_dir_override: Path | None = None,
+        local_config: Path = DEFAULT_LOCAL_CONFIG,
+        system_config: Path = DEFAULT_SYSTEM_CONFIG,
+        user_config: Path | None = None,
+        insecure: frozenset[str] = frozenset(),
+        trust_keys_from_https: bool = False,
+        debug: bool = False,
+        reporter: Reporter | None = None,
+    ) -> None:
+        #: ``--dir``; None means ``paths.d``'s ``data``, else :data:`DEFAULT_DATA_DIR`
+        self.data_dir_override = data_dir_override
+        self.local_config = local_config
+        self.system_config = system_config
+        self.user_config = user_config
+        #: the ``--insecure-options`` in force, expanded (see :data:`INSECURE_OPTIONS`)
+        self.insecure = insecure
+        #: trust keys found by discovery over verified https without asking
+        self.trust_keys_from_https = trust_keys_from_https
+        self.debug = debug
+        self.reporter: Reporter = reporter if reporter is not None else StreamReporter()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(data_dir_override={self.data_dir_override!r}, "
+                f"local_config={self.local_config!r}, system_config={self.system_config!r}, "
+                f"user_config={self.user_config!r}, insecure={self.insecure!r}, "
+                f"debug={self.debug!r})")
 
     def is_insecure(self, option: str) -> bool:
         return option in self.insecure

@@ -11,10 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
 
 from rkt.context import (
     DEFAULT_LOCAL_CONFIG,
@@ -24,7 +21,11 @@ from rkt.context import (
     StreamReporter,
 )
 
+TYPE_CHECKING = False  # not typing's: see rkt.context
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import IO, Any
+
     from rkt.keystore import KeyDescription
 
 _TRUE = {"1", "t", "true", "yes", "y", "on"}
@@ -177,12 +178,16 @@ class TerminalReporter(StreamReporter):
             self.info("Please enter 'yes' or 'no'")
 
 
-@dataclass
 class GlobalOptions(Runtime):
     """The global flags after parsing: the core context plus the command's output."""
 
-    stdout: IO[str] = field(default_factory=lambda: sys.stdout)
-    reporter: TerminalReporter = field(default_factory=TerminalReporter)
+    reporter: TerminalReporter
+
+    def __init__(self, *args: Any, stdout: IO[str] | None = None,
+                 reporter: TerminalReporter | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reporter = reporter if reporter is not None else TerminalReporter()
+        self.stdout: IO[str] = stdout if stdout is not None else sys.stdout
 
     @classmethod
     def from_namespaces(cls, *namespaces: argparse.Namespace) -> GlobalOptions:

@@ -49,6 +49,11 @@ USAGE = "rkt [global flags] COMMAND [flags] [args]"
 
 
 def _root_parser() -> RktArgumentParser:
+    """The parser of what comes before the command; built once (a parser is
+    reusable, and building one costs a formatter for each flag)."""
+    global _ROOT_PARSER
+    if _ROOT_PARSER is not None:
+        return _ROOT_PARSER
     import argparse
 
     from rkt.cli.context import RktArgumentParser, add_global_flags
@@ -58,7 +63,11 @@ def _root_parser() -> RktArgumentParser:
     parser.add_argument("-h", "--help", action="store_true", dest="help")
     parser.add_argument("command", nargs="?")
     parser.add_argument("args", nargs=argparse.REMAINDER)
+    _ROOT_PARSER = parser
     return parser
+
+
+_ROOT_PARSER: RktArgumentParser | None = None
 
 
 def resolve_command(name: str) -> str:

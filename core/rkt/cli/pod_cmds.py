@@ -12,12 +12,14 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rkt.cli.context import GlobalOptions, RktArgumentParser
 from rkt.errors import PodError, RktError, UsageError
 
+TYPE_CHECKING = False  # not typing's: `rkt status` is polled (see rkt.context)
 if TYPE_CHECKING:
+    from typing import Any
+
     from rkt.pod.dirs import PodStore
     from rkt.pod.gc import GcEvent, GcReport, Stage1Lookup
 

@@ -24,9 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from rkt.errors import PodError, PodNotFoundError
@@ -52,15 +50,28 @@ def new_uuid() -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
-@dataclass
 class Pod:
-    """A pod directory; ``phase`` is where it was when last looked at."""
+    """A pod directory; ``phase`` is where it was when last looked at.
 
-    pods_dir: Path
-    uuid: str
-    phase: str
-    #: an open fd holding this pod's flock, when we hold it
-    lock_fd: int | None = None
+    (A plain class rather than a dataclass, as in :mod:`rkt.pod.status`.)
+    """
+
+    def __init__(self, pods_dir: Path, uuid: str, phase: str, lock_fd: int | None = None) -> None:
+        self.pods_dir = pods_dir
+        self.uuid = uuid
+        self.phase = phase
+        #: an open fd holding this pod's flock, when we hold it
+        self.lock_fd = lock_fd
+
+    def __repr__(self) -> str:
+        return f"Pod({self.pods_dir!r}, {self.uuid!r}, {self.phase!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pod) and (
+            other.pods_dir, other.uuid, other.phase, other.lock_fd
+        ) == (self.pods_dir, self.uuid, self.phase, self.lock_fd)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
 
     @property
     def path(self) -> Path:
@@ -225,6 +236,8 @@ class PodStore:
         raise PodNotFoundError(f'pod "{pod.uuid}" disappeared')
 
     def delete(self, pod: Pod) -> None:
+        import shutil  # here: shutil imports bz2 and lzma, and only removal needs it
+
         shutil.rmtree(pod.path, ignore_errors=True)
 
 
