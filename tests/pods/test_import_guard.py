@@ -1,0 +1,126 @@
+"""What the commands that run most often may import (issue 14). Not a timing test.
+
+A pod start, ``rkt status`` (which schedulers poll) and ``rkt version`` (which Nomad
+runs every 30 s) pay for every module they import. These run the real command
+under an audit hook that records each import of a forbidden module, and each read
+of installed distributions' metadata, as it happens (so a stage0 that execs its
+stage1 is still watched up to the exec).
+
+The lists follow measurements on the project's machine (``docs/benchmarks.md``):
+typing, dataclasses and logging are still imported on a pod start (the stage1
+contract's named tuples, the plugin manager), and pluggy is, with the
+``importlib.metadata`` module it imports; no distribution's metadata is read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rkt_testing import AciBuilder, RktEnv
+from rkt_testing.plugin import needs_root
+
+#: heavy on every path: the schema library, signature and TLS stacks, entry-point scans
+ALWAYS = ("stevedore", "pydantic", "pydantic_core", "rkt.schema", "cryptography",
+          "pysequoia", "rkt.http", "http.client", "ssl", "tarfile")
+#: `rkt status` and `rkt list` read pod directories only: no plugins, no store
+POLLED = (*ALWAYS, "importlib.metadata", "pluggy", "rkt_plugins", "rkt.facade", "rkt.store",
+          "sqlite3", "typing", "dataclasses", "inspect", "logging")
+#: a plain `rkt version`: the standard library's cheapest
+VERSION = (*POLLED, "argparse", "re", "enum", "pathlib", "json")
+
+GUARD = r"""
+import sys
+
+forbidden = frozenset(sys.argv[1].split(","))
+report = sys.argv[2]
+
+
+def watch(event, args):
+    seen = None
+    if event == "import" and args[0] in forbidden:
+        seen = "import " + args[0]
+    elif event == "open" and isinstance(args[0], str) and ".dist-info/" in args[0]:
+        seen = "read " + args[0]
+    if seen is not None:
+        with open(report, "a") as handle:
+            handle.write(seen + "\n")
+
+
+sys.addaudithook(watch)
+sys.argv = ["rkt", *sys.argv[3:]]
+from rkt.cli.main import main
+
+main()
+"""
+
+
+def guarded(env: RktEnv, tmp_path: Path, forbidden: tuple[str, ...], *args: str | Path,
+            global_flags: bool = True) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run ``rkt ARGS`` under the guard; returns its result and what the guard saw."""
+    report = tmp_path / "guard-report"
+    report.unlink(missing_ok=True)
+    flags = env.global_flags() if global_flags else []
+    result = subprocess.run(
+        [sys.executable, "-c", GUARD, ",".join(forbidden), str(report), *flags,
+         *map(str, args)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, **env.env, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+    seen = report.read_text().splitlines() if report.exists() else []
+    return result, seen
+
+
+def test_the_guard_sees_forbidden_imports_and_metadata_reads(
+    rkt_env: RktEnv, tmp_path: Path
+) -> None:
+    # `rkt image list` opens the store (rkt.store), and with an empty entry-point
+    # cache it reads the installed distributions' entry points once
+    result, seen = guarded(rkt_env, tmp_path, ("rkt.store",), "image", "list")
+    assert result.returncode == 0, result.stderr
+    assert [line for line in seen if line.startswith("import ")] == ["import rkt.store"]
+    assert any(line.endswith("/entry_points.txt") for line in seen)
+    # and with the cache filled, never again
+    result, seen = guarded(rkt_env, tmp_path, ("rkt.store",), "image", "list")
+    assert seen == ["import rkt.store"]
+
+
+def test_version_imports_nothing_heavy(rkt_env: RktEnv, tmp_path: Path) -> None:
+    result, seen = guarded(rkt_env, tmp_path, VERSION, "version", global_flags=False)
+    assert result.returncode == 0, result.stderr
+    assert "rkt Version:" in result.stdout
+    assert seen == []
+
+
+FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
+NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="needs systemd-nspawn")
+@pytest.mark.parametrize("stage1", [NSPAWN, FLY], ids=["nspawn", "fly"])
+def test_a_cached_run_and_the_polled_commands_stay_lean(
+    rkt_env: RktEnv, aci_builder: AciBuilder, tmp_path: Path, stage1: str
+) -> None:
+    image = aci_builder.build("lean.aci", name="example.com/lean", busybox=True,
+                              exec_=["/bin/true"])
+    rkt_env.run("--insecure-options=image", "fetch", image, check=True)
+    # the first run imports the stage1 image and fills the entry-point cache
+    first, _ = guarded(rkt_env, tmp_path, ALWAYS, "--insecure-options=image", "run", stage1,
+                       "--net=none", "example.com/lean")
+    assert first.returncode == 0, first.stderr
+    result, seen = guarded(rkt_env, tmp_path, ALWAYS, "--insecure-options=image", "run", stage1,
+                           "--net=none", "example.com/lean")
+    assert result.returncode == 0, result.stderr
+    assert seen == []
+
+    uuid = rkt_env.run("list", "--no-legend", "--full", check=True).stdout.split()[0]
+    for command in (("status", "--format=json", uuid), ("list", "--format=json")):
+        result, seen = guarded(rkt_env, tmp_path, POLLED, *command)
+        assert result.returncode == 0, result.stderr
+        assert seen == [], command
