@@ -50,7 +50,7 @@ if TYPE_CHECKING:
         Verifier,
         discover_endpoints,
     )
-    from rkt.hookspecs import hookimpl
+    from rkt.hookmarker import hookimpl
     from rkt.http import HttpClient, HttpSession, client_for, session_for
     from rkt.imageref import ImageRef
     from rkt.keystore import TrustedKey
@@ -95,7 +95,7 @@ if TYPE_CHECKING:
 #: public name -> the module that defines it
 _HOMES: dict[str, str] = {
     # hooks and registries
-    "hookimpl": "rkt.hookspecs",
+    "hookimpl": "rkt.hookmarker",
     **dict.fromkeys(
         ("FetcherRegistry", "DiscoveryRegistry", "VerifierRegistry", "StoreRegistry",
          "StoreFactory", "Stage1Registry", "Stage1Factory"),

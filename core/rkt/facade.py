@@ -6,15 +6,15 @@ never calls ``pm.hook.*`` itself. Each registry hook runs once, on first use.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
-import pluggy
-
 from rkt.errors import PluginError, Stage1Error
+from rkt.hookmarker import is_hookimpl
 from rkt.plugins import (
+    builtin_plugins_alone,
     installed_stage1_backends,
     load_entry_point,
     new_plugin_manager,
@@ -30,6 +30,10 @@ from rkt.registry import (
 )
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
+    import pluggy
+
     from rkt.fetching import Fetcher, Verifier
     from rkt.stage1 import Stage1Backend
     from rkt.store import ImageStore
@@ -40,21 +44,51 @@ DEFAULT_STORE = "cas"
 
 
 class Plugins:
-    """The loaded plugins, and typed access to what they registered."""
+    """The loaded plugins, and typed access to what they registered.
+
+    Either a pluggy plugin manager, or, when the built-in plugins are the only ones
+    (the common case, and every pod start in it), those modules alone: the core then
+    calls their hooks itself, which is all pluggy would do for them.
+    """
 
     _process_default: ClassVar[Plugins | None] = None
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
-        self.pm = pm
+    def __init__(self, pm: pluggy.PluginManager | None,
+                 builtins: Sequence[tuple[str, ModuleType]] = ()) -> None:
+        self._pm = pm
+        self._builtins = builtins
+
+    @property
+    def pm(self) -> pluggy.PluginManager:
+        """The pluggy plugin manager (built on first use when there was none)."""
+        if self._pm is None:
+            self._pm = new_plugin_manager()
+        return self._pm
 
     @classmethod
     def load(cls) -> Plugins:
         """The process-wide instance: plugins are loaded once per process."""
         if cls._process_default is None:
-            cls._process_default = cls(new_plugin_manager())
+            builtins = builtin_plugins_alone()
+            cls._process_default = (cls(new_plugin_manager()) if builtins is None
+                                    else cls(None, builtins))
         return cls._process_default
 
+    def _call_builtins(self, hook_name: str, **kwargs: object) -> None:
+        for _, plugin in self._builtins:
+            implementation = getattr(plugin, hook_name, None)
+            if callable(implementation) and is_hookimpl(implementation):
+                implementation(**kwargs)
+
     def _fill(self, registry: R, hook_name: str) -> R:
+        if self._pm is None:
+            registry.implementations = {
+                _code_of(getattr(plugin, hook_name)): name for name, plugin in self._builtins
+                if is_hookimpl(getattr(plugin, hook_name, None))
+            }
+            self._call_builtins(hook_name, registry=registry)
+            registry.implementations = {}
+            return registry
         # Through pluggy's own hook caller, so hook wrappers, tryfirst/trylast and
         # argument subsets work as in any pluggy hook; the registry tells which
         # plugin is adding from the implementations' code (see Registry.add).
@@ -88,7 +122,11 @@ class Plugins:
 
     def image_gc(self, data_dir: Path, grace_period: float, report: Callable[[str], None]) -> None:
         """Let every plugin collect its own cached data (``rkt_image_gc``)."""
-        self.pm.hook.rkt_image_gc(data_dir=data_dir, grace_period=grace_period, report=report)
+        if self._pm is None:
+            self._call_builtins("rkt_image_gc", data_dir=data_dir, grace_period=grace_period,
+                                report=report)
+            return
+        self._pm.hook.rkt_image_gc(data_dir=data_dir, grace_period=grace_period, report=report)
 
     # -- typed lookups -------------------------------------------------------------
     def fetcher(self, kind: str) -> Fetcher | None:

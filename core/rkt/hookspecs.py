@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
+from rkt.hookmarker import hookimpl as _hookimpl
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
@@ -36,8 +38,8 @@ if TYPE_CHECKING:
 PROJECT_NAME = "rkt"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
-#: The marker plugins use on their hook implementations.
-hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+#: The marker plugins use on their hook implementations (pluggy-free: rkt.hookmarker).
+hookimpl = _hookimpl
 
 
 @hookspec

@@ -20,11 +20,12 @@ import tempfile
 from collections.abc import Iterable
 from functools import cache
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-import pluggy
-
-from rkt import hookspecs
 from rkt.errors import PluginError, Stage1Error
+
+if TYPE_CHECKING:
+    import pluggy
 
 LOG = logging.getLogger(__name__)
 
@@ -128,6 +129,10 @@ def new_plugin_manager(
     (:data:`DISABLE_AUTOLOAD_ENV`, :data:`DISABLE_PLUGINS_ENV`); tests pass them
     explicitly.
     """
+    import pluggy  # here: only a process with an external plugin needs it
+
+    from rkt import hookspecs
+
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     blocked_names = _blocked_from_env() if blocked is None else frozenset(blocked)
@@ -159,6 +164,8 @@ def new_plugin_manager(
 
 
 def _register(pm: pluggy.PluginManager, plugin: ModuleType | object, name: str) -> None:
+    import pluggy
+
     try:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
@@ -166,6 +173,25 @@ def _register(pm: pluggy.PluginManager, plugin: ModuleType | object, name: str) 
     except ValueError as exc:  # pluggy: name already registered
         raise PluginError(f'plugin "{name}" is registered twice: {exc}') from exc
     LOG.debug("registered plugin %s", name)
+
+
+def builtin_plugins_alone() -> list[tuple[str, ModuleType]] | None:
+    """The built-in plugins, ``(name, module)``, when they are all the plugins
+    :func:`new_plugin_manager` would load (no external plugin is installed, per the
+    cached entry points, or autoloading is off); None when there are others.
+
+    Then the core calls their hooks itself (:class:`rkt.facade.Plugins`) and pluggy,
+    with the ``importlib.metadata`` it imports, is not loaded at all.
+    """
+    blocked = _blocked_from_env()
+    names = {module_name.rsplit(".", 1)[-1]: module_name for module_name in BUILTIN_PLUGINS}
+    if not _env_flag(DISABLE_AUTOLOAD_ENV) and any(
+        name not in blocked and name not in names
+        for name, _ in _entry_points()[PLUGIN_GROUP]
+    ):
+        return None
+    return [(short, importlib.import_module(module_name))
+            for short, module_name in names.items() if short not in blocked]
 
 
 def installed_stage1_backends() -> list[str]:

@@ -194,3 +194,53 @@ def test_plugin_installed_after_a_run_is_found(rkt_env, tmp_path) -> None:  # ty
     )
     after = rkt_env.run("--insecure-options=image", "fetch", "demo:greeting", env=env)
     assert after.returncode == 0, after.stderr
+
+
+# -- the built-ins alone, without pluggy (issue 14: a pod start imports no pluggy) ----------
+def test_the_hookimpl_marker_marks_as_pluggys_own_does() -> None:
+    import pluggy
+
+    from rkt.hookmarker import MARKER_ATTRIBUTE, HookimplMarker
+
+    ours, theirs = HookimplMarker(), pluggy.HookimplMarker("rkt")
+    for options in ({}, {"wrapper": True}, {"tryfirst": True, "specname": "rkt_image_gc"}):
+        def a() -> None: ...
+
+        def b() -> None: ...
+
+        ours(a, **options)
+        theirs(b, **options)
+        assert getattr(a, MARKER_ATTRIBUTE) == getattr(b, MARKER_ATTRIBUTE)
+
+
+def test_the_builtins_alone_register_what_pluggy_registers(
+    plugins: Plugins, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rkt.plugins import DISABLE_AUTOLOAD_ENV, builtin_plugins_alone
+
+    monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
+    builtins = builtin_plugins_alone()
+    assert builtins is not None
+    alone = Plugins(None, builtins)
+    for registry in ("fetchers", "discovery", "verifiers", "stores", "stage1_backends"):
+        theirs, ours = getattr(plugins, registry), getattr(alone, registry)
+        assert ours.names() == theirs.names(), registry
+        assert [ours.provider(n) for n in ours.names()] == [
+            theirs.provider(n) for n in theirs.names()], registry
+
+
+def test_an_external_plugin_brings_in_the_plugin_manager(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rkt.plugins
+
+    # entry points as the cache would list them (installing a distribution for each
+    # case is slow; tests/dists/rkt-demo-plugin covers a real external plugin)
+    monkeypatch.delenv(rkt.plugins.DISABLE_AUTOLOAD_ENV, raising=False)
+    monkeypatch.setattr(rkt.plugins, "_entry_points",
+                        lambda: {rkt.plugins.PLUGIN_GROUP: [("extra", "extra_module")],
+                                 rkt.plugins.STAGE1_GROUP: []})
+    assert rkt.plugins.builtin_plugins_alone() is None
+    # one named like a built-in is skipped by the plugin manager, so it changes nothing
+    monkeypatch.setattr(rkt.plugins, "_entry_points",
+                        lambda: {rkt.plugins.PLUGIN_GROUP: [("docker", "elsewhere")],
+                                 rkt.plugins.STAGE1_GROUP: []})
+    assert rkt.plugins.builtin_plugins_alone() is not None

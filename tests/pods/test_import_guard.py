@@ -8,8 +8,9 @@ stage1 is still watched up to the exec).
 
 The lists follow measurements on the project's machine (``docs/benchmarks.md``):
 typing, dataclasses and logging are still imported on a pod start (the stage1
-contract's named tuples, the plugin manager), and pluggy is, with the
-``importlib.metadata`` module it imports; no distribution's metadata is read.
+contract's named tuples, the image arguments, log lines), but not pluggy or
+``importlib.metadata`` (the built-in plugins are called directly while they are the
+only ones), and no distribution's metadata is read (entry points are cached).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import pytest
 from rkt_testing import AciBuilder, RktEnv
 from rkt_testing.plugin import needs_root
 
-#: heavy on every path: the schema library, signature and TLS stacks, entry-point scans
-ALWAYS = ("stevedore", "pydantic", "pydantic_core", "rkt.schema", "cryptography",
-          "pysequoia", "rkt.http", "http.client", "ssl", "tarfile")
+#: heavy on every path: the plugin manager and entry-point scans, the schema library,
+#: the signature and TLS stacks
+ALWAYS = ("pluggy", "importlib.metadata", "stevedore", "pydantic", "pydantic_core",
+          "rkt.schema", "cryptography", "pysequoia", "rkt.http", "http.client", "ssl",
+          "tarfile")
 #: `rkt status` and `rkt list` read pod directories only: no plugins, no store
-POLLED = (*ALWAYS, "importlib.metadata", "pluggy", "rkt_plugins", "rkt.facade", "rkt.store",
-          "sqlite3", "typing", "dataclasses", "inspect", "logging")
+POLLED = (*ALWAYS, "rkt_plugins", "rkt.facade", "rkt.store", "sqlite3", "typing",
+          "dataclasses", "inspect", "logging")
 #: a plain `rkt version`: the standard library's cheapest
 VERSION = (*POLLED, "argparse", "re", "enum", "pathlib", "json")
 
