@@ -217,6 +217,12 @@ class PodStore:
         text = uuid.strip().lower()
         if not text or not _UUID_PREFIX.match(text):
             raise PodNotFoundError(f'invalid pod UUID "{uuid}"')
+        if len(text) == 36:
+            # a whole UUID, as schedulers pass it: look it up, not through every pod
+            try:
+                return self.refresh(Pod(self.pods_dir, text, "run"))
+            except PodNotFoundError:
+                raise PodNotFoundError(f'no pod with UUID "{uuid}"') from None
         matches = {p.uuid: p for p in self.iter_pods() if p.uuid.startswith(text)}
         if not matches:
             raise PodNotFoundError(f'no pod with UUID "{uuid}"')
