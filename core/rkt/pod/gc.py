@@ -112,25 +112,9 @@ def _release_pod(pods: PodStore, pod: Pod, stage1_backend: Stage1Lookup) -> None
 #: at a time, and 16 was faster again.
 #: The stage1 and cgroup clean-up stays one pod at a time.
 _REMOVERS = 16
-#: locked pods waiting for their directories to go (each holds an open fd)
-_BATCH = 64
-
-
-def _remove_locked(pods: PodStore, batch: list[Pod], result: GcResult) -> None:
-    """Remove the directories of these released, locked pods, several at a time."""
-    if not batch:
-        return
-    from concurrent.futures import ThreadPoolExecutor  # gc only: not on the run path
-
-    try:
-        with ThreadPoolExecutor(min(_REMOVERS, len(batch))) as pool:
-            for _ in pool.map(pods.delete, batch):
-                pass
-    finally:
-        for pod in batch:
-            pod.release()
-    result.removed.extend(pod.uuid for pod in batch)
-    batch.clear()
+#: released pods whose directories are still being removed, at most (each holds its
+#: lock's open fd until its directory is gone)
+_IN_FLIGHT = 64
 
 
 def _teardown_network(pod: Pod) -> None:
@@ -183,34 +167,49 @@ def mark_pods(pods: PodStore, *, expire_prepared: float, report: GcReport) -> No
 def sweep_pods(pods: PodStore, *, grace_period: float, stage1_backend: Stage1Lookup,
                report: GcReport) -> GcResult:
     """Remove garbage pods, and exited ones marked longer ago than ``grace_period`` seconds."""
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor  # gc only: not on the run path
+
     result = GcResult()
     now = time.time()
-    released: list[Pod] = []
+    removing: deque[tuple[Pod, Future[None]]] = deque()
+
+    def finish_oldest() -> None:
+        pod, removal = removing.popleft()
+        try:
+            removal.result()
+            result.removed.append(pod.uuid)
+        finally:
+            pod.release()
+
     try:
-        for pod in pods.iter_pods(("exited-garbage", "garbage")):
-            try:
-                if pod.phase == "exited-garbage":
-                    # marked when it was renamed into exited-garbage/: the rename's ctime
-                    marked = os.stat(pod.path).st_ctime
-                    if now - marked < grace_period:
-                        report(GcEvent("within-grace", pod.uuid))
+        # leaving the block waits for every removal submitted
+        with ThreadPoolExecutor(_REMOVERS) as removers:
+            for pod in pods.iter_pods(("exited-garbage", "garbage")):
+                try:
+                    if pod.phase == "exited-garbage":
+                        # marked when it was renamed into exited-garbage/: the rename's ctime
+                        marked = os.stat(pod.path).st_ctime
+                        if now - marked < grace_period:
+                            report(GcEvent("within-grace", pod.uuid))
+                            continue
+                    if pod.is_locked_by_other():
                         continue
-                if pod.is_locked_by_other():
+                    report(GcEvent("collecting", pod.uuid))
+                    _release_pod(pods, pod, stage1_backend)
+                except FileNotFoundError:
                     continue
-                report(GcEvent("collecting", pod.uuid))
-                _release_pod(pods, pod, stage1_backend)
-            except FileNotFoundError:
-                continue
-            except RktError as exc:
-                report(GcEvent("failed", pod.uuid, exc))
-                result.failed.append(pod.uuid)
-                continue
-            released.append(pod)
-            if len(released) >= _BATCH:
-                _remove_locked(pods, released, result)
-        _remove_locked(pods, released, result)
+                except RktError as exc:
+                    report(GcEvent("failed", pod.uuid, exc))
+                    result.failed.append(pod.uuid)
+                    continue
+                removing.append((pod, removers.submit(pods.delete, pod)))
+                if len(removing) >= _IN_FLIGHT:
+                    finish_oldest()
+            while removing:
+                finish_oldest()
     finally:
-        for pod in released:
+        for pod, _ in removing:
             pod.release()
     return result
 
