@@ -59,9 +59,10 @@ def main() -> list[dict[str, object]]:
         insecure = "--insecure-options=image"  # the ACI is not signed
         env.rkt(insecure, "fetch", "--full", str(image))
         fly = "--stage1-name=coreos.com/rkt/stage1-fly"
+        fly_net = "--net=host"  # the only one fly accepts
         # warm: stage1s imported, image rendered into the tree store
         env.rkt(insecure, "run", NET, NAME)
-        env.rkt(insecure, "run", fly, NET, NAME)
+        env.rkt(insecure, "run", fly, fly_net, NAME)
         env.rkt(insecure, "run", NET, str(image))
         rootfs = next((env.data / "cas" / "tree").glob("deps-*/rootfs/bin/busybox")).parent.parent
         nspawn = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(rootfs),
@@ -70,7 +71,7 @@ def main() -> list[dict[str, object]]:
         runs: dict[str, Callable[[], object]] = {
             "nspawn": lambda: env.rkt(insecure, "run", NET, NAME),
             "bare": lambda: sh(nspawn, stderr=subprocess.DEVNULL),
-            "fly": lambda: env.rkt(insecure, "run", fly, NET, NAME),
+            "fly": lambda: env.rkt(insecure, "run", fly, fly_net, NAME),
             "file": lambda: env.rkt(insecure, "run", NET, str(image)),
             "version": lambda: sh([RKT, "version"]),
             "python": lambda: sh(python),

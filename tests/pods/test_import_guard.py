@@ -106,19 +106,20 @@ NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
 
 @needs_root
 @pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="needs systemd-nspawn")
-@pytest.mark.parametrize("stage1", [NSPAWN, FLY], ids=["nspawn", "fly"])
+@pytest.mark.parametrize(("stage1", "net"), [(NSPAWN, "--net=none"), (FLY, "--net=host")],
+                         ids=["nspawn", "fly"])
 def test_a_cached_run_and_the_polled_commands_stay_lean(
-    rkt_env: RktEnv, aci_builder: AciBuilder, tmp_path: Path, stage1: str
+    rkt_env: RktEnv, aci_builder: AciBuilder, tmp_path: Path, stage1: str, net: str
 ) -> None:
     image = aci_builder.build("lean.aci", name="example.com/lean", busybox=True,
                               exec_=["/bin/true"])
     rkt_env.run("--insecure-options=image", "fetch", image, check=True)
     # the first run imports the stage1 image and fills the entry-point cache
     first, _ = guarded(rkt_env, tmp_path, ALWAYS, "--insecure-options=image", "run", stage1,
-                       "--net=none", "example.com/lean")
+                       net, "example.com/lean")
     assert first.returncode == 0, first.stderr
     result, seen = guarded(rkt_env, tmp_path, ALWAYS, "--insecure-options=image", "run", stage1,
-                           "--net=none", "example.com/lean")
+                           net, "example.com/lean")
     assert result.returncode == 0, result.stderr
     assert seen == []
 
