@@ -86,6 +86,11 @@ def enter(app_pid: int, app: ResolvedApp, command: list[str]) -> int:
                 raise PodError(f"app process {app_pid} is gone") from exc
         same = {n for n in NAMESPACES
                 if os.stat(f"/proc/self/ns/{n}").st_ino == os.fstat(fds[n]).st_ino}
+        # Everything that may import a module is done before joining the mount
+        # namespace: the app's rootfs has no Python standard library.
+        process = app.process_json()
+        environment = app.environment()
+        program = supervisor.seccomp_program(process)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             try:
@@ -98,10 +103,9 @@ def enter(app_pid: int, app: ResolvedApp, command: list[str]) -> int:
                 child = os.fork()  # a PID namespace applies to children only
                 if child == 0:
                     # the supervisor's own last steps, given the same fields
-                    process = app.process_json()
                     if not os.path.isdir(app.working_directory):
                         process["working_directory"] = "/"
-                    supervisor.exec_app(process, command, app.environment())
+                    supervisor.exec_app(process, command, environment, program)
                 _, status = os.waitpid(child, 0)
                 code = os.waitstatus_to_exitcode(status)
                 os._exit(code if code >= 0 else 128 - code)
