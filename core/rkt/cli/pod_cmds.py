@@ -18,7 +18,6 @@ from rkt.errors import PodError, RktError, UsageError
 
 TYPE_CHECKING = False  # not typing's: `rkt status` is polled (see rkt.context)
 if TYPE_CHECKING:
-    from typing import Any
 
     from rkt.pod.dirs import PodStore
     from rkt.pod.gc import GcEvent, GcReport, Stage1Lookup
