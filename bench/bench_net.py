@@ -73,8 +73,11 @@ def main() -> list[dict[str, object]]:
                   "--network bridge not measured")
         else:
             rootfs = next((env.data / "cas" / "tree").glob("deps-*/rootfs"))
+            # runc, as in bench_pods (crun fails here), and ulimits below this
+            # machine's hard limits (podman's defaults are above them)
             command = [podman, "--cgroup-manager=cgroupfs", "--runtime=runc", "run", "--rm",
-                       "--network", "bridge", "--rootfs", str(rootfs), "/bin/true"]
+                       "--network", "bridge", "--ulimit", "nofile=1024:1024",
+                       "--ulimit", "nproc=4096:4096", "--rootfs", str(rootfs), "/bin/true"]
             sh(command, stderr=subprocess.DEVNULL)
             ours, baseline = compare(lambda: env.rkt("run", "--net=default", image_id),
                                      lambda: sh(command, stderr=subprocess.DEVNULL),

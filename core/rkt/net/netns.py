@@ -1,4 +1,4 @@
-"""A pod's network namespace, made and removed with pyroute2.
+"""A pod's network namespace, made and removed with a few system calls.
 
 As rkt 1.x did, the namespace is kept alive by a bind mount under
 ``/var/run/netns`` (``ip netns`` lists it as ``rkt-<uuid>``), and the pod
@@ -6,8 +6,9 @@ directory's ``netns`` file says where it is, for the stage1, ``enter`` and ``gc`
 The pod directory itself stays free of mounts, so it can move between states.
 
 Making and removing one takes three system calls (unshare, mount, umount) and an
-ioctl for the loopback, made here through ctypes: pyroute2, which the CNI code
-uses, imports asyncio and ssl (about 80 ms), more than a ``--net=none`` pod start.
+ioctl for the loopback, made here through ctypes. pyroute2 did this first, but
+importing it pulls in asyncio and ssl (about 80 ms), more than a ``--net=none``
+pod start costs, and the CNI plugins do all the rest of the network's setup.
 """
 
 from __future__ import annotations
