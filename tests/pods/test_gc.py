@@ -134,4 +134,4 @@ def test_references_are_the_trees_of_pods_that_are_not_garbage(tmp_path: Path) -
     (gone.path / "stage1TreeStoreID").write_text("deps-of-garbage\n")
     references = pod_references(pods)
     assert references.trees == {"deps-stage1", "deps-app"}
-    assert references.running_images == frozenset()
+    assert references.images == {}

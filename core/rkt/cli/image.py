@@ -203,24 +203,34 @@ def print_table(rows: list[list[str]], options: GlobalOptions) -> None:
 
 # -- rm, cat-manifest ----------------------------------------------------------------
 def _rm(options: GlobalOptions, args: argparse.Namespace) -> int:
+    from rkt.pod.dirs import PodStore
+    from rkt.pod.gc import pod_references, prepare_lock
+    from rkt.store.gc import remove_image
+
     store = options.store
     removed = 0
     failed = 0
     seen: set[str] = set()
-    for text in args.images:
-        try:
-            info = store.lookup(text)
-        except RktError as exc:
-            options.info(f"rkt: {exc}")
-            failed += 1
-            continue
-        if info.id in seen:
-            continue
-        seen.add(info.id)
-        store.remove(info.id)
-        removed += 1
-        print(f'successfully removed aci for image: "{info.id}" ("{info.name}")',
-              file=options.stdout)
+    with prepare_lock(options.data_dir):
+        in_use = pod_references(PodStore(options.data_dir))
+        for text in args.images:
+            try:
+                info = store.lookup(text)
+            except RktError as exc:
+                options.info(f"rkt: {exc}")
+                failed += 1
+                continue
+            if info.id in seen:
+                continue
+            seen.add(info.id)
+            users = in_use.images.get(info.id, ())
+            remove_image(store, info.id, used_by=users)
+            removed += 1
+            print(f'successfully removed aci for image: "{info.id}" ("{info.name}")',
+                  file=options.stdout)
+            if users:
+                options.info(f'rkt: image "{info.id}" is used by pod(s) {", ".join(users)}: '
+                             "its files are kept until they are removed (rkt gc, rkt image gc)")
     if removed:
         print(f"{removed} image(s) successfully removed", file=options.stdout)
     return 254 if failed else 0
@@ -319,7 +329,7 @@ def _gc(options: GlobalOptions, args: argparse.Namespace) -> int:
 
     with prepare_lock(data_dir):
         in_use = pod_references(PodStore(data_dir))
-        collect_images(store, trees_in_use=in_use.trees, images_in_use=in_use.running_images,
+        collect_images(store, trees_in_use=in_use.trees, images_in_use=in_use.images,
                        grace_period=grace, report=report)
         options.plugins.image_gc(data_dir, grace, report)
     return 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -234,17 +234,22 @@ def collect_pods(
 # -- what pods hold on to in the image store -----------------------------------------------
 @dataclass(frozen=True)
 class PodReferences:
-    """What ``rkt image gc`` must keep for the pods there are."""
+    """What the image store must keep for the pods there are.
+
+    A pod holds on to every image and rendered tree it uses from the moment it is
+    prepared until it is collected: while it is being prepared through the shared
+    :func:`prepare_lock`, afterwards through what its directory records.
+    """
 
     #: rendered trees recorded by pods that are not garbage (``render`` directory names)
     trees: frozenset[str]
-    #: images the apps of running pods were started from
-    running_images: frozenset[str]
+    #: image ID -> UUIDs of the pods (not garbage) whose apps use it
+    images: Mapping[str, tuple[str, ...]]
 
 
 def pod_references(pods: PodStore) -> PodReferences:
     trees: set[str] = set()
-    running_images: set[str] = set()
+    images: dict[str, list[str]] = {}
     for pod in pods.iter_pods():
         if pod.phase == "garbage":
             continue
@@ -254,18 +259,24 @@ def pod_references(pods: PodStore) -> PodReferences:
                 trees.add(name.read_text().strip())
             except OSError:
                 continue
-        if pod.phase == "run" and pod.is_locked_by_other():
-            try:
-                apps = pod.manifest_json().get("apps") or []
-            except RktError:
-                continue
-            running_images.update(app["image"]["id"] for app in apps  # type: ignore[attr-defined]
-                                  if app.get("image", {}).get("id"))
-    return PodReferences(frozenset(trees), frozenset(running_images))
+        try:
+            apps = pod.manifest_json().get("apps") or []
+        except (RktError, ValueError, OSError):
+            continue  # an embryo, or a pod removed meanwhile: it records nothing
+        for app in apps:  # type: ignore[attr-defined]
+            image_id = app.get("image", {}).get("id") if isinstance(app, dict) else None
+            if image_id:
+                users = images.setdefault(image_id, [])
+                if pod.uuid not in users:
+                    users.append(pod.uuid)
+    return PodReferences(frozenset(trees), {k: tuple(v) for k, v in images.items()})
 
 
-def prepare_lock(data_dir: Path) -> FileLock:
-    """rkt's ``prepareLock``: held while deciding which rendered trees no pod uses."""
+def prepare_lock(data_dir: Path, *, shared: bool = False) -> FileLock:
+    """rkt's ``prepareLock``: ``rkt prepare``/``run`` hold it shared from choosing
+    their images until the pod records them; ``rkt image gc`` and ``rkt image rm``
+    hold it exclusively while deciding what no pod uses, so neither removes an image
+    or a tree that a pod being prepared is built from."""
     locks = data_dir / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    return FileLock(locks / "prepareLock")
+    locks.mkdir(mode=0o750, parents=True, exist_ok=True)
+    return FileLock(locks / "prepareLock", shared=shared)

@@ -75,7 +75,25 @@ def create_pod(
     pull_policy: str = "new",
     uuid: str | None = None,
 ) -> PreparedPod:
-    """Fetch everything, then prepare a pod; it is returned locked, in ``prepare/``."""
+    """Fetch everything, then prepare a pod; it is returned locked, in ``prepare/``.
+
+    The shared prepare lock, from choosing the images until the pod records them,
+    keeps ``rkt image gc`` and ``rkt image rm`` from removing any of them meanwhile.
+    """
+    from rkt.pod.gc import prepare_lock
+
+    with prepare_lock(runtime.data_dir, shared=True):
+        return _create_pod(runtime, request, stage1_choice, pull_policy=pull_policy, uuid=uuid)
+
+
+def _create_pod(
+    runtime: Runtime,
+    request: PodRequest,
+    stage1_choice: Stage1Choice,
+    *,
+    pull_policy: str,
+    uuid: str | None,
+) -> PreparedPod:
     from rkt.fetching import fetch_image
 
     stage1 = _resolve(runtime, select_stage1(runtime, stage1_choice).id)

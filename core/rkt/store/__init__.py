@@ -127,6 +127,15 @@ class ImageStore(Protocol):
         """Remove the image, its manifest and its rendered trees."""
         ...
 
+    def forget(self, image_id: str) -> None:
+        """Remove the image's name (its index entry) but keep its files.
+
+        ``rkt image rm`` does this for an image that a pod still uses: the image is
+        gone for every command, and its blob, manifest and trees stay until
+        :meth:`remove_orphans` finds no pod using them.
+        """
+        ...
+
     def touch(self, image_id: str) -> None:
         """Record that the image was just used."""
         ...
@@ -150,6 +159,11 @@ class ImageStore(Protocol):
         it, and ``rkt image gc`` passes the IDs recorded by every pod that is not
         garbage, holding the lock that keeps a new pod from choosing a tree meanwhile.
         """
+        ...
+
+    def remove_orphans(self, in_use: Collection[str]) -> list[str]:
+        """Remove the files of every image that has no index entry (forgotten, or left
+        by an interrupted removal) unless its ID is in ``in_use``; return the IDs."""
         ...
 
     def sweep_tmp(self, older_than: float = ...) -> None:

@@ -269,7 +269,7 @@ class CasStore:
 
     def _write_atomically(self, target: Path, data: bytes) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        fd, name = tempfile.mkstemp(prefix="manifest-", dir=self.tmp_dir)
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
@@ -354,8 +354,25 @@ class CasStore:
             self.manifest_path(image_id).unlink(missing_ok=True)
             self.blob_path(image_id).unlink(missing_ok=True)
 
+    def forget(self, image_id: str) -> None:
+        with key_lock(self.cas_dir / "imagelocks", image_id):
+            self.index.delete(image_id)
+
     def remove_unused_trees(self, in_use: Collection[str]) -> list[str]:
         return self.trees.remove_unused(in_use)
+
+    def remove_orphans(self, in_use: Collection[str]) -> list[str]:
+        found = {entry.name for top in ("blob", "imageManifest")
+                 for entry in (self.cas_dir / top / "sha512").glob("*/sha512-*")}
+        removed = []
+        for image_id in sorted(found - set(in_use)):
+            with key_lock(self.cas_dir / "imagelocks", image_id):
+                if self.index.get(image_id) is not None:  # imported meanwhile, or always
+                    continue
+                self.manifest_path(image_id).unlink(missing_ok=True)
+                self.blob_path(image_id).unlink(missing_ok=True)
+            removed.append(image_id)
+        return removed
 
     def verify(self, image_id: str) -> None:
         """The blob against the ID, then each rendered tree against a fresh render."""
