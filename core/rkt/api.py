@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rkt.console import run_with_console
     from rkt.context import Reporter, Runtime, StreamReporter
+    from rkt.datadir import private_dir, private_file
     from rkt.errors import (
         ArchiveError,
         ConfigError,
@@ -116,6 +117,8 @@ _HOMES: dict[str, str] = {
     # stores
     "ImageStore": "rkt.store",
     "ImageInfo": "rkt.store",
+    # what a store or plugin creates under the data directory is private (docs/security.md)
+    **dict.fromkeys(("private_dir", "private_file"), "rkt.datadir"),
     # stage1 backends
     **dict.fromkeys(("Stage1Backend", "INTERFACE_VERSION", "SUPERVISOR_PATH"), "rkt.stage1"),
     **dict.fromkeys(("Pod", "PID_FILE", "PPID_FILE"), "rkt.pod.dirs"),
@@ -217,6 +220,8 @@ __all__ = [
     "host_resolv_conf",
     "namespace_pids",
     "overlay_on_host",
+    "private_dir",
+    "private_file",
     "run_with_console",
     "session_for",
     "spawn_stage1",

@@ -11,6 +11,7 @@ or field twice within one directory is an error, as is any file without a known
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,11 @@ SUBDIRS: dict[str, tuple[str, ...]] = {
     "paths.d": ("paths",),
     "stage1.d": ("stage1",),
 }
+
+
+#: credential fields ``rkt config`` redacts
+SECRET_FIELDS = frozenset({"password", "token"})
+REDACTED = "REDACTED"
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,8 @@ class Config:
     docker_auth: dict[str, DockerAuthEntry] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
     stage1: dict[str, str] = field(default_factory=dict)
+    #: auth.d files holding a password or token that other users can read
+    exposed_secrets: list[Path] = field(default_factory=list)
 
     @classmethod
     def load(cls, system: Path, local: Path, user: Path | None = None) -> Config:
@@ -65,6 +73,7 @@ class Config:
 
     def _merge(self, layer: Config) -> None:
         self.auth.update(layer.auth)
+        self.exposed_secrets += layer.exposed_secrets
         self.docker_auth.update(layer.docker_auth)
         self.paths.update(layer.paths)
         # name and version travel as a pair; location on its own (rkt's rules)
@@ -74,18 +83,27 @@ class Config:
         if "location" in layer.stage1:
             self.stage1["location"] = layer.stage1["location"]
 
-    def to_json(self) -> dict[str, Any]:
-        """The merged configuration in ``rkt config``'s ``{"stage0": [...]}`` form."""
+    def to_json(self, *, redact: bool = True) -> dict[str, Any]:
+        """The merged configuration in ``rkt config``'s ``{"stage0": [...]}`` form.
+
+        Passwords and tokens read ``REDACTED`` unless ``redact`` is false (``rkt
+        config --raw``), so the output can be pasted into a bug report.
+        """
+
+        def shown(credentials: dict[str, str]) -> dict[str, str]:
+            return {key: REDACTED if redact and key in SECRET_FIELDS else value
+                    for key, value in credentials.items()}
+
         entries: list[dict[str, Any]] = []
         for domain, auth in sorted(self.auth.items()):
             entries.append({
                 "rktVersion": "v1", "rktKind": "auth", "domains": [domain],
-                "type": auth.type, "credentials": dict(auth.credentials),
+                "type": auth.type, "credentials": shown(auth.credentials),
             })
         for registry, docker in sorted(self.docker_auth.items()):
             entries.append({
                 "rktVersion": "v1", "rktKind": "dockerAuth", "registries": [registry],
-                "credentials": {"user": docker.user, "password": docker.password},
+                "credentials": shown({"user": docker.user, "password": docker.password}),
             })
         if self.paths:
             entries.append({"rktVersion": "v1", "rktKind": "paths", **self.paths})
@@ -145,6 +163,13 @@ def _credentials(document: dict[str, Any], path: Path, *keys: str) -> dict[str, 
     return {key: creds[key] for key in keys}
 
 
+def _readable_by_others(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
 def _claim(seen: dict[str, Path], what: str, path: Path) -> None:
     if what in seen:
         raise ConfigError(f"{path}: {what} is already defined in {seen[what]}")
@@ -154,6 +179,8 @@ def _claim(seen: dict[str, Path], what: str, path: Path) -> None:
 def _apply(
     layer: Config, kind: str, document: dict[str, Any], path: Path, seen: dict[str, Path]
 ) -> None:
+    if kind in ("auth", "dockerAuth") and _readable_by_others(path):
+        layer.exposed_secrets.append(path)
     if kind == "auth":
         auth_type = document.get("type")
         if auth_type == "basic":

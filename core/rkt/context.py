@@ -155,7 +155,11 @@ class Runtime:
     def config(self) -> Config:
         from rkt.config import Config
 
-        return Config.load(self.system_config, self.local_config, self.user_config)
+        config = Config.load(self.system_config, self.local_config, self.user_config)
+        for path in config.exposed_secrets:
+            self.reporter.warn(f"{path} holds credentials and is readable by other users; "
+                               f"make it private: chmod o-rwx {path}")
+        return config
 
     @cached_property
     def data_dir(self) -> Path:

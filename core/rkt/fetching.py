@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -206,12 +206,12 @@ def _fetch_one(
     text = ref.text
     LOG.debug('image "%s": kind %s, pull policy %s', text, ref.kind, pull_policy)
     if ref.kind == "hash":
-        return store.resolve(text)
+        return require_verified(runtime, store.resolve(text))
     if ref.kind == "name" and pull_policy in ("new", "never"):
         try:
             found = store.find_by_name(ref.name or "", ref.labels)
             LOG.debug('image "%s" is in the store: %s', text, found.id)
-            return found
+            return require_verified(runtime, found)
         except ImageNotFoundError:
             if pull_policy == "never":
                 raise
@@ -220,9 +220,11 @@ def _fetch_one(
         cached = store.cached_remote(ref.url)
         if cached is not None:
             try:
-                return store.resolve(cached[1])
+                found = store.resolve(cached[1])
             except ImageNotFoundError:
                 pass
+            else:
+                return require_verified(runtime, found)
     fetcher = plugins.fetcher(ref.kind)
     if fetcher is None:
         raise UsageError(f'no fetcher is installed for "{ref.kind}" images ("{text}")')
@@ -239,7 +241,7 @@ def _fetch_one(
     fetched = fetcher.fetch(ref, session)
     try:
         if fetched.stored_id is not None:
-            info = store.resolve(fetched.stored_id)
+            info = require_verified(runtime, store.resolve(fetched.stored_id))
         else:
             info = import_fetched(runtime, fetched)
     finally:
@@ -252,6 +254,22 @@ def _fetch_one(
             signature_url=remote.signature_url, max_age=remote.max_age,
         )
     return info
+
+
+def require_verified(runtime: Runtime, info: ImageInfo) -> ImageInfo:
+    """``info``, unless it came into the store unverified and verification is on.
+
+    An image fetched once with ``--insecure-options=image`` is not trusted by a
+    later command that asks for verification (issue 10: rkt 1.x ran it from the
+    cache). The store holds no signature to check again, so the command refuses.
+    """
+    if info.verified or runtime.is_insecure("image"):
+        return info
+    raise VerificationError(
+        f'image "{info.name}" ({info.short_id}) is in the store unverified (it came in '
+        "with --insecure-options=image); remove it (rkt image rm) and fetch it again "
+        "with its signature, or pass --insecure-options=image"
+    )
 
 
 #: dependency chains deeper than this are refused (a cycle, or a hostile manifest)
@@ -372,6 +390,10 @@ def import_fetched(
         fetched.path, accept=accept, origin=fetched.origin, progress=progress,
         adopt=fetched.temporary,
     )
+    if signer is not None or not verify:
+        how, fingerprint = ("signature", signer.fingerprint) if signer else ("location", None)
+        runtime.store.record_verification(info.id, how, fingerprint)
+        info = replace(info, verification=how, signer=fingerprint)
     if signer is not None:
         runtime.reporter.info("rkt: signature verified:")
         for uid in signer.user_ids or (signer.fingerprint,):

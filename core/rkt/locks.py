@@ -69,5 +69,7 @@ class FileLock:
 
 def key_lock(lock_dir: Path, key: str, *, shared: bool = False) -> FileLock:
     """A lock named by a key (an image ID, a tree ID) in ``lock_dir``."""
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    from rkt.datadir import private_dir
+
+    private_dir(lock_dir)
     return FileLock(lock_dir / key, shared=shared)

@@ -153,7 +153,8 @@ class RktEnv:
 
     #: directories a store or pod tree has from the moment it is first opened
     SKELETON = frozenset({
-        "cas", "cas/blob", "cas/imageManifest", "cas/tree", "cas/tmp", "cas/imagelocks",
+        "cas", "cas/blob", "cas/blob/sha512", "cas/imageManifest", "cas/imageManifest/sha512",
+        "cas/tree", "cas/tmp", "cas/imagelocks",
         "cas/treestorelocks", "cas/db", "pods", *(f"pods/{phase}" for phase in (
             "embryo", "prepare", "prepared", "run", "exited-garbage", "garbage")),
     })

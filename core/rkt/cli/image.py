@@ -167,6 +167,7 @@ def _list(options: GlobalOptions, args: argparse.Namespace) -> int:
                 "id": info.id, "name": info.name, "version": info.version,
                 "labels": info.labels, "import_time": rfc3339(info.import_time),
                 "last_used": rfc3339(info.last_used), "size": info.size + info.tree_size,
+                "verification": info.verification, "signer": info.signer,
             }
             for info in images
         ]

@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from rkt.datadir import private_dir
 from rkt.errors import PodError, PodNotFoundError
 from rkt.locks import FileLock, LockBusy
 
@@ -191,7 +192,7 @@ class PodStore:
     def __init__(self, data_dir: Path) -> None:
         self.pods_dir = data_dir / "pods"
         for phase in PHASES:
-            (self.pods_dir / phase).mkdir(parents=True, exist_ok=True)
+            private_dir(self.pods_dir / phase)
 
     def create_embryo(self, uuid: str | None = None) -> Pod:
         """A new, exclusively locked pod in ``prepare/`` (created as an embryo first)."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from rkt.datadir import private_dir
 from rkt.errors import PodError, RktError
 from rkt.locks import FileLock
 from rkt.metadata import forget_pod
@@ -277,6 +278,5 @@ def prepare_lock(data_dir: Path, *, shared: bool = False) -> FileLock:
     their images until the pod records them; ``rkt image gc`` and ``rkt image rm``
     hold it exclusively while deciding what no pod uses, so neither removes an image
     or a tree that a pod being prepared is built from."""
-    locks = data_dir / "locks"
-    locks.mkdir(mode=0o750, parents=True, exist_ok=True)
+    locks = private_dir(data_dir / "locks")
     return FileLock(locks / "prepareLock", shared=shared)

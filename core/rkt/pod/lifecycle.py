@@ -134,6 +134,7 @@ def _create_pod(
 
 def _load_pod_manifest(runtime: Runtime, path: Path) -> dict[str, Any]:
     """A user's pod manifest: validated against the schema (it is input), reified."""
+    from rkt.fetching import require_verified
     from rkt.schema.pod import PodManifest
 
     try:
@@ -146,7 +147,7 @@ def _load_pod_manifest(runtime: Runtime, path: Path) -> dict[str, Any]:
     for app in manifest.apps:
         if not app.image.id:
             raise UsageError(f'pod manifest {path}: app "{app.name}" has no image id')
-        info = runtime.store.resolve(app.image.id)
+        info = require_verified(runtime, runtime.store.resolve(app.image.id))
         app.image.id = info.id
         if app.app is None:
             from rkt.schema.image import ImageManifest

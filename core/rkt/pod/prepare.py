@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkt import APPC_VERSION, __version__
+from rkt.datadir import DIR_MODE, private_dir
 from rkt.errors import PodError, UsageError
 from rkt.pod.apps import (
     AC_IDENTIFIER,
@@ -345,7 +346,7 @@ def _install_stage1(pod: Pod, store: ImageStore, stage1: ResolvedImage) -> Path:
     """A private copy of the stage1's (small) rendered tree, the pod's root; its rootfs."""
     stage1_tree = store.render(stage1.info.id)
     stage1_dir = pod.path / "stage1"
-    stage1_dir.mkdir()
+    stage1_dir.mkdir(mode=DIR_MODE)
     copy_tree(stage1_tree / "rootfs", stage1_dir / "rootfs")
     shutil.copyfile(stage1_tree / "manifest", stage1_dir / "manifest")
     (pod.path / "stage1TreeStoreID").write_text(stage1_tree.name)
@@ -371,8 +372,8 @@ def resolve_volumes(pod: Pod, manifest: dict[str, Any]) -> tuple[ResolvedVolume,
             resolved.append(ResolvedVolume(name, "host", str(source), read_only,
                                            bool(volume.get("recursive", True))))
         else:
-            shared = pod.path / "sharedVolumes" / name
-            shared.mkdir(parents=True)
+            shared = private_dir(pod.path / "sharedVolumes") / name
+            shared.mkdir()
             os.chmod(shared, int(str(volume.get("mode", "0755")), 8))
             os.chown(shared, int(volume.get("uid", 0)), int(volume.get("gid", 0)))
             # relative to the pod directory, which moves from prepare/ to run/
@@ -385,7 +386,7 @@ def _render_app_rootfs(pod: Pod, store: ImageStore, stage1_rootfs: Path, app_nam
     """Render the app's image and give the app its rootfs; (tree store ID, lower dir)."""
     tree = store.render(image_id)
     info_dir = pod.path / "appsinfo" / app_name
-    info_dir.mkdir(parents=True)
+    private_dir(info_dir)
     shutil.copyfile(tree / "manifest", info_dir / "manifest")
     (info_dir / "treeStoreID").write_text(tree.name)
     lower = tree / "rootfs"
@@ -394,8 +395,9 @@ def _render_app_rootfs(pod: Pod, store: ImageStore, stage1_rootfs: Path, app_nam
     shutil.copyfile(tree / "manifest", app_root / "manifest")
     if overlay:
         (app_root / "rootfs").mkdir()
-        (pod.path / "overlay" / tree.name / "upper" / app_name).mkdir(parents=True)
-        (pod.path / "overlay" / tree.name / "work" / app_name).mkdir(parents=True)
+        # upper/<app> becomes the app's "/": it keeps the ordinary mode
+        (private_dir(pod.path / "overlay" / tree.name / "upper") / app_name).mkdir()
+        (private_dir(pod.path / "overlay" / tree.name / "work") / app_name).mkdir()
     else:
         copy_tree(lower, app_root / "rootfs")
     return tree.name, lower

@@ -46,6 +46,15 @@ class ImageInfo:
     #: size of its rendered tree(s) in bytes, 0 when not rendered
     tree_size: int = 0
     latest: bool = False
+    #: how the image was verified when it entered the store: ``signature`` (by
+    #: ``signer``), ``location`` (a stage1 image installed next to rkt) or ``none``
+    verification: str = "none"
+    #: the fingerprint of the key whose signature was verified, when there was one
+    signer: str | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.verification != "none"
 
     @property
     def short_id(self) -> str:
@@ -133,6 +142,15 @@ class ImageStore(Protocol):
         ``rkt image rm`` does this for an image that a pod still uses: the image is
         gone for every command, and its blob, manifest and trees stay until
         :meth:`remove_orphans` finds no pod using them.
+        """
+        ...
+
+    def record_verification(self, image_id: str, verification: str,
+                            signer: str | None = None) -> None:
+        """Record how the image was just verified (see :attr:`ImageInfo.verification`).
+
+        Called after an import that verified the image; an import that did not
+        leaves what an earlier one recorded.
         """
         ...
 

@@ -32,6 +32,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from rkt.datadir import private_dir, private_file
 from rkt.errors import ImageNotFoundError, StoreError, UsageError
 from rkt.locks import key_lock
 from rkt.progress import ProgressBar
@@ -151,8 +152,9 @@ class CasStore:
         self.cas_dir = data_dir / "cas"
         self.tmp_dir = self.cas_dir / "tmp"
         try:
-            for sub in ("blob", "imageManifest", "tree", "tmp", "imagelocks", "treestorelocks"):
-                (self.cas_dir / sub).mkdir(parents=True, exist_ok=True)
+            for sub in ("blob/sha512", "imageManifest/sha512", "tree", "tmp", "imagelocks",
+                        "treestorelocks", "db"):
+                private_dir(self.cas_dir / sub)
         except PermissionError as exc:
             raise StoreError(f"cannot use store at {data_dir}: {exc.strerror}") from exc
         except OSError as exc:
@@ -257,8 +259,8 @@ class CasStore:
         with key_lock(self.cas_dir / "imagelocks", info.id):
             try:
                 if not blob.exists():
-                    blob.parent.mkdir(parents=True, exist_ok=True)
-                    os.chmod(tmp_blob, 0o644)
+                    private_dir(blob.parent)
+                    private_file(tmp_blob)
                     os.rename(tmp_blob, blob)
                 self._write_atomically(manifest_file, manifest_bytes)
             except OSError as exc:
@@ -268,14 +270,14 @@ class CasStore:
             return self.index.upsert(info)
 
     def _write_atomically(self, target: Path, data: bytes) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(target.parent)
         fd, name = tempfile.mkstemp(prefix="manifest-", dir=self.tmp_dir)
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
-            os.chmod(name, 0o644)
+            private_file(name)
             os.rename(name, target)
         except BaseException:
             with suppress(FileNotFoundError):
@@ -341,6 +343,10 @@ class CasStore:
     # -- trees, use, removal -------------------------------------------------------
     def render(self, image_id: str) -> Path:
         return self.trees.render(image_id)
+
+    def record_verification(self, image_id: str, verification: str,
+                            signer: str | None = None) -> None:
+        self.index.set_verification(image_id, verification, signer)
 
     def touch(self, image_id: str) -> None:
         self.index.set_last_used(image_id, time.time())

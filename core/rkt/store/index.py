@@ -8,6 +8,7 @@ an extra directory lock for.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -15,10 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from rkt.datadir import FILE_MODE, private_dir
 from rkt.errors import StoreError
 from rkt.store import ImageInfo
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -29,7 +31,9 @@ CREATE TABLE IF NOT EXISTS images (
     last_used   REAL NOT NULL,
     size        INTEGER NOT NULL,
     tree_size   INTEGER NOT NULL DEFAULT 0,
-    latest      INTEGER NOT NULL DEFAULT 0
+    latest      INTEGER NOT NULL DEFAULT 0,
+    verification TEXT NOT NULL DEFAULT 'none',
+    signer      TEXT
 );
 CREATE INDEX IF NOT EXISTS images_by_name ON images(name);
 CREATE TABLE IF NOT EXISTS remotes (
@@ -41,6 +45,13 @@ CREATE TABLE IF NOT EXISTS remotes (
     download_time REAL NOT NULL
 );
 """
+
+#: version 1 -> 2: how each image was verified (images of version 1 count as unverified)
+_MIGRATE_TO_2 = """
+ALTER TABLE images ADD COLUMN verification TEXT NOT NULL DEFAULT 'none';
+ALTER TABLE images ADD COLUMN signer TEXT;
+"""
+
 
 @dataclass(frozen=True)
 class RemoteEntry:
@@ -60,20 +71,27 @@ class RemoteEntry:
         return (time.time() if now is None else now) < self.download_time + self.max_age
 
 
-_COLUMNS = "id, name, labels, import_time, last_used, size, tree_size, latest"
+_COLUMNS = ("id, name, labels, import_time, last_used, size, tree_size, latest,"
+            " verification, signer")
 
 
-def _row_to_info(row: tuple[str, str, str, float, float, int, int, int]) -> ImageInfo:
+def _row_to_info(
+    row: tuple[str, str, str, float, float, int, int, int, str, str | None],
+) -> ImageInfo:
     return ImageInfo(
         id=row[0], name=row[1], labels=json.loads(row[2]), import_time=row[3],
         last_used=row[4], size=row[5], tree_size=row[6], latest=bool(row[7]),
+        verification=row[8], signer=row[9],
     )
 
 
 class ImageIndex:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         try:
+            if not path.exists():
+                # SQLite gives its -wal and -shm files the database file's mode
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
             self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -82,6 +100,10 @@ class ImageIndex:
                 # executescript commits on its own, so the script is its own transaction
                 self._db.executescript(
                     f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+                )
+            elif version == 1:
+                self._db.executescript(
+                    f"BEGIN IMMEDIATE;{_MIGRATE_TO_2}PRAGMA user_version=2;COMMIT;"
                 )
             elif version > SCHEMA_VERSION:
                 raise StoreError(
@@ -133,11 +155,15 @@ class ImageIndex:
             existing = self.get(info.id)
             import_time = existing.import_time if existing else info.import_time
             db.execute(
-                f"INSERT OR REPLACE INTO images ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO images ({_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     info.id, info.name, json.dumps(info.labels, sort_keys=True), import_time,
                     info.last_used, info.size, existing.tree_size if existing else 0,
                     int(info.latest or (existing.latest if existing else False)),
+                    # an unverified import never erases how an earlier one was verified
+                    existing.verification if existing else "none",
+                    existing.signer if existing else None,
                 ),
             )
         stored = self.get(info.id)
@@ -176,6 +202,11 @@ class ImageIndex:
     def set_last_used(self, image_id: str, when: float) -> None:
         with self.transaction() as db:
             db.execute("UPDATE images SET last_used = ? WHERE id = ?", (when, image_id))
+
+    def set_verification(self, image_id: str, verification: str, signer: str | None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE images SET verification = ?, signer = ? WHERE id = ?",
+                       (verification, signer, image_id))
 
     def set_tree_size(self, image_id: str, size: int) -> None:
         with self.transaction() as db:

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
+from rkt.api import private_dir, private_file
 from rkt.locks import key_lock
 
 LOG = logging.getLogger(__name__)
@@ -74,8 +75,8 @@ class BlobCache:
         try:
             for (kind, digest), staged in self._staged.items():
                 target = self.path(kind, digest)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.chmod(staged, 0o644)
+                private_dir(target.parent)
+                private_file(staged)
                 os.rename(staged, target)
             self._staged.clear()
         finally:
