@@ -155,7 +155,7 @@ class RktEnv:
     SKELETON = frozenset({
         "cas", "cas/blob", "cas/blob/sha512", "cas/imageManifest", "cas/imageManifest/sha512",
         "cas/tree", "cas/tmp", "cas/imagelocks",
-        "cas/treestorelocks", "cas/db", "pods", *(f"pods/{phase}" for phase in (
+        "cas/treestorelocks", "cas/db", "pods", "locks", *(f"pods/{phase}" for phase in (
             "embryo", "prepare", "prepared", "run", "exited-garbage", "garbage")),
     })
 
@@ -165,7 +165,7 @@ class RktEnv:
         (The index is compared through ``rkt image list`` where it matters.)"""
         if not self.data_dir.exists():
             return []
-        skip = ("cas/imagelocks/", "cas/treestorelocks/", "cas/db/")
+        skip = ("cas/imagelocks/", "cas/treestorelocks/", "cas/db/", "locks/")
         found = []
         for path in sorted(self.data_dir.rglob("*")):
             rel = path.relative_to(self.data_dir).as_posix()

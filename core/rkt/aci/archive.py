@@ -13,11 +13,12 @@ what the spec requires of an image archive before anything from it is trusted:
 * no duplicate entries (names compared after normalisation: ``./rootfs/a`` and
   ``rootfs/a/`` are the same entry), no absolute names, no ``..`` components, and
   hard links that point inside ``rootfs/``;
+* no hard link to a directory, and no symlink that resolves through a loop;
 * the :class:`ArchiveLimits`: entry count, bytes of file data (decompression bombs
   stop here), manifest size, name length, and bytes after the end-of-archive block.
 
-Symlink targets are not checked: they are interpreted inside the rootfs, which the
-extractor (:mod:`rkt.aci.extract`) guarantees.
+Symlink targets may point anywhere: they are interpreted inside the rootfs, which
+the extractor (:mod:`rkt.aci.extract`) guarantees; only loops are refused.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from rkt.aci.tarstream import (
     DIRECTORY,
     HARDLINK,
     REGULAR,
+    SYMLINK,
     StreamSource,
     TarReader,
     quote_name,
@@ -76,6 +78,9 @@ def scan_aci(tar_stream: BinaryIO, *, limits: ArchiveLimits = DEFAULT_LIMITS) ->
     """
     reader = TarReader(StreamSource(tar_stream, READ_SIZE), limits)
     seen: set[str] = set()
+    directories: set[str] = set()
+    #: rootfs-relative path -> link target, for the loop check at the end
+    symlinks: dict[tuple[str, ...], str] = {}
     manifest: bytes | None = None
     has_rootfs = False
     for entry in reader:
@@ -101,8 +106,12 @@ def scan_aci(tar_stream: BinaryIO, *, limits: ArchiveLimits = DEFAULT_LIMITS) ->
             if len(parts) == 1 and entry.type != DIRECTORY:
                 raise ArchiveError("invalid ACI: rootfs is not a directory")
             has_rootfs = True
-            if entry.type == HARDLINK:
-                _check_hardlink(entry.linkname, entry.describe())
+            if entry.type == DIRECTORY:
+                directories.add(key)
+            elif entry.type == HARDLINK:
+                _check_hardlink(entry.linkname, entry.describe(), directories)
+            elif entry.type == SYMLINK:
+                symlinks[tuple(parts[1:])] = entry.linkname
         else:
             raise ArchiveError(f"invalid ACI: unexpected top-level entry {quote_name(key)}")
     trailing = reader.drain()
@@ -110,6 +119,7 @@ def scan_aci(tar_stream: BinaryIO, *, limits: ArchiveLimits = DEFAULT_LIMITS) ->
         raise ArchiveError("invalid ACI: no manifest")
     if not has_rootfs:
         raise ArchiveError("invalid ACI: no rootfs")
+    _check_symlink_loops(symlinks)
     LOG.debug(
         "scanned ACI: %d entries, %d bytes of data, %d trailing bytes",
         reader.entries,
@@ -119,7 +129,7 @@ def scan_aci(tar_stream: BinaryIO, *, limits: ArchiveLimits = DEFAULT_LIMITS) ->
     return manifest
 
 
-def _check_hardlink(linkname: str, described: str) -> None:
+def _check_hardlink(linkname: str, described: str, directories: set[str]) -> None:
     try:
         target = split_name(linkname)
     except UnsafeArchiveError:
@@ -128,3 +138,46 @@ def _check_hardlink(linkname: str, described: str) -> None:
         ) from None
     if len(target) < 2 or target[0] != ROOTFS:
         raise UnsafeArchiveError(f"invalid ACI: hard link {described} points outside the rootfs")
+    if "/".join(target) in directories:
+        # no filesystem allows it; refused here rather than half-way through a render
+        raise UnsafeArchiveError(f"invalid ACI: hard link {described} points to a directory")
+
+
+#: symlinks followed to resolve one path before it counts as a loop (the kernel's ELOOP)
+MAX_SYMLINK_HOPS = 40
+
+
+def _check_symlink_loops(symlinks: dict[tuple[str, ...], str]) -> None:
+    """Refuse a symlink that resolves, inside the rootfs, through itself again.
+
+    Such a link is harmless to extract but makes every lookup through it fail
+    with ELOOP, in the app and in rkt's own path resolution; appc images have no
+    use for one. Targets are resolved as the extractor does: inside the rootfs,
+    ``..`` stopping at its root, absolute targets from its root.
+    """
+    for link in symlinks:
+        hops = 0
+        done: list[str] = []
+        todo = list(link)
+        while todo:
+            part = todo.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if done:
+                    done.pop()
+                continue
+            target = symlinks.get((*done, part))
+            if target is None:
+                done.append(part)
+                continue
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                name = quote_name("/".join((ROOTFS, *link)))
+                raise UnsafeArchiveError(
+                    f"invalid ACI: symlink {name} resolves through a loop (or more than "
+                    f"{MAX_SYMLINK_HOPS} links)"
+                )
+            if target.startswith("/"):
+                done = []
+            todo = target.split("/") + todo

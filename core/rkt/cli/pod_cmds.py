@@ -322,6 +322,8 @@ def _gc(options: GlobalOptions, args: argparse.Namespace) -> int:
         stage1_backend=_stage1_lookup(options),
         report=_gc_reporter(options, args.grace_period),
     )
+    if not args.mark_only:
+        options.store.sweep_tmp()  # what a killed fetch or prepare left in the store
     return 254 if result.failed else 0
 
 

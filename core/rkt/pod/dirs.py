@@ -196,13 +196,22 @@ class PodStore:
 
     def create_embryo(self, uuid: str | None = None) -> Pod:
         """A new, exclusively locked pod in ``prepare/`` (created as an embryo first)."""
-        pod = Pod(self.pods_dir, uuid or new_uuid(), "embryo")
-        pod.path.mkdir(mode=0o750)
-        if not pod.lock():
-            raise PodError(f"cannot lock new pod {pod.uuid}")
-        (pod.path / POD_CREATED).touch()
-        pod.move("prepare")
-        return pod
+        for _ in range(8):
+            pod = Pod(self.pods_dir, uuid or new_uuid(), "embryo")
+            pod.path.mkdir(mode=0o750)
+            # ``rkt gc`` collects an embryo whose lock is free, which ours is until we
+            # take it: if a gc won, it holds or moved the directory, and we start over
+            try:
+                if pod.lock():
+                    (pod.path / POD_CREATED).touch()
+                    pod.move("prepare")
+                    return pod
+            except FileNotFoundError:
+                pass
+            pod.release()
+            if uuid is not None:
+                break
+        raise PodError(f"cannot lock new pod {pod.uuid}: rkt gc is collecting it")
 
     def iter_pods(self, phases: tuple[str, ...] = PHASES) -> Iterator[Pod]:
         for phase in phases:

@@ -2,8 +2,8 @@
 
 Garbage collection has two steps, as in rkt (``Documentation/commands.md#rkt-gc``):
 
-- *mark*: exited pods move from ``run/`` to ``exited-garbage/``; aborted prepares
-  and prepared pods older than the expiry move to ``garbage/``;
+- *mark*: exited pods move from ``run/`` to ``exited-garbage/``; aborted prepares,
+  embryos nobody holds and prepared pods older than the expiry move to ``garbage/``;
 - *sweep*: pods in ``garbage/`` are removed at once, pods in ``exited-garbage/``
   once they were marked longer ago than the grace period, so a user still has
   time to look at a pod that just exited.
@@ -145,9 +145,18 @@ def remove_pod(pods: PodStore, uuid: str, stage1_backend: Stage1Lookup) -> Pod:
 def mark_pods(pods: PodStore, *, expire_prepared: float, report: GcReport) -> None:
     """Move exited pods, aborted prepares and expired prepared pods to the garbage phases."""
     now = time.time()
-    for pod in pods.iter_pods(("run", "prepare", "prepared")):
+    for pod in pods.iter_pods(("embryo", "run", "prepare", "prepared")):
         try:
-            if pod.phase == "run" and not pod.is_locked_by_other():
+            if pod.phase == "embryo":
+                # killed between making the directory and locking it: whatever its age,
+                # a free lock means nobody will finish it (its maker retries if we won)
+                if pod.lock():
+                    try:
+                        pod.move("garbage")
+                    finally:
+                        pod.release()
+                    report(GcEvent("marked-aborted", pod.uuid))
+            elif pod.phase == "run" and not pod.is_locked_by_other():
                 pod.move("exited-garbage")
                 report(GcEvent("marked-exited", pod.uuid))
             elif pod.phase == "prepare" and not pod.is_locked_by_other():

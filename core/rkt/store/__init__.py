@@ -81,8 +81,12 @@ class ImageStore(Protocol):
     """
 
     data_dir: Path
-    #: scratch space on the store's filesystem, for downloads (renames stay atomic)
-    tmp_dir: Path
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Scratch space on the store's filesystem, for downloads (renames stay atomic),
+        private to this process: what is left there when it dies is swept by gc."""
+        ...
 
     def import_file(
         self,
@@ -185,8 +189,13 @@ class ImageStore(Protocol):
         ...
 
     def sweep_tmp(self, older_than: float = ...) -> None:
-        """Remove leftovers of interrupted work (downloads, imports, renders) older than
-        ``older_than`` seconds; called by ``rkt image gc``."""
+        """Remove leftovers of interrupted work (downloads, imports, renders); called by
+        ``rkt gc`` and ``rkt image gc``.
+
+        A store that knows whether the process that made a leftover is alive (the
+        built-in one: each process owns its scratch directory through a lock) removes
+        every orphan at once; ``older_than`` seconds is for stores that cannot tell.
+        """
         ...
 
     def verify(self, image_id: str) -> None:

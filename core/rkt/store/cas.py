@@ -23,7 +23,6 @@ import logging
 import os
 import queue
 import re
-import shutil
 import tempfile
 import threading
 import time
@@ -38,6 +37,8 @@ from rkt.locks import key_lock
 from rkt.progress import ProgressBar
 from rkt.store import AcceptManifest, ImageInfo, key_from_digest
 from rkt.store.index import ImageIndex, RemoteEntry
+from rkt.store.scratch import ScratchArea
+from rkt.store.space import SpaceGuard
 from rkt.store.tree import TreeStore
 
 LOG = logging.getLogger(__name__)
@@ -81,9 +82,11 @@ class _HashingTee:
     uses two cores instead of adding the three costs up.
     """
 
-    def __init__(self, source: BinaryIO, sink: IO[bytes] | None) -> None:
+    def __init__(self, source: BinaryIO, sink: IO[bytes] | None,
+                 space: SpaceGuard | None = None) -> None:
         self._source = source
         self._sink = sink
+        self._space = space
         self.hash = hashlib.sha512()
         self.size = 0
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
@@ -107,8 +110,10 @@ class _HashingTee:
             raise self._error
         data = self._source.read(size if size and size > 0 else CHUNK)
         if data:
-            self._queue.put(bytes(data))
             self.size += len(data)
+            if self._space is not None:
+                self._space.check(self.size, writing=self._sink is not None)
+            self._queue.put(bytes(data))
         return data
 
     def drain(self) -> None:
@@ -150,7 +155,7 @@ class CasStore:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.cas_dir = data_dir / "cas"
-        self.tmp_dir = self.cas_dir / "tmp"
+        self.scratch = ScratchArea(self.cas_dir / "tmp")
         try:
             for sub in ("blob/sha512", "imageManifest/sha512", "tree", "tmp", "imagelocks",
                         "treestorelocks", "db"):
@@ -161,6 +166,16 @@ class CasStore:
             raise StoreError(f"cannot create store at {data_dir}: {exc.strerror}") from exc
         self.index = ImageIndex(self.cas_dir / "db" / "index.sqlite")
         self.trees = TreeStore(self)
+
+    @property
+    def tmp_dir(self) -> Path:
+        """This process's own work directory in ``cas/tmp`` (see :mod:`rkt.store.scratch`)."""
+        try:
+            return self.scratch.own_dir()
+        except OSError as exc:
+            if _no_space(exc):
+                raise StoreError(f"no space left on device in {self.scratch.root}") from exc
+            raise StoreError(f"cannot use {self.scratch.root}: {exc.strerror or exc}") from exc
 
     # -- paths ---------------------------------------------------------------------
     def blob_path(self, image_id: str) -> Path:
@@ -201,7 +216,8 @@ class CasStore:
                 if progress is not None and progress.total is None:
                     progress.total = os.fstat(raw.fileno()).st_size
                 counted = _CountingReader(raw, progress)
-                tee = _HashingTee(open_decompressed(counted), sink)  # type: ignore[arg-type,unused-ignore]
+                space = SpaceGuard.from_env(self.cas_dir, origin)
+                tee = _HashingTee(open_decompressed(counted), sink, space)  # type: ignore[arg-type,unused-ignore]
                 try:
                     manifest_bytes = scan_aci(tee)  # type: ignore[arg-type,unused-ignore]
                     tee.drain()
@@ -401,13 +417,9 @@ class CasStore:
     ) -> None:
         self.index.put_remote(url, etag, image_id, signature_url=signature_url, max_age=max_age)
 
-    def sweep_tmp(self, older_than: float = 24 * 3600) -> None:
-        """Remove leftovers of crashed imports (rkt#3794 let them fill disks)."""
-        cutoff = time.time() - older_than
-        for entry in self.tmp_dir.iterdir():
-            with suppress(FileNotFoundError):
-                if entry.lstat().st_mtime < cutoff:
-                    if entry.is_dir() and not entry.is_symlink():
-                        shutil.rmtree(entry, ignore_errors=True)
-                    else:
-                        entry.unlink()
+    def sweep_tmp(self, older_than: float = 0) -> None:
+        """Remove what interrupted work left in ``cas/tmp`` (rkt#3794 let it fill disks):
+        everything whose owning process is gone, at once; ``older_than`` is not needed."""
+        del older_than
+        for name in self.scratch.sweep():
+            LOG.debug("removed leftover %s of interrupted work", name)

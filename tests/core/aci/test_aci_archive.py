@@ -261,5 +261,36 @@ def test_messages_stay_on_one_line() -> None:
 
 def test_symlink_targets_are_not_validated() -> None:
     # They are interpreted inside the rootfs at render time (appc-spec/ace.md).
-    data = aci().symlink("rootfs/etc", "/../../../etc").symlink("rootfs/up", "../../..").bytes()
+    data = aci().symlink("rootfs/hosts", "/../../../etc/hosts").symlink("rootfs/up", "../../..")\
+        .bytes()
     assert scan(data) == MANIFEST
+
+
+@pytest.mark.parametrize(
+    ("builder", "message"),
+    [
+        (aci().dir("rootfs/etc").hardlink("rootfs/x", "rootfs/etc"),
+         r'^invalid ACI: hard link "rootfs/x" .*points to a directory$'),
+        (aci().symlink("rootfs/a", "a"),
+         r'^invalid ACI: symlink "rootfs/a" resolves through a loop'),
+        (aci().symlink("rootfs/a", "b").symlink("rootfs/b", "/a"), r'symlink "rootfs/a"'),
+        (aci().symlink("rootfs/x", "../x/.."), r'symlink "rootfs/x"'),
+        (aci().dir("rootfs/d").symlink("rootfs/d/l", "../d/l/x"), r'symlink "rootfs/d/l"'),
+        (aci().symlink("rootfs/d", ".").symlink("rootfs/l", "d/d/d/l"), r'symlink "rootfs/l"'),
+    ],
+    ids=["hardlink-to-dir", "self", "pair", "up-and-back", "through-parent", "through-dot"],
+)
+def test_hardlinks_to_directories_and_symlink_loops_are_refused(
+    builder: TarBuilder, message: str
+) -> None:
+    with pytest.raises(UnsafeArchiveError, match=message):
+        scan(builder.bytes())
+
+
+def test_symlink_chains_and_dangling_links_are_fine() -> None:
+    builder = aci().dir("rootfs/bin").file("rootfs/bin/busybox", b"")
+    for index in range(30):  # a long chain is not a loop
+        builder.symlink(f"rootfs/l{index}", f"l{index + 1}")
+    builder.symlink("rootfs/l30", "/bin/busybox").symlink("rootfs/gone", "/no/such/file")
+    builder.symlink("rootfs/bin/sh", "busybox").hardlink("rootfs/sh2", "rootfs/bin/sh")
+    assert scan(builder.bytes()) == MANIFEST
