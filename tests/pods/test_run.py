@@ -413,7 +413,10 @@ def test_pod_manifest_runs(env: RktEnv, busybox_image: Path, tmp_path: Path) -> 
         "apps": [{"name": "from-manifest", "image": {"id": image_id},
                   "app": {"exec": ["/bin/echo", "manifest ran"], "user": "0", "group": "0"}}],
     }))
-    result = env.run("run", f"--pod-manifest={manifest}")
+    # the image came in unverified: a pod manifest naming it needs the insecure flag too
+    assert_one_line_error(env.run("run", f"--pod-manifest={manifest}"),
+                          "is in the store unverified")
+    result = run(env, "run", f"--pod-manifest={manifest}")
     assert result.stdout == "manifest ran\n", result.stderr
 
 

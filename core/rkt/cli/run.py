@@ -203,6 +203,12 @@ def _run_options(options: GlobalOptions, args: argparse.Namespace, app_count: in
 
     if args.interactive and app_count > 1:
         raise UsageError("--interactive can only be used with a single image")
+    from rkt.pod.apps import check_hostname, check_writable_file
+
+    if args.hostname is not None:
+        check_hostname(args.hostname)
+    if getattr(args, "uuid_file_save", None):
+        check_writable_file(args.uuid_file_save, "--uuid-file-save")
     return PodRuntime(hostname=args.hostname, interactive=args.interactive,
                       debug=options.debug, insecure=options.insecure)
 

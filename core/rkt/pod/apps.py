@@ -173,6 +173,46 @@ class AppRequest:
     isolators: list[dict[str, object]] = field(default_factory=list)
 
 
+#: an app's name names files and directories in the pod (``appsinfo/<name>``,
+#: ``/rkt/status/<name>-created``): it must fit one path component with room to spare
+MAX_APP_NAME = 200
+#: RFC 1123 host names, as ``--hostname`` takes them (sethostname allows 64 bytes)
+_HOSTNAME_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+MAX_HOSTNAME = 64
+
+
+def check_hostname(hostname: str) -> str:
+    """``--hostname``: RFC 1123 labels separated by dots, at most 64 characters."""
+    if len(hostname) > MAX_HOSTNAME or not all(
+        _HOSTNAME_LABEL.match(label) for label in hostname.split(".")
+    ):
+        raise UsageError(
+            f'--hostname "{hostname}": not a valid host name (letters, digits, "-" and ".", '
+            f"at most {MAX_HOSTNAME} characters)"
+        )
+    return hostname
+
+
+def check_app_name(name: str, source: str) -> None:
+    if len(name) > MAX_APP_NAME:
+        raise UsageError(f'{source} "{name[:40]}...": an app name may have at most '
+                         f"{MAX_APP_NAME} characters, not {len(name)}")
+
+
+def check_writable_file(path: str, flag: str) -> None:
+    """Refuse, before any pod exists, a file a command could not write at its end."""
+    import os
+
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory")
+    if target.exists() and not (target.is_file() and os.access(target, os.W_OK)):
+        raise UsageError(f"{flag} {path}: not a regular file this user can write")
+    if not target.exists() and not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        raise UsageError(f"{flag} {path}: cannot create a file in {parent}")
+
+
 def app_name_from_image(image_name: str) -> str:
     """The default app name: the image name's last component, made an AC Name."""
     base = image_name.rstrip("/").rsplit("/", 1)[-1].lower()

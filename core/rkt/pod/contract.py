@@ -540,6 +540,9 @@ class SupervisorJob(NamedTuple):
     die_with_parent: bool = False
     stop_timeout: float = 10.0
     ready_file: str | None = None
+    #: mount /proc/sys, /proc/sysrq-trigger, ... read-only and mask /proc/kcore, ...
+    #: (false only with ``--insecure-options=paths``); a job without it protects them
+    protect_kernel_paths: bool = True
 
     def to_json(self) -> str:
         return json.dumps({
@@ -554,6 +557,7 @@ class SupervisorJob(NamedTuple):
             "die_with_parent": self.die_with_parent,
             "stop_timeout": self.stop_timeout,
             "ready_file": self.ready_file,
+            "protect_kernel_paths": self.protect_kernel_paths,
             "apps": [a.to_json() for a in self.apps],
         }, indent=1)
 

@@ -194,13 +194,16 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
         pod_runtime = _with_network(runtime, prepared, resolved, pod_runtime, network)
         if metadata_socket is not None:
             resolved = _register_metadata(pod, resolved, pod_runtime, metadata_socket)
+        if uuid_file:
+            try:
+                Path(uuid_file).write_text(pod.uuid)
+            except OSError as exc:
+                raise PodError(f"--uuid-file-save {uuid_file}: {exc.strerror or exc}") from exc
     except BaseException:
         _abandon(runtime, prepared)
         raise
     pod.move("run")
     try:
-        if uuid_file:
-            Path(uuid_file).write_text(pod.uuid)
         (pod.path / STARTED_FILE).touch()
         cgroups = setup_pod_cgroups(pod, resolved, runtime.config.paths.get(PARENT_KEY))
         with stage1_cgroup(cgroups):

@@ -35,6 +35,7 @@ from rkt.pod.apps import (
     AppRequest,
     VolumeSpec,
     app_name_from_image,
+    check_app_name,
 )
 from rkt.pod.cgroups import resolve_resources
 from rkt.pod.contract import (
@@ -108,6 +109,10 @@ def _find_in_root(root: Path, command: str, path_env: str) -> bool:
     return False
 
 
+#: the largest uid or gid (2^32 - 1 is the kernel's "no ID")
+MAX_ID = (1 << 32) - 2
+
+
 def _lookup_id(root: Path, database: str, name: str, what: str) -> int:
     """A user or group name (or number, or file path) -> number, per appc-spec/aci.md."""
     if name.startswith("/"):
@@ -123,11 +128,14 @@ def _lookup_id(root: Path, database: str, name: str, what: str) -> int:
             with open(table, errors="replace") as handle:
                 for line in handle:
                     fields = line.rstrip("\n").split(":")
-                    if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
+                    if (len(fields) >= 3 and fields[0] == name and fields[2].isdigit()
+                            and int(fields[2]) <= MAX_ID):
                         return int(fields[2])
     except FileNotFoundError:
         pass
     if name.isdigit():
+        if int(name) > MAX_ID:
+            raise PodError(f'{what} "{name}" is not a valid ID (at most {MAX_ID})')
         return int(name)
     raise PodError(f'{what} "{name}" is not a number and is not in the image\'s /etc/{database}')
 
@@ -276,6 +284,7 @@ def build_pod_manifest(
     for image, app_request in zip(images, request.apps, strict=True):
         _check_request(app_request)
         name = app_request.name or app_name_from_image(image.name)
+        check_app_name(name, "--name" if app_request.name else f'image "{image.name}": app name')
         if name in names:
             raise UsageError(
                 f'two apps would be named "{name}"; give one a different --name'

@@ -103,6 +103,7 @@ def build_job(
         uuid=pod.uuid, hostname=hostname, mode=mode, apps=placed,
         interactive=runtime.interactive, status_dir=status_dir, pids_dir=pids_dir,
         set_hostname=set_hostname, die_with_parent=die_with_parent,
+        protect_kernel_paths="paths" not in runtime.insecure,
     )
 
 

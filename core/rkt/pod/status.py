@@ -24,6 +24,8 @@ NET_INFO_FILE = "net-info.json"
 _STARTED_PHASES = ("run", "exited-garbage")
 #: how often a wait looks at the pod again, in seconds
 _POLL_INTERVAL = 0.1
+#: seconds ``status --wait`` gives ``run-prepared`` to take a prepared pod
+PREPARED_PATIENCE = 3.0
 
 
 @dataclass(frozen=True)
@@ -242,10 +244,23 @@ def wait_until_ready(pods: PodStore, pod: Pod, timeout: float) -> bool:
 
 
 def wait_until_exited(pods: PodStore, pod: Pod, timeout: float) -> bool:
-    """Wait until the pod is neither being prepared nor running; False on timeout."""
+    """Wait until the pod is neither being prepared nor running; False on timeout.
+
+    A pod that stays prepared for :data:`PREPARED_PATIENCE` seconds, which nobody
+    is starting, would be waited for for ever: that is a :class:`PodError`.
+    """
     deadline = time.monotonic() + timeout
-    while pod.state() in ("embryo", "preparing", "prepared", "running"):
-        if time.monotonic() > deadline:
+    prepared_since: float | None = None
+    while (state := pod.state()) in ("embryo", "preparing", "prepared", "running"):
+        now = time.monotonic()
+        if state == "prepared" and not pod.is_locked_by_other():
+            prepared_since = prepared_since if prepared_since is not None else now
+            if now - prepared_since > PREPARED_PATIENCE:
+                raise PodError(f'pod "{pod.uuid}" is prepared and nobody is starting it: '
+                               "it cannot exit before rkt run-prepared runs it")
+        else:
+            prepared_since = None
+        if now > deadline:
             return False
         time.sleep(_POLL_INTERVAL)
         pods.refresh(pod)

@@ -7,8 +7,9 @@ stage0 writes the whole job to ``/rkt/runtime.json`` (``rkt.pod.contract``'s
 and refuses a job of a stage1 interface version other than its own.
 
 For each app it forks a child that gets its own mount namespace, mounts the
-app's rootfs (an overlay, when asked to), ``/proc``, ``/sys`` (read-only), a
-minimal ``/dev`` (appc-spec/OS-SPEC.md's device set), the volumes at their
+app's rootfs (an overlay, when asked to), ``/proc`` (its host-wide knobs read-only
+or masked), ``/sys`` (read-only), a minimal ``/dev`` (appc-spec/OS-SPEC.md's
+device set), the volumes at their
 mount points, then ``pivot_root``s into the rootfs (the stage1's files are gone
 from the app's view, unlike a plain chroot), joins the app's cgroup (made by
 stage0) and becomes the app (:func:`exec_app`: capabilities, user,
@@ -94,6 +95,13 @@ CAPABILITIES = {
     "CAP_BLOCK_SUSPEND": 36, "CAP_AUDIT_READ": 37, "CAP_PERFMON": 38, "CAP_BPF": 39,
     "CAP_CHECKPOINT_RESTORE": 40,
 }
+
+#: kernel interfaces that are not namespaced, so an app could change the host through
+#: them (the lists docker, podman and rkt 1.x use); --insecure-options=paths keeps them
+READ_ONLY_PATHS = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+MASKED_PROC_PATHS = ("kcore", "keys", "timer_list", "timer_stats", "sched_debug",
+                     "latency_stats", "acpi", "scsi", "asound")
+MASKED_SYS_PATHS = ("firmware", "devices/virtual/powercap")
 
 #: OS-SPEC.md: the device nodes every app must see
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -211,6 +219,23 @@ def _make_target(root: str, path: str, *, is_dir: bool) -> str:
 
 
 # -- setting up one app ---------------------------------------------------------------
+def _protect_kernel_paths(proc: str, sys_dir: str) -> None:
+    """Make the app's /proc/sys & co. read-only and hide /proc/kcore & co."""
+    for name in READ_ONLY_PATHS:
+        path = os.path.join(proc, name)
+        if os.path.exists(path):
+            mount(path, path, None, MS_BIND | MS_REC)
+            mount(None, path, None,
+                  MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    masked = [os.path.join(proc, name) for name in MASKED_PROC_PATHS]
+    masked += [os.path.join(sys_dir, name) for name in MASKED_SYS_PATHS]
+    for path in masked:
+        if os.path.isdir(path) and not os.path.islink(path):
+            mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        elif os.path.exists(path):
+            mount("/dev/null", path, None, MS_BIND)
+
+
 def _setup_filesystems(app: dict[str, Any], spec: dict[str, Any]) -> None:
     root = app["root"]
     _check(_libc().unshare(CLONE_NEWNS), "unshare mount namespace")
@@ -226,6 +251,8 @@ def _setup_filesystems(app: dict[str, Any], spec: dict[str, Any]) -> None:
     mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     sys_dir = _make_target(root, "/sys", is_dir=True)
     bind("/sys", sys_dir, read_only=True)
+    if spec.get("protect_kernel_paths", True):
+        _protect_kernel_paths(proc, sys_dir)
     dev = _make_target(root, "/dev", is_dir=True)
     mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
     for name in DEVICES:

@@ -155,7 +155,7 @@ class CasStore:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.cas_dir = data_dir / "cas"
-        self.scratch = ScratchArea(self.cas_dir / "tmp")
+        self.scratch = ScratchArea.at(self.cas_dir / "tmp")
         try:
             for sub in ("blob/sha512", "imageManifest/sha512", "tree", "tmp", "imagelocks",
                         "treestorelocks", "db"):

@@ -20,6 +20,7 @@ import fcntl
 import os
 import shutil
 from pathlib import Path
+from typing import ClassVar
 
 from rkt.datadir import FILE_MODE
 
@@ -52,11 +53,21 @@ def _remove(path: Path) -> None:
 class ScratchArea:
     """``cas/tmp``: one locked work directory per process, and the sweep of the rest."""
 
+    _by_root: ClassVar[dict[Path, ScratchArea]] = {}
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self._own: Path | None = None
         self._lock_fd: int | None = None
         self._owner_pid = 0
+
+    @classmethod
+    def at(cls, root: Path) -> ScratchArea:
+        """The one area a process uses for ``root``, however often the store is opened."""
+        key = root.absolute()
+        if key not in cls._by_root:
+            cls._by_root[key] = cls(root)
+        return cls._by_root[key]
 
     def own_dir(self) -> Path:
         """This process's work directory, made (and locked) on first use."""
