@@ -41,6 +41,10 @@ class ImageRef:
     url: str | None = None
 
 
+#: appc-spec/spec/types.md, AC Identifier: what an image name must look like
+_AC_IDENTIFIER = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
+
+
 def parse_appc_name(text: str) -> tuple[str, dict[str, str]]:
     """Split ``name[:version][,label=value...]`` into the name and its labels."""
     head, *label_parts = text.split(",")
@@ -55,8 +59,9 @@ def parse_appc_name(text: str) -> tuple[str, dict[str, str]]:
         if not version:
             raise UsageError(f'invalid image name "{text}": empty version after ":"')
         labels["version"] = version
-    if not name:
-        raise UsageError(f'invalid image name "{text}"')
+    if not _AC_IDENTIFIER.match(name):
+        raise UsageError(f'invalid image name "{text}": an appc name is lowercase letters, '
+                         'digits and "-._~/" (example.com/hello)')
     return name, labels
 
 

@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rkt.cli.context import GlobalOptions, RktArgumentParser
+from rkt.cli.context import GlobalOptions, RktArgumentParser, add_global_flags
 from rkt.errors import RktError, UsageError
 
 SUBCOMMANDS = {
@@ -41,6 +41,7 @@ def add_arguments(command: str, parser: RktArgumentParser) -> None:
     )
     for name, summary in SUBCOMMANDS.items():
         sub_parser: RktArgumentParser = sub.add_parser(name, help=summary, description=summary)
+        add_global_flags(sub_parser, top_level=False)  # rkt's flags are persistent
         _SUBCOMMAND_FLAGS[name](sub_parser)
 
 
@@ -149,6 +150,8 @@ def _list(options: GlobalOptions, args: argparse.Namespace) -> int:
     from rkt.store import short_id
 
     fields = [f.strip().lower() for f in args.fields.split(",") if f.strip()]
+    if not fields:
+        raise UsageError(f"--fields: give at least one of {', '.join(LIST_FIELDS)}")
     unknown = [f for f in fields if f not in LIST_FIELDS]
     if unknown:
         raise UsageError(f"unknown field(s) {', '.join(unknown)}; valid: {', '.join(LIST_FIELDS)}")

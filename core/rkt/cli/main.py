@@ -116,8 +116,16 @@ def _fail(message: str, code: int, debug: bool) -> NoReturn:
         import traceback
 
         traceback.print_exc()
-    print(f"rkt: {message}", file=sys.stderr)
+    print(f"rkt: {one_line(message)}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def one_line(message: str) -> str:
+    """``message`` with control characters escaped: what a user typed (a newline in a
+    flag's value) must not break the one-line error or play tricks on a terminal."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _log_to_stderr() -> None:
