@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from rkt import faults
 from rkt.errors import (
     ImageNotFoundError,
     RktError,
@@ -239,6 +240,7 @@ def _fetch_one(
     LOG.debug('fetching "%s" with the %s fetcher (%s)', text, ref.kind,
               plugins.fetchers.provider(ref.kind))
     fetched = fetcher.fetch(ref, session)
+    faults.point("fetch:fetched")
     try:
         if fetched.stored_id is not None:
             info = require_verified(runtime, store.resolve(fetched.stored_id))

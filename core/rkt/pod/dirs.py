@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from rkt import faults
 from rkt.datadir import private_dir
 from rkt.errors import PodError, PodNotFoundError
 from rkt.locks import FileLock, LockBusy
@@ -199,6 +200,7 @@ class PodStore:
         for _ in range(8):
             pod = Pod(self.pods_dir, uuid or new_uuid(), "embryo")
             pod.path.mkdir(mode=0o750)
+            faults.point("prepare:embryo")
             # ``rkt gc`` collects an embryo whose lock is free, which ours is until we
             # take it: if a gc won, it holds or moved the directory, and we start over
             try:

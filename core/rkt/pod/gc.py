@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from rkt import faults
 from rkt.datadir import private_dir
 from rkt.errors import PodError, RktError
 from rkt.locks import FileLock
@@ -95,6 +96,7 @@ def _release_pod(pods: PodStore, pod: Pod, stage1_backend: Stage1Lookup) -> None
             pod.move("exited-garbage")
         elif pod.phase in ("prepare", "prepared"):
             pod.move("garbage")
+        faults.point("gc:deleting")
         try:
             stage1_backend(pod).gc(pod)
         except RktError as exc:
@@ -235,6 +237,7 @@ def collect_pods(
 ) -> GcResult:
     """``rkt gc``: mark, then (unless ``mark_only``) sweep; durations in seconds."""
     mark_pods(pods, expire_prepared=expire_prepared, report=report)
+    faults.point("gc:marked")
     if mark_only:
         return GcResult()
     return sweep_pods(pods, grace_period=grace_period, stage1_backend=stage1_backend,

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rkt import faults
 from rkt.errors import PodError, PodInterrupted, UsageError
 from rkt.metadata import forget_pod
 from rkt.pod.cgroups import PARENT_KEY, remove_pod_cgroups, setup_pod_cgroups, stage1_cgroup
@@ -204,6 +204,7 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
         _abandon(runtime, prepared)
         raise
     pod.move("run")
+    faults.point("run:started")
     try:
         (pod.path / STARTED_FILE).touch()
         cgroups = setup_pod_cgroups(pod, resolved, runtime.config.paths.get(PARENT_KEY))

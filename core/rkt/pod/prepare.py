@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rkt import APPC_VERSION, __version__
+from rkt import APPC_VERSION, __version__, faults
 from rkt.datadir import DIR_MODE, private_dir
 from rkt.errors import PodError, UsageError
 from rkt.pod.apps import (
@@ -579,6 +579,7 @@ def prepare_pod(
     refuse_unenforced_isolators(manifest.get("isolators"), "the pod", pod=True)
     pod_resources = resolve_resources(manifest.get("isolators"), "the pod", pod=True)
     stage1_rootfs = _install_stage1(pod, store, stage1)
+    faults.point("prepare:stage1")
     volumes = resolve_volumes(pod, manifest)
     overlay = not request.no_overlay
     apps = []
@@ -587,6 +588,7 @@ def prepare_pod(
                                          runtime_app["image"]["id"], overlay=overlay)
         apps.append(resolve_app(runtime_app, tree=tree, lower=lower, overlay=overlay,
                                 volumes=volumes, request=request, insecure=insecure))
+    faults.point("prepare:apps")
     resolved = ResolvedPod(uuid=pod.uuid, apps=tuple(apps), volumes=volumes,
                            rkt_version=__version__, resources=pod_resources)
     save_resolved_pod(pod, resolved)

@@ -31,6 +31,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from rkt import faults
 from rkt.datadir import private_dir, private_file
 from rkt.errors import ImageNotFoundError, StoreError, UsageError
 from rkt.locks import key_lock
@@ -250,6 +251,7 @@ class CasStore:
 
         manifest = ImageManifest.parse(manifest_bytes, source=f"{origin}: manifest")
         accept(manifest)
+        faults.point("import:written")
         info = ImageInfo(
             id=key_from_digest(tee.hash.hexdigest()),
             name=manifest.name,
@@ -278,6 +280,7 @@ class CasStore:
                     private_dir(blob.parent)
                     private_file(tmp_blob)
                     os.rename(tmp_blob, blob)
+                    faults.point("import:blob-committed")
                 self._write_atomically(manifest_file, manifest_bytes)
             except OSError as exc:
                 if _no_space(exc):
@@ -372,6 +375,7 @@ class CasStore:
             # The index row goes first: from then on the image is invisible, and a
             # crash part-way leaves only unreferenced files for gc to sweep.
             self.index.delete(image_id)
+            faults.point("image-rm:forgotten")
             self.trees.remove_for_image(image_id)
             self.manifest_path(image_id).unlink(missing_ok=True)
             self.blob_path(image_id).unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rkt import faults
 from rkt.errors import StoreError
 from rkt.locks import key_lock
 from rkt.store import key_from_digest
@@ -174,6 +175,7 @@ class TreeStore:
             work = Path(tempfile.mkdtemp(prefix=f"render-{tree_id[:20]}-", dir=self.store.tmp_dir))
             try:
                 render_image(self.store, image_id, work, layers=layers)
+                faults.point("render:extracted")
                 (work / "image").write_text(image_id)
                 _syncfs(work)
                 (work / RENDERED_MARKER).touch()
@@ -223,6 +225,7 @@ class TreeStore:
         with key_lock(self.lock_dir, tree_id):
             # Drop the marker first: a crash mid-delete must not look rendered.
             (path / RENDERED_MARKER).unlink(missing_ok=True)
+            faults.point("image-gc:trees")
             shutil.rmtree(path, ignore_errors=True)
 
 
