@@ -90,6 +90,8 @@ class _HashingTee:
         self._space = space
         self.hash = hashlib.sha512()
         self.size = 0
+        #: bytes the worker has written to the blob (read by the space check)
+        self.written = 0
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
         self._error: BaseException | None = None
         self._worker = threading.Thread(target=self._consume, name="rkt-import", daemon=True)
@@ -103,6 +105,7 @@ class _HashingTee:
                 self.hash.update(data)
                 if self._sink is not None:
                     self._sink.write(data)
+                    self.written += len(data)
             except BaseException as exc:  # surfaced by the reader (ENOSPC, EIO)
                 self._error = exc
 
@@ -113,7 +116,8 @@ class _HashingTee:
         if data:
             self.size += len(data)
             if self._space is not None:
-                self._space.check(self.size, writing=self._sink is not None)
+                pending = self.size - self.written if self._sink is not None else 0
+                self._space.check(self.size, pending)
             self._queue.put(bytes(data))
         return data
 

@@ -21,11 +21,6 @@ from rkt.errors import StoreError, UsageError
 RESERVE_ENV = "RKT_STORE_RESERVE"
 IMAGE_LIMIT_ENV = "RKT_IMAGE_SIZE_LIMIT"
 DEFAULT_RESERVE = 256 << 20
-#: decompressed bytes between two looks at the filesystem's free space
-CHECK_EVERY = 16 << 20
-#: bytes an import may have in flight (read but not yet written) beyond what it counted
-IN_FLIGHT = 16 << 20
-
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -50,28 +45,26 @@ class SpaceGuard:
     origin: str
     reserve: int = DEFAULT_RESERVE
     limit: int | None = None
-    _next_check: int = 0
 
     @classmethod
     def from_env(cls, directory: Path, origin: str) -> SpaceGuard:
         return cls(directory, origin, _env_size(RESERVE_ENV, DEFAULT_RESERVE) or 0,
                    _env_size(IMAGE_LIMIT_ENV, None))
 
-    def check(self, written: int, *, writing: bool = True) -> None:
-        """``written`` bytes so far; ``writing`` false when the bytes are not copied."""
-        from rkt.progress import human_size
-
-        if self.limit is not None and written > self.limit:
+    def check(self, size: int, pending: int) -> None:
+        """``size`` bytes read so far, ``pending`` of them not yet written (0 when the
+        bytes are not copied at all)."""
+        if self.limit is not None and size > self.limit:
             raise StoreError(
                 f"cannot import {self.origin}: uncompressed, it is larger than "
                 f"{IMAGE_LIMIT_ENV} ({self.limit} bytes)"
             )
-        if not writing or written < self._next_check:
+        if pending <= 0:
             return
-        self._next_check = written + CHECK_EVERY
-        stats = os.statvfs(self.directory)
-        free = stats.f_bavail * stats.f_frsize
-        if free - IN_FLIGHT - CHECK_EVERY < self.reserve:
+        stats = os.statvfs(self.directory)  # a few microseconds per MiB imported
+        if stats.f_bavail * stats.f_frsize - pending < self.reserve:
+            from rkt.progress import human_size
+
             raise StoreError(
                 f"cannot import {self.origin}: it would leave less than "
                 f"{human_size(self.reserve)} free in {self.directory} ({RESERVE_ENV})"
