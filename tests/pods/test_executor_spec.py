@@ -335,6 +335,7 @@ def test_pod_level_isolators_rkt_cannot_enforce_are_refused(
     }
     path = tmp_path / "pod.json"
     path.write_text(json.dumps(manifest))
-    result = env.run("run", f"--pod-manifest={path}")
+    # the image came in unverified, so the pod manifest needs the flag too (issue 10)
+    result = env.run("--insecure-options=image", "run", f"--pod-manifest={path}")
     assert_one_line_error(result, "for a whole pod")
     assert list((env.data_dir / "pods").glob("*/*")) == []

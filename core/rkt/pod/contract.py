@@ -541,7 +541,7 @@ class SupervisorJob(NamedTuple):
     stop_timeout: float = 10.0
     ready_file: str | None = None
     #: mount /proc/sys, /proc/sysrq-trigger, ... read-only and mask /proc/kcore, ...
-    #: (false only with ``--insecure-options=paths``); a job without it protects them
+    #: (false only with ``--insecure-options=paths``)
     protect_kernel_paths: bool = True
 
     def to_json(self) -> str:

@@ -406,7 +406,7 @@ def _render_app_rootfs(pod: Pod, store: ImageStore, stage1_rootfs: Path, app_nam
         (app_root / "rootfs").mkdir()
         # upper/<app> becomes the app's "/": it keeps the ordinary mode
         (private_dir(pod.path / "overlay" / tree.name / "upper") / app_name).mkdir()
-        (private_dir(pod.path / "overlay" / tree.name / "work") / app_name).mkdir()
+        (private_dir(pod.path / "overlay" / tree.name / "work") / app_name).mkdir(mode=0o700)
     else:
         copy_tree(lower, app_root / "rootfs")
     return tree.name, lower

@@ -45,7 +45,8 @@ JOB_VERSION = 3
 #: the keys of a job and of each of its apps (``SupervisorJob.to_json``)
 JOB_KEYS = frozenset({
     "version", "mode", "uuid", "hostname", "interactive", "status_dir", "pids_dir",
-    "set_hostname", "die_with_parent", "stop_timeout", "ready_file", "apps",
+    "set_hostname", "die_with_parent", "stop_timeout", "ready_file", "protect_kernel_paths",
+    "apps",
 })
 APP_KEYS = frozenset({
     "name", "root", "overlay", "exec", "env", "uid", "gid", "supplementary_gids",
