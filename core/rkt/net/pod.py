@@ -110,7 +110,7 @@ def _check_port_free(mapping: dict[str, Any]) -> None:
 
 
 def _write_json(path: Path, document: Any) -> None:
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(mode=0o750, exist_ok=True)  # under the data dir: nothing for others
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(document, indent=1))
     os.replace(tmp, path)
