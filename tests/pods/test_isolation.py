@@ -418,7 +418,8 @@ def test_pod_manifest_isolators_apply(env: RktEnv, aci_builder: AciBuilder,
                 {"name": "os/linux/capabilities-retain-set", "value": {"set": ["CAP_KILL"]}},
                 {"name": "os/linux/no-new-privileges", "value": True}]}}],
     }))
-    result = env.run("run", f"--pod-manifest={manifest}")
+    # the image came in unverified: its pod manifest needs the flag too (issue 10)
+    result = run(env, "run", f"--pod-manifest={manifest}")
     assert result.returncode == 0, result.stderr
     fields = status_lines(result.stdout)
     assert fields == {"CapEff": f"{1 << 5:016x}", "NoNewPrivs": "1"}
