@@ -9,6 +9,7 @@ export PATH := $(VENV)/bin:$(PATH)
 
 # Debian packages rkt needs at run time, and the extra ones its tests drive for real.
 RUNTIME_PACKAGES := gnupg busybox-static systemd-container xz-utils bzip2 zstd \
+	qemu-system-x86 linux-image-amd64 kmod \
 	python3-venv iproute2 util-linux containernetworking-plugins iptables libseccomp2
 # gcc and libc6-dev build the tests' static syscall probes; libcap2-bin has setcap;
 # strace lists the syscalls a retain-set test allows; podman and runc are baselines

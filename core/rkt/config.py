@@ -62,6 +62,8 @@ class Config:
     stage1: dict[str, str] = field(default_factory=dict)
     #: auth.d files holding a password or token that other users can read
     exposed_secrets: list[Path] = field(default_factory=list)
+    #: backend name -> its build options (stage1.d's ``options``, an extension)
+    stage1_options: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, system: Path, local: Path, user: Path | None = None) -> Config:
@@ -82,6 +84,8 @@ class Config:
             self.stage1["version"] = layer.stage1["version"]
         if "location" in layer.stage1:
             self.stage1["location"] = layer.stage1["location"]
+        for backend, values in layer.stage1_options.items():
+            self.stage1_options.setdefault(backend, {}).update(values)
 
     def to_json(self, *, redact: bool = True) -> dict[str, Any]:
         """The merged configuration in ``rkt config``'s ``{"stage0": [...]}`` form.
@@ -107,8 +111,9 @@ class Config:
             })
         if self.paths:
             entries.append({"rktVersion": "v1", "rktKind": "paths", **self.paths})
-        if self.stage1:
-            entries.append({"rktVersion": "v1", "rktKind": "stage1", **self.stage1})
+        if self.stage1 or self.stage1_options:
+            options = {"options": self.stage1_options} if self.stage1_options else {}
+            entries.append({"rktVersion": "v1", "rktKind": "stage1", **self.stage1, **options})
         return {"stage0": entries}
 
 
@@ -228,3 +233,22 @@ def _apply(
                     raise ConfigError(f"{path}: stage1 {key!r} must be a non-empty string")
                 _claim(seen, f"stage1 {key!r}", path)
                 layer.stage1[key] = document[key]
+        # an extension of rkt's stage1 kind: build options per backend, for
+        # `rkt install` ({"options": {"kvm": {"kernel": "/boot/vmlinuz-..."}}})
+        if "options" in document:
+            _stage1_options(layer, document["options"], path, seen)
+
+
+def _stage1_options(layer: Config, options: Any, path: Path, seen: dict[str, Path]) -> None:
+    if not isinstance(options, dict):
+        raise ConfigError(f"{path}: stage1 'options' must be an object of backend names")
+    for backend, values in options.items():
+        if not isinstance(values, dict) or not all(
+            isinstance(v, str) and v for v in values.values()
+        ):
+            raise ConfigError(
+                f"{path}: stage1 options.{backend} must be an object of non-empty strings"
+            )
+        for key, value in values.items():
+            _claim(seen, f"stage1 options.{backend}.{key}", path)
+            layer.stage1_options.setdefault(backend, {})[key] = value

@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rkt import APPC_VERSION, __version__
-from rkt.errors import ImageError, ImageNotFoundError, Stage1Error, UsageError
+from rkt.errors import ConfigError, ImageError, ImageNotFoundError, Stage1Error, UsageError
 from rkt.pod.contract import CONTRACT_VERSION, PodRuntime, ResolvedApp, ResolvedPod
 
 if TYPE_CHECKING:
@@ -62,7 +63,10 @@ class Stage1Backend(Protocol):
     def build_image(self, rootfs: Path) -> None:
         """Add the backend's own files to a stage1 image's rootfs being built.
 
-        The common skeleton and ``/rkt/supervisor.py`` are already there.
+        The common skeleton and ``/rkt/supervisor.py`` are already there. A
+        backend with build options (a kernel, say) also defines
+        ``configure(options: dict[str, str]) -> None``, which ``rkt install``
+        calls first with ``stage1.d``'s ``options.<backend>`` (docs/stage1.md).
         """
         ...
 
@@ -101,10 +105,27 @@ def _host_arch() -> str:
     return {"x86_64": "amd64", "aarch64": "aarch64"}.get(machine, machine)
 
 
-def build_stage1_image(backend: Stage1Backend, out: Path) -> Path:
-    """Write ``out`` (an uncompressed ACI) for ``backend``; atomic."""
+def build_stage1_image(
+    backend: Stage1Backend, out: Path, options: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``out`` (an uncompressed ACI) for ``backend``; atomic.
+
+    ``options`` are the backend's build options from ``stage1.d`` (``"options":
+    {"<backend>": {...}}``); they reach a backend that defines
+    ``configure(options)`` before its ``build_image`` is called, and are refused
+    for one that does not.
+    """
     import tarfile  # here: building images is rare, running pods is not
     import tempfile
+
+    configure = getattr(backend, "configure", None)
+    if configure is not None:
+        configure(dict(options or {}))
+    elif options:
+        raise ConfigError(
+            f'stage1 backend "{backend.name}" takes no options '
+            f"(stage1.d: options.{backend.name}.{next(iter(options))})"
+        )
 
     manifest = {
         "acKind": "ImageManifest", "acVersion": APPC_VERSION,

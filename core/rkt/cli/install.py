@@ -43,16 +43,26 @@ def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
     print(f"rkt directories ready under {data_dir} and {options.local_config}",
           file=options.stdout)
     if not args.no_stage1:
-        _build_stage1_images(options)
+        return _build_stage1_images(options)
     return 0
 
 
-def _build_stage1_images(options: GlobalOptions) -> None:
+def _build_stage1_images(options: GlobalOptions) -> int:
+    """Build every backend's image; one that cannot be built (no kernel for kvm,
+    say) is reported and does not keep the others from being built."""
     from rkt.plugins import installed_stage1_backends
     from rkt.stage1 import build_stage1_image, stage1_images_dir
 
     directory = stage1_images_dir(options)
+    failed = 0
     for name in installed_stage1_backends():
-        backend = options.plugins.stage1_backend(name)
-        out = build_stage1_image(backend, directory / f"stage1-{name}.aci")
+        try:
+            backend = options.plugins.stage1_backend(name)
+            out = build_stage1_image(backend, directory / f"stage1-{name}.aci",
+                                     options.config.stage1_options.get(name))
+        except RktError as exc:
+            print(f"rkt: stage1 image for {name!r} not built: {exc}", file=options.stderr)
+            failed += 1
+            continue
         print(f"built stage1 image {out}", file=options.stdout)
+    return 254 if failed else 0

@@ -1,0 +1,381 @@
+"""The kvm stage1: each pod is a qemu virtual machine (KVM, or TCG where KVM is unusable).
+
+The guest boots Debian's kernel with a tiny initramfs (busybox and the few
+modules it needs) and mounts the pod's stage1 rootfs from the host over 9p.
+On the host, in a mount namespace that lives exactly as long as qemu, each
+app's overlay is mounted and the volumes and the host's ``/usr`` are bound into
+that rootfs, so the guest sees the same tree an nspawn container does, and the
+same shared supervisor runs the apps in it, with the host's python3. Exit codes
+land in ``/rkt/status`` on the host as the guest writes them. docs/kvm.md
+explains the choices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rkt.api import (
+    INTERFACE_VERSION,
+    PID_FILE,
+    Pod,
+    PodError,
+    PodRuntime,
+    ResolvedApp,
+    ResolvedPod,
+    Stage1Error,
+    UsageError,
+    build_job,
+    run_with_console,
+    volume_host_path,
+    write_job,
+)
+from rkt_stage1_kvm import image, vm
+
+LOG = logging.getLogger(__name__)
+
+#: how long the guest may take to start the pod, in seconds (TCG on a loaded
+#: host is slow; a guest that never boots must not hang rkt)
+BOOT_TIMEOUT_ENV = "RKT_KVM_BOOT_TIMEOUT"
+DEFAULT_BOOT_TIMEOUT = 120.0
+#: files the guest leaves in the stage1 rootfs (guest.py)
+BOOTED = "rkt/kvm-booted"
+EXIT = "rkt/kvm-exit"
+LAUNCHER = Path(__file__).with_name("launch.py")
+
+
+class KvmStage1:
+    name = "kvm"
+    interface_version = INTERFACE_VERSION
+
+    def __init__(self) -> None:
+        self.options: dict[str, str] = {}
+
+    def configure(self, options: Mapping[str, str]) -> None:
+        """``stage1.d``'s ``options.kvm``: ``kernel``, the kernel image to boot."""
+        unknown = set(options) - {image.KERNEL_OPTION}
+        if unknown:
+            raise UsageError(f"stage1.d options.kvm.{sorted(unknown)[0]}: unknown option "
+                             f"(known: {image.KERNEL_OPTION})")
+        self.options = dict(options)
+
+    def build_image(self, rootfs: Path) -> None:
+        image.build(rootfs, self.options)
+
+    # -- running ------------------------------------------------------------------------
+    def run(self, pod: Pod, resolved: ResolvedPod, runtime: PodRuntime) -> int:
+        _refuse_what_a_vm_cannot_do(runtime)
+        qemu = vm.qemu_binary()
+        rootfs = pod.stage1_rootfs()
+        kernel, initrd = rootfs / image.KERNEL, rootfs / image.INITRD
+        if not kernel.is_file() or not initrd.is_file():
+            raise Stage1Error("the kvm stage1 image has no kernel or initramfs "
+                              "(rebuild it with 'rkt install')")
+        size = vm.vm_size(pod.manifest_json())
+        accel = vm.choose_accelerator(qemu, kernel, pod.pods_dir.parent / "tmp" / "kvm-accel.json")
+        if accel.fallback_reason:
+            print(f"rkt: kvm: using TCG (software emulation): {accel.fallback_reason}",
+                  file=sys.stderr, flush=True)
+        job = build_job(
+            pod, resolved, runtime, mode="nspawn",
+            app_root=lambda app: f"/opt/stage2/{app.name}/rootfs",
+            volume_source=lambda volume: f"/rkt/volumes/{volume.name}",
+            resolv_conf=None,  # the guest has loopback only (no network reaches it yet)
+            set_hostname=True,
+        )
+        write_job(pod, job)
+        kvm_dir = pod.path / "kvm"
+        kvm_dir.mkdir(exist_ok=True)
+        for stale in (BOOTED, EXIT):
+            with contextlib.suppress(FileNotFoundError):
+                (rootfs / stale).unlink()
+        dir_fd = os.open(kvm_dir, os.O_PATH | os.O_DIRECTORY)
+        output = _OutputRelay()
+        try:
+            files = vm.VmFiles(kernel=kernel, initrd=initrd, stage1_rootfs=rootfs,
+                               console_log=kvm_dir / "console.log",
+                               socket_dir=f"/proc/self/fd/{dir_fd}",
+                               stdout=f"/proc/self/fd/{output.stdout_w}",
+                               stderr=f"/proc/self/fd/{output.stderr_w}")
+            command = vm.qemu_command(qemu, f"rkt-{pod.uuid}", accel, size, files,
+                                      interactive=runtime.interactive, debug=runtime.debug)
+            command += _network_devices(runtime)
+            spec = kvm_dir / "launch.json"
+            spec.write_text(json.dumps({"argv": command, "mounts": _host_mounts(pod, resolved)}))
+            LOG.debug("running %s", " ".join(command))
+            return self._boot(pod, runtime, [sys.executable, "-I", "-S", str(LAUNCHER),
+                                             str(spec)], dir_fd, files.console_log, output)
+        finally:
+            os.close(dir_fd)
+            output.close()
+
+    def _boot(self, pod: Pod, runtime: PodRuntime, command: list[str], dir_fd: int,
+              console_log: Path, output: _OutputRelay) -> int:
+        rootfs = pod.stage1_rootfs()
+        timeout = _boot_timeout()
+        state: dict[str, Any] = {"process": None, "boot_failed": False}
+        started = threading.Event()
+        finished = threading.Event()
+
+        def watch_boot() -> None:
+            started.wait()
+            deadline = time.monotonic() + timeout
+            while not finished.is_set() and not (rootfs / BOOTED).exists():
+                if time.monotonic() > deadline:
+                    state["boot_failed"] = True
+                    _kill(state["process"].pid, signal.SIGKILL)
+                    return
+                finished.wait(0.1)
+
+        def stop_gracefully(signum: int, frame: object) -> None:
+            del signum, frame
+            threading.Thread(target=_request_stop, args=(pod,), daemon=True).start()
+
+        def on_start(process: subprocess.Popen[bytes]) -> None:
+            state["process"] = process
+            tmp = pod.path / f".{PID_FILE}.tmp"
+            tmp.write_text(str(process.pid))
+            os.rename(tmp, pod.path / PID_FILE)
+            # SIGINT (Ctrl+C on the terminal) and SIGTERM stop the pod as under nspawn
+            signal.signal(signal.SIGINT, stop_gracefully)
+            signal.signal(signal.SIGTERM, stop_gracefully)
+            output.start()
+            started.set()
+
+        def kill(process: subprocess.Popen[bytes]) -> None:
+            _kill(process.pid, signal.SIGKILL)
+
+        watcher = threading.Thread(target=watch_boot, daemon=True)
+        watcher.start()
+        pass_fds = [dir_fd, output.stdout_w, output.stderr_w]
+        pass_fds += [pod.lock_fd] if pod.lock_fd is not None else []
+        for fd in pass_fds:
+            os.set_inheritable(fd, True)
+        previous_term = signal.getsignal(signal.SIGTERM)
+        try:
+            code = run_with_console(command, interactive=runtime.interactive, kill=kill,
+                                    pass_fds=pass_fds, on_start=on_start)
+        finally:
+            finished.set()
+            started.set()
+            signal.signal(signal.SIGTERM, previous_term)
+            output.finish()
+        watcher.join()
+        if state["boot_failed"]:
+            _show_console(console_log)
+            raise Stage1Error(f"the pod's VM did not boot within {timeout:g}s (its last "
+                              f"console lines are above; {BOOT_TIMEOUT_ENV} sets the limit)")
+        try:
+            return int((rootfs / EXIT).read_text())
+        except (OSError, ValueError):
+            pass
+        if code == 128 + signal.SIGKILL:
+            return code  # Ctrl+] or stop --force
+        _show_console(console_log)
+        raise Stage1Error(f"the pod's VM ended before its apps did (qemu exit status {code}; "
+                          "its last console lines are above)")
+
+    # -- looking after a running pod ------------------------------------------------------
+    def enter(self, pod: Pod, app: ResolvedApp, command: list[str]) -> int:
+        _wait_until_started(pod, app)
+        kvm_dir = pod.path / "kvm"
+        with open(kvm_dir / "enter.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one enter at a time per VM channel
+            with _connect(kvm_dir, "enter.sock") as channel:
+                request = {"app": app.name, "command": command}
+                channel.sendall(json.dumps(request).encode() + b"\n")
+                return _relay_enter(channel)
+
+    def stop(self, pod: Pod, *, force: bool) -> None:
+        if force:
+            pid = _qemu_pid(pod)
+            if pid is not None:
+                _kill(pid, signal.SIGKILL)
+            return
+        _request_stop(pod)
+
+    def gc(self, pod: Pod) -> None:
+        # qemu dies with rkt run (PR_SET_PDEATHSIG); this is for anything that outlived it
+        pid = _qemu_pid(pod)
+        if pid is not None:
+            _kill(pid, signal.SIGKILL)
+
+
+class _OutputRelay:
+    """Copies what the apps write to their stdout and stderr ports, which qemu
+    writes into two pipes, to rkt's own stdout and stderr."""
+
+    def __init__(self) -> None:
+        self.stdout_r, self.stdout_w = os.pipe()
+        self.stderr_r, self.stderr_w = os.pipe()
+        self.threads = [
+            threading.Thread(target=self._copy, args=(self.stdout_r, 1), daemon=True),
+            threading.Thread(target=self._copy, args=(self.stderr_r, 2), daemon=True),
+        ]
+
+    @staticmethod
+    def _copy(source: int, target: int) -> None:
+        while True:
+            try:
+                data = os.read(source, 65536)
+            except InterruptedError:
+                continue
+            if not data:
+                return
+            with contextlib.suppress(OSError):
+                while data:
+                    data = data[os.write(target, data):]
+
+    def start(self) -> None:
+        """Once qemu holds the write ends: rkt closes its own, so EOF means qemu ended."""
+        for fd in (self.stdout_w, self.stderr_w):
+            os.close(fd)
+        self.stdout_w = self.stderr_w = -1
+        for thread in self.threads:
+            thread.start()
+
+    def finish(self) -> None:
+        for thread in self.threads:
+            if thread.is_alive():
+                thread.join()
+
+    def close(self) -> None:
+        for fd in (self.stdout_r, self.stdout_w, self.stderr_r, self.stderr_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _refuse_what_a_vm_cannot_do(runtime: PodRuntime) -> None:
+    if "host" in runtime.net and not runtime.default_net:
+        raise UsageError("--net=host: a kvm pod is a virtual machine and cannot share the "
+                         "host's network; use --net=none")
+
+
+def _network_devices(runtime: PodRuntime) -> list[str]:
+    """qemu's network devices for the pod: none, so the guest has loopback only.
+
+    The seam for CNI networking: once stage0 attaches the pod's network
+    namespace, each attachment becomes a tap device there, given to qemu as
+    ``-netdev tap,...`` plus ``-device virtio-net-device,...`` (and
+    ``virtio_net`` joins the initramfs's modules).
+    """
+    del runtime
+    return []
+
+
+def _host_mounts(pod: Pod, resolved: ResolvedPod) -> list[dict[str, Any]]:
+    """What the launcher mounts into the stage1 rootfs before qemu shares it."""
+    rootfs = pod.stage1_rootfs()
+    mounts: list[dict[str, Any]] = []
+    for app in resolved.apps:
+        if app.overlay:
+            base = pod.path / "overlay" / app.tree
+            mounts.append({"kind": "overlay",
+                           "target": str(rootfs / "opt" / "stage2" / app.name / "rootfs"),
+                           "lower": app.lower, "upper": str(base / "upper" / app.name),
+                           "work": str(base / "work" / app.name)})
+    for volume in resolved.volumes:
+        mounts.append({"kind": "bind", "source": volume_host_path(pod, volume),
+                       "target": str(rootfs / "rkt" / "volumes" / volume.name),
+                       "read_only": volume.read_only, "recursive": volume.recursive})
+    # the guest runs the supervisor with the host's python3, as nspawn's container does
+    mounts.append({"kind": "bind", "source": "/usr", "target": str(rootfs / "usr"),
+                   "read_only": True, "recursive": True})
+    return mounts
+
+
+def _boot_timeout() -> float:
+    try:
+        return float(os.environ.get(BOOT_TIMEOUT_ENV, DEFAULT_BOOT_TIMEOUT))
+    except ValueError as exc:
+        raise UsageError(f"{BOOT_TIMEOUT_ENV}: expected a number of seconds") from exc
+
+
+def _show_console(console_log: Path) -> None:
+    for line in vm.tail(console_log):
+        print(f"rkt: kvm: console: {line}", file=sys.stderr)
+
+
+def _kill(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _qemu_pid(pod: Pod) -> int | None:
+    """The pod's qemu, if it still runs (its command line names the pod)."""
+    pid = pod.pid()
+    if pid is None:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return pid if f"rkt-{pod.uuid}".encode() in cmdline else None
+
+
+@contextlib.contextmanager
+def _connect(kvm_dir: Path, name: str) -> Any:
+    """A connection to one of the VM's control sockets (through a directory fd:
+    a pod directory's path can be longer than a socket address allows)."""
+    dir_fd = os.open(kvm_dir, os.O_PATH | os.O_DIRECTORY)
+    channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            channel.connect(f"/proc/self/fd/{dir_fd}/{name}")
+        except OSError as exc:
+            raise PodError(f"cannot reach the pod's VM: {exc.strerror}") from exc
+        yield channel
+    finally:
+        channel.close()
+        os.close(dir_fd)
+
+
+def _request_stop(pod: Pod, timeout: float = 10) -> None:
+    """Ask the guest to stop the pod (SIGTERM to its supervisor, as under nspawn)."""
+    with contextlib.suppress(PodError, OSError), _connect(pod.path / "kvm", "ctl.sock") as ctl:
+        ctl.sendall(b"stop\n")
+        ctl.settimeout(timeout)
+        ctl.recv(16)  # "ok": the guest got it (a guest still booting reads it later)
+
+
+def _wait_until_started(pod: Pod, app: ResolvedApp, timeout: float = 60) -> None:
+    """rkt's contract: enter waits until the pod runs; in a VM, until the app has started."""
+    marker = pod.stage1_rootfs() / "rkt" / "pids" / app.name
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if not pod.is_locked_by_other():
+            raise PodError(f'pod "{pod.uuid}" is not running')
+        if time.monotonic() > deadline:
+            raise PodError(f'app "{app.name}" has not started')
+        time.sleep(0.1)
+
+
+def _relay_enter(channel: socket.socket) -> int:
+    reader = channel.makefile("rb")
+    outputs = {b"O": sys.stdout.buffer, b"E": sys.stderr.buffer}
+    while True:
+        header = reader.read(5)
+        if len(header) < 5:
+            raise PodError("the pod's VM ended while the command ran")
+        kind, length = header[:1], struct.unpack(">I", header[1:])[0]
+        data = reader.read(length)
+        if kind == b"X":
+            return int(struct.unpack(">i", data)[0])
+        stream = outputs.get(kind)
+        if stream is not None:
+            stream.write(data)
+            stream.flush()
