@@ -170,8 +170,13 @@ def _entered_child(app: dict[str, Any], app_pid: int, command: list[str], out: i
         os.setsid()
         supervisor = _supervisor_module()
         namespace = os.open(f"/proc/{app_pid}/ns/mnt", os.O_RDONLY)
+        # the app pivoted below the namespace's own root: its root is found
+        # through its /proc entry, opened before the namespace changes under us
+        app_root = os.open(f"/proc/{app_pid}/root", os.O_RDONLY | os.O_DIRECTORY)
         if supervisor._libc().setns(namespace, CLONE_NEWNS) != 0:
             raise supervisor.SetupError("cannot join the app's mount namespace")
+        os.fchdir(app_root)
+        os.chroot(".")
         os.chdir("/")
         supervisor.drop_privileges(app)
         env = dict(app["env"])

@@ -10,12 +10,14 @@ a plugin author's tests get:
 - ``gpg``: a throw-away GnuPG home driving the real ``gpg``
   (:class:`rkt_testing.gpg.GpgHome`), shared by the session;
 - ``signing_key``: (fingerprint, armored public key file) of a key in ``gpg``;
-- ``needs_root``: a mark that skips a test unless it runs as root.
+- ``needs_root``: a mark that skips a test unless it runs as root;
+- ``needs_kvm_stage1``: a mark that skips a test unless the kvm stage1 can boot VMs.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +29,21 @@ from rkt_testing.gpg import GpgHome
 
 #: mark for tests that need root (namespaces, mounts, systemd-nspawn)
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def stage1_image_path(flavor: str) -> Path:
+    """Where ``rkt install`` put ``stage1-<flavor>.aci`` (``RKT_STAGE1_IMAGES_DIR``
+    overrides the default directory, as it does for rkt)."""
+    directory = os.environ.get("RKT_STAGE1_IMAGES_DIR") or "/usr/lib/rkt/stage1-images"
+    return Path(directory) / f"stage1-{flavor}.aci"
+
+
+#: mark for tests that boot the kvm stage1's VMs (qemu, and its image built)
+needs_kvm_stage1 = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("qemu-system-x86_64") is None
+    or not stage1_image_path("kvm").exists(),
+    reason="needs root, qemu-system-x86_64 and the kvm stage1 image (rkt install)",
+)
 
 
 @pytest.fixture
