@@ -134,6 +134,7 @@ def enter(port: Port, app: dict[str, Any], command: list[str], pids_dir: str) ->
     except (OSError, ValueError):
         _frame(port, b"E", f'rkt: app "{app["name"]}" is not running\n'.encode())
         return 254
+    _wait_for_exec(app_pid)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     pid = os.fork()
@@ -156,6 +157,21 @@ def enter(port: Port, app: dict[str, Any], command: list[str], pids_dir: str) ->
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
+
+
+def _wait_for_exec(app_pid: int, timeout: float = 5) -> None:
+    """An app's PID is recorded as soon as it is forked: give it the moment it
+    needs to leave the supervisor's mount namespace and exec, so enter joins
+    the app's namespace and not the supervisor's."""
+    own = os.readlink("/proc/self/exe")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.readlink(f"/proc/{app_pid}/exe") != own:
+                return
+        except OSError:
+            return
+        time.sleep(0.05)
 
 
 def _entered_child(app: dict[str, Any], app_pid: int, command: list[str], out: int,

@@ -1,0 +1,192 @@
+"""The kvm stage1 through the real ``rkt`` command: real qemu VMs, under TCG here.
+
+The pod behaviour every stage1 shares (env, volumes, users, several apps, event
+handlers, interactive, Ctrl+], enter, stop, gc) runs on kvm in
+``test_run.py``'s matrix. These tests are the kvm stage1's own: choosing it by
+every stage1 flag, exit codes and status, enter's output and exit code, the
+VM's end leaving no qemu behind, and its bad input. Each boots at most one VM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
+from rkt_testing.plugin import needs_kvm_stage1, stage1_image_path
+
+pytestmark = [needs_kvm_stage1, pytest.mark.slow]
+
+KVM = "--stage1-name=coreos.com/rkt/stage1-kvm"
+
+
+def qemu_processes(data_dir: Path) -> list[int]:
+    """qemu processes whose command line names a pod under ``data_dir``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "qemu-system" in cmdline and str(data_dir) in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def env(rkt_env: RktEnv) -> Iterator[RktEnv]:
+    yield rkt_env
+    # however a test ended its pod, no VM may outlive it
+    assert qemu_processes(rkt_env.data_dir) == []
+
+
+@pytest.fixture
+def hello(aci_builder: AciBuilder) -> Path:
+    return aci_builder.build("hello.aci", name="example.com/hello", busybox=True,
+                             exec_=["/bin/sh", "-c", "echo hello from the vm; exit 3"])
+
+
+def run(target: RktEnv, *args: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return target.run("--insecure-options=image", *args, **kwargs)  # type: ignore[arg-type]
+
+
+def pod_dirs(env: RktEnv) -> list[Path]:
+    return list((env.data_dir / "pods").glob("*/*"))
+
+
+def only_rkt_lines(stderr: str) -> bool:
+    """Everything rkt itself says starts with "rkt: " (the TCG line, the warning)."""
+    return all(line.startswith("rkt: ") for line in stderr.splitlines())
+
+
+def test_run_prints_the_output_exits_with_the_code_and_status_shows_it(
+    env: RktEnv, hello: Path, tmp_path: Path
+) -> None:
+    """Acceptance 1."""
+    uuid_file = tmp_path / "uuid"
+    result = run(env, "run", KVM, f"--uuid-file-save={uuid_file}", hello)
+    assert result.stdout == "hello from the vm\n", result.stderr
+    assert result.returncode == 3
+    assert only_rkt_lines(result.stderr), result.stderr
+    uuid = uuid_file.read_text()
+    status = env.run("status", uuid).stdout
+    assert "state=exited" in status and "app-hello=3" in status
+    env.run("gc", "--grace-period=0s", check=True)
+    assert pod_dirs(env) == []
+
+
+@pytest.mark.parametrize("flag", ["image", "hash", "url"])
+def test_every_stage1_flag_selects_the_kvm_image(env: RktEnv, hello: Path, flag: str) -> None:
+    """Acceptance 5: ``--stage1-image=<stage1 images dir>/stage1-kvm.aci`` and the
+    other ways of naming the same image."""
+    path = stage1_image_path("kvm")
+    if flag == "image":
+        chosen = f"--stage1-image={path}"
+    elif flag == "url":
+        chosen = f"--stage1-url=file://{path}"
+    else:
+        # the image is in the store once any pod used it; prepare imports it
+        run(env, "prepare", "--quiet", KVM, hello, check=True)
+        rows = env.run("image", "list", "--no-legend", "--full").stdout.splitlines()
+        image_id = next(r.split()[0] for r in rows if "stage1-kvm" in r)
+        chosen = f"--stage1-hash={image_id}"
+    result = run(env, "run", chosen, hello)
+    assert (result.returncode, result.stdout) == (3, "hello from the vm\n"), result.stderr
+    manifests = list((env.data_dir / "pods" / "run").glob("*/stage1/manifest"))
+    assert [json.loads(m.read_text())["name"] for m in manifests] == [
+        "coreos.com/rkt/stage1-kvm"]
+
+
+def test_enter_relays_output_and_exit_code_and_stop_ends_the_vm(
+    env: RktEnv, aci_builder: AciBuilder, tmp_path: Path
+) -> None:
+    """Acceptance 4, and ``rkt stop`` shutting the guest down cleanly."""
+    image = aci_builder.build("sleeper.aci", name="example.com/sleeper", busybox=True,
+                              exec_=["/bin/sh", "-c", "echo up; exec sleep 1000"])
+    uuid_file = tmp_path / "uuid"
+    pod = subprocess.Popen(
+        [env.rkt_binary(), *env.global_flags(), "--insecure-options=image", "run", KVM,
+         f"--uuid-file-save={uuid_file}", image],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not uuid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        uuid = uuid_file.read_text()
+        assert "state=running" in env.run("status", "--wait-ready=30s", uuid).stdout
+        entered = env.run("enter", uuid, "/bin/sh", "-c", "echo out; echo err >&2; exit 7")
+        assert entered.returncode == 7, entered.stderr
+        assert (entered.stdout, entered.stderr) == ("out\n", "err\n")
+        stopped = env.run("stop", uuid)
+        assert stopped.returncode == 0, stopped.stderr
+        out, err = pod.communicate(timeout=120)
+    finally:
+        if pod.poll() is None:
+            pod.kill()
+            pod.wait()
+    assert out == "up\n", err
+    assert pod.returncode == 0  # stopped on request, as under nspawn
+    status = env.run("status", uuid).stdout
+    assert "app-sleeper=143" in status, status  # SIGTERM, from the guest's supervisor
+    env.run("gc", "--grace-period=0s", check=True)
+    assert pod_dirs(env) == []
+
+
+def test_net_host_is_refused_and_net_none_has_loopback_only(env: RktEnv,
+                                                           aci_builder: AciBuilder) -> None:
+    image = aci_builder.build(busybox=True, exec_=["/bin/sh", "-c", "ls /sys/class/net"])
+    assert_one_line_error(run(env, "run", KVM, "--net=host", image),
+                          "--net=host: a kvm pod is a virtual machine")
+    result = run(env, "run", KVM, "--net=none", image)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["lo"]
+
+
+def test_a_vm_that_does_not_boot_in_time_is_killed_with_its_console_shown(
+    env: RktEnv, hello: Path
+) -> None:
+    result = run(env, "--debug", "run", KVM, hello, env={"RKT_KVM_BOOT_TIMEOUT": "1"})
+    assert result.returncode == 254
+    assert "the pod's VM did not boot within 1s" in result.stderr.splitlines()[-1]
+    assert "Linux version" in result.stderr  # --debug: the guest's console
+    # the env fixture checks that no qemu outlived the failure
+
+
+def test_memory_larger_than_the_host_is_refused(env: RktEnv, hello: Path) -> None:
+    result = run(env, "run", KVM, hello, "--memory=64Ti")
+    assert_one_line_error(result, "but the host has")
+    assert "resource/memory" in result.stderr
+
+
+def test_missing_qemu_is_named(env: RktEnv, hello: Path) -> None:
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                           if not (Path(p) / "qemu-system-x86_64").exists())
+    result = run(env, "run", KVM, hello, env={"PATH": path})
+    assert_one_line_error(result, "qemu-system-x86_64 is not installed (Debian package "
+                                  "qemu-system-x86)")
+
+
+def test_a_kernel_that_is_not_there_is_named_with_its_key(env: RktEnv, tmp_path: Path) -> None:
+    (env.local_config / "stage1.d").mkdir()
+    (env.local_config / "stage1.d" / "kvm.json").write_text(json.dumps({
+        "rktKind": "stage1", "rktVersion": "v1",
+        "options": {"kvm": {"kernel": "/nonexistent/vmlinuz"}},
+    }))
+    images = tmp_path / "images"
+    result = env.run("install", env={"RKT_STAGE1_IMAGES_DIR": str(images)})
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "kvm" in line]
+    assert len(errors) == 1, result.stderr
+    assert "options.kvm.kernel" in errors[0] and "linux-image-amd64" in errors[0]
+    # the other stage1s are built all the same, and no half kvm image is left
+    assert (images / "stage1-nspawn.aci").exists()
+    assert sorted(p.name for p in images.iterdir()) == ["stage1-fly.aci", "stage1-nspawn.aci"]
