@@ -175,18 +175,18 @@ class KvmStage1:
             output.finish()
         watcher.join()
         if state["boot_failed"]:
-            _show_console(console_log)
-            raise Stage1Error(f"the pod's VM did not boot within {timeout:g}s (its last "
-                              f"console lines are above; {BOOT_TIMEOUT_ENV} sets the limit)")
+            _show_console(console_log, runtime)
+            raise Stage1Error(f"the pod's VM did not boot within {timeout:g}s (its console "
+                              f"is above; {BOOT_TIMEOUT_ENV} sets the limit)")
         try:
             return int((rootfs / EXIT).read_text())
         except (OSError, ValueError):
             pass
         if code == 128 + signal.SIGKILL:
             return code  # Ctrl+] or stop --force
-        _show_console(console_log)
+        _show_console(console_log, runtime)
         raise Stage1Error(f"the pod's VM ended before its apps did (qemu exit status {code}; "
-                          "its last console lines are above)")
+                          "its console is above)")
 
     # -- looking after a running pod ------------------------------------------------------
     def enter(self, pod: Pod, app: ResolvedApp, command: list[str]) -> int:
@@ -305,7 +305,9 @@ def _boot_timeout() -> float:
         raise UsageError(f"{BOOT_TIMEOUT_ENV}: expected a number of seconds") from exc
 
 
-def _show_console(console_log: Path) -> None:
+def _show_console(console_log: Path, runtime: PodRuntime) -> None:
+    if runtime.debug:
+        return  # the whole console went to stderr already
     for line in vm.tail(console_log):
         print(f"rkt: kvm: console: {line}", file=sys.stderr)
 

@@ -44,6 +44,7 @@ GUEST_INIT = f"""#!/bin/busybox sh
 # rootfs (9p), then runs the guest side of the pod with the host's python3.
 B=/bin/busybox
 $B mount -t proc proc /proc
+read started _ < /proc/uptime
 $B mount -t sysfs sys /sys
 $B mount -t devtmpfs dev /dev
 for m in $($B cat /modules/order); do
@@ -53,6 +54,7 @@ if ! $B mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 {ROOT_TAG} /ro
     echo "rkt: guest: cannot mount the pod's files"
     $B reboot -f
 fi
+echo "$started" > /root/rkt/kvm-init-uptime
 $B mount -t proc proc /root/proc
 $B mount -t sysfs sys /root/sys
 $B mount --move /dev /root/dev

@@ -59,11 +59,27 @@ def mounts_mentioning(path: Path) -> list[str]:
         return [line for line in handle if str(path) in line]
 
 
+def processes_mentioning(path: Path) -> list[str]:
+    """Command lines naming ``path``: a pod's nspawn or qemu names its pod directory."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, UnicodeDecodeError):
+                continue
+            if str(path) in cmdline:
+                found.append(cmdline)
+    return found
+
+
 @pytest.fixture
 def env(rkt_env: RktEnv) -> Iterator[RktEnv]:
     yield rkt_env
-    # whatever a test did, it must not leave mounts under its data dir
+    # whatever a test did, it must not leave mounts under its data dir, nor a
+    # process (a container, a VM) running on it
     assert mounts_mentioning(rkt_env.data_dir) == []
+    assert processes_mentioning(rkt_env.data_dir) == []
 
 
 @pytest.fixture
