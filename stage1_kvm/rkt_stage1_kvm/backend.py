@@ -85,7 +85,9 @@ class KvmStage1:
             raise Stage1Error("the kvm stage1 image has no kernel or initramfs "
                               "(rebuild it with 'rkt install')")
         size = vm.vm_size(pod.manifest_json())
-        accel = vm.choose_accelerator(qemu, kernel, pod.pods_dir.parent / "tmp" / "kvm-accel.json")
+        cache = pod.pods_dir.parent / "tmp"
+        accel = vm.choose_accelerator(qemu, kernel, cache / "kvm-accel.json")
+        kernel = vm.uncompressed_kernel(kernel, cache)
         if accel.fallback_reason:
             print(f"rkt: kvm: using TCG (software emulation): {accel.fallback_reason}",
                   file=sys.stderr, flush=True)
@@ -292,9 +294,6 @@ def _host_mounts(pod: Pod, resolved: ResolvedPod) -> list[dict[str, Any]]:
         mounts.append({"kind": "bind", "source": volume_host_path(pod, volume),
                        "target": str(rootfs / "rkt" / "volumes" / volume.name),
                        "read_only": volume.read_only, "recursive": volume.recursive})
-    # the guest runs the supervisor with the host's python3, as nspawn's container does
-    mounts.append({"kind": "bind", "source": "/usr", "target": str(rootfs / "usr"),
-                   "read_only": True, "recursive": True})
     return mounts
 
 

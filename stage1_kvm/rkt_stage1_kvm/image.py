@@ -36,12 +36,14 @@ BUSYBOX = Path("/bin/busybox")
 #: the stage1.d key naming the kernel (docs/kvm.md)
 KERNEL_OPTION = "kernel"
 KERNEL_PACKAGE = "linux-image-amd64"
-#: the 9p mount tag of the pod's stage1 rootfs
+#: the 9p mount tags of the pod's stage1 rootfs and of the host's /usr
 ROOT_TAG = "rkt-root"
+USR_TAG = "rkt-usr"
 
 GUEST_INIT = f"""#!/bin/busybox sh
 # rkt kvm stage1: the guest's PID 1. Loads the modules, mounts the pod's stage1
-# rootfs (9p), then runs the guest side of the pod with the host's python3.
+# rootfs and the host's /usr (9p), then runs the guest side of the pod with the
+# host's python3.
 B=/bin/busybox
 $B mount -t proc proc /proc
 read started _ < /proc/uptime
@@ -55,6 +57,9 @@ if ! $B mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 {ROOT_TAG} /ro
     $B reboot -f
 fi
 echo "$started" > /root/rkt/kvm-init-uptime
+# the host's /usr (python3 for the supervisor): read-only for the pod's whole life,
+# so the guest may cache it, which python's many small reads at start-up need
+$B mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro {USR_TAG} /root/usr
 $B mount -t proc proc /root/proc
 $B mount -t sysfs sys /root/sys
 $B mount --move /dev /root/dev

@@ -4,8 +4,8 @@ Run by the kvm backend as ``python3 -I -S launch.py SPEC`` (standard library
 only: it runs before every VM and must start fast). In a new session (so the
 terminal's Ctrl+C reaches rkt, which stops the pod gracefully, and not qemu)
 and a private mount namespace it mounts each app's overlay and binds the
-volumes and the host's ``/usr`` into the pod's stage1 rootfs, which qemu then
-shares with the guest over 9p, and execs qemu. The mounts live exactly as long
+volumes into the pod's stage1 rootfs, which qemu then shares with the guest
+over 9p, and execs qemu. The mounts live exactly as long
 as qemu: however the pod ends, nothing stays mounted on the host. qemu dies
 with rkt (``PR_SET_PDEATHSIG``): SIGKILL to ``rkt run`` ends the pod.
 
