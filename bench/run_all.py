@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = ("bench_image_store.py", "bench_pods.py", "bench_net.py", "fetch_https.py",
-              "fetch_docker.py", "actool_build.py", "bench_metadata_service.py")
+              "fetch_docker.py", "actool_build.py", "bench_metadata_service.py",
+              "bench_kvm.py")
 
 
 def main() -> int:
