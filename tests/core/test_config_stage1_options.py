@@ -42,7 +42,7 @@ def test_malformed_options_name_the_file(tmp_path: Path, options: object) -> Non
 def test_the_same_option_twice_in_one_directory_is_an_error(tmp_path: Path) -> None:
     write(tmp_path, "a.json", {"options": {"kvm": {"kernel": "/boot/a"}}})
     write(tmp_path, "b.json", {"options": {"kvm": {"kernel": "/boot/b"}}})
-    with pytest.raises(ConfigError, match="options.kvm.kernel is already defined"):
+    with pytest.raises(ConfigError, match=r"options\.kvm\.kernel is already defined"):
         Config.load(tmp_path, tmp_path / "none")
 
 
