@@ -84,7 +84,7 @@ class KvmStage1:
         if not kernel.is_file() or not initrd.is_file():
             raise Stage1Error("the kvm stage1 image has no kernel or initramfs "
                               "(rebuild it with 'rkt install')")
-        size = vm.vm_size(pod.manifest_json())
+        size = vm.vm_size(resolved)
         cache = pod.pods_dir.parent / "tmp"
         accel = vm.choose_accelerator(qemu, kernel, cache / "kvm-accel.json")
         kernel = vm.uncompressed_kernel(kernel, cache)
@@ -97,6 +97,9 @@ class KvmStage1:
             volume_source=lambda volume: f"/rkt/volumes/{volume.name}",
             resolv_conf=None,  # the guest has loopback only (no network reaches it yet)
             set_hostname=True,
+            # the host's app-<name> cgroups (in every hierarchy) become one cgroup v2
+            # directory in the guest, which guest.py makes with the app's limits
+            cgroup_dir=lambda host_dir: f"/sys/fs/cgroup/{Path(host_dir).name}",
         )
         write_job(pod, job)
         kvm_dir = pod.path / "kvm"

@@ -208,6 +208,41 @@ def _entered_child(app: dict[str, Any], app_pid: int, command: list[str], out: i
     os._exit(254)
 
 
+CGROUP = "/sys/fs/cgroup"
+CFS_PERIOD_US = 100000
+
+
+def make_app_cgroups(job: dict[str, Any]) -> None:
+    """The apps' cgroups inside the guest (cgroup v2), with the limits stage0
+    resolved (``apps.json``): the host's cgroups hold the whole VM, these each
+    app. The job names them ``/sys/fs/cgroup/app-<name>`` (backend.py)."""
+    wanted = {app["name"] for app in job["apps"] if app.get("cgroups")}
+    if not wanted:
+        return
+    with open(f"{RKT}/apps.json") as handle:
+        resolved = {app["name"]: app.get("resources") or {}
+                    for app in json.load(handle)["apps"]}
+    _write(f"{CGROUP}/cgroup.subtree_control", "+memory +cpu")
+    for name in sorted(wanted):
+        directory = f"{CGROUP}/app-{name}"
+        os.makedirs(directory, exist_ok=True)
+        limits = resolved.get(name, {})
+        if limits.get("memory_bytes") is not None:
+            _write(f"{directory}/memory.max", str(limits["memory_bytes"]))
+        if limits.get("cpu_millis") is not None:
+            quota = int(limits["cpu_millis"]) * CFS_PERIOD_US // 1000
+            _write(f"{directory}/cpu.max", f"{quota} {CFS_PERIOD_US}")
+        if limits.get("cpu_shares") is not None:
+            # cgroup v1 shares (2..262144) to v2's weight (1..10000), as stage0 maps them
+            weight = 1 + ((int(limits["cpu_shares"]) - 2) * 9999) // (262144 - 2)
+            _write(f"{directory}/cpu.weight", str(weight))
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(value)
+
+
 def _supervisor_module() -> Any:
     """The shared supervisor, for its privilege dropping and exec (imported, and
     its C library loaded, before any thread starts: a child forked from a
@@ -259,6 +294,10 @@ def main() -> int:
         code = 254
     else:
         _supervisor_module()
+        try:
+            make_app_cgroups(job)
+        except OSError as exc:
+            os.write(2, f"rkt: guest: the apps' cgroups: {exc}\n".encode())
         supervisor = start_supervisor(job, ports)
         threading.Thread(target=serve_ctl, args=(Port(ports["rkt.ctl"]), supervisor),
                          daemon=True).start()

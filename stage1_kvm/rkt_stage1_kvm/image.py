@@ -62,6 +62,7 @@ echo "$started" > /root/rkt/kvm-init-uptime
 $B mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro {USR_TAG} /root/usr
 $B mount -t proc proc /root/proc
 $B mount -t sysfs sys /root/sys
+$B mount -t cgroup2 cgroup2 /root/sys/fs/cgroup
 $B mount --move /dev /root/dev
 $B mkdir -p /root/dev/pts /root/dev/shm
 $B mount -t devpts -o newinstance,ptmxmode=0666 devpts /root/dev/pts

@@ -12,14 +12,13 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from rkt.api import Stage1Error
+from rkt.api import ResolvedPod, Stage1Error
 
 QEMU = "qemu-system-x86_64"
 QEMU_PACKAGE = "qemu-system-x86"
@@ -32,6 +31,7 @@ KERNEL_CMDLINE = (
 #: resource/memory limit, in MiB (so one such app gets 256 MiB)
 BASE_MEMORY = 128
 DEFAULT_APP_MEMORY = 128
+MIN_MEMORY = 256
 #: how long a KVM guest may take to reach its first panic before KVM is
 #: judged unusable (a working KVM needs well under a second)
 KVM_PROBE_SECONDS = 3.0
@@ -224,52 +224,32 @@ def _has_pvh_entry(elf: bytes) -> bool:
 
 
 # -- the VM's size ----------------------------------------------------------------------------
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|K|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
-_SCALE = {None: 1, "m": 1e-3, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
-          "E": 1e18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
-          "Ei": 2**60}
-
-
-def quantity(text: str) -> float:
-    """An appc resource quantity (Kubernetes' notation: ``512M``, ``1Gi``, ``500m``)."""
-    match = _QUANTITY.match(text.strip())
-    if match is None:
-        raise Stage1Error(f'resource quantity "{text}": expected a number such as 512M or 500m')
-    return float(match.group(1)) * _SCALE[match.group(2)]
-
-
-def _limit(app: dict[str, Any], name: str) -> float | None:
-    for isolator in (app.get("app") or {}).get("isolators") or []:
-        if isolator.get("name") == name:
-            value = isolator.get("value") or {}
-            given = value.get("limit") or value.get("request")
-            return None if given is None else quantity(str(given))
-    return None
-
-
 class Size(NamedTuple):
     memory_mib: int
     cpus: int
 
 
-def vm_size(pod_manifest: dict[str, Any]) -> Size:
+def vm_size(resolved: ResolvedPod) -> Size:
     """Memory: the apps' ``resource/memory`` limits (128 MiB for an app without
-    one) plus 128 MiB for the guest itself; vCPUs: the apps' ``resource/cpu``
-    limits added up and rounded up, at least 1 and at most the host's CPUs."""
-    apps = pod_manifest.get("apps") or []
+    one) plus 128 MiB for the guest itself, and at least 256 MiB (an app's
+    limit holds in its cgroup inside the guest; a VM barely larger than it
+    would make big allocations fail outright instead); vCPUs: the apps'
+    ``resource/cpu`` limits added up and rounded up, at least 1 and at most
+    the host's CPUs."""
     memory = BASE_MEMORY
-    cpus = 0.0
-    for app in apps:
-        limit = _limit(app, "resource/memory")
+    millis = 0
+    for app in resolved.apps:
+        limit = app.resources.memory_bytes
         memory += DEFAULT_APP_MEMORY if limit is None else math.ceil(limit / 2**20)
-        cpus += _limit(app, "resource/cpu") or 0
+        millis += app.resources.cpu_millis or 0
+    memory = max(memory, MIN_MEMORY)
     host = _host_memory_mib()
     if host is not None and memory > host:
         raise Stage1Error(
             f"the pod's VM needs {memory} MiB (its apps' resource/memory limits plus "
             f"{BASE_MEMORY} MiB for the guest) but the host has {host} MiB"
         )
-    return Size(memory, max(1, min(math.ceil(cpus), os.cpu_count() or 1)))
+    return Size(memory, max(1, min(math.ceil(millis / 1000), os.cpu_count() or 1)))
 
 
 def _host_memory_mib() -> int | None:
