@@ -139,8 +139,8 @@ def _probe_kvm(qemu: str, kernel: Path) -> Accelerator:
                                   f"{KVM_PROBE_SECONDS:g}s")
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if "warning" not in line]
-        return Accelerator("tcg", "KVM: " + (lines[0] if lines else
-                                             f"qemu exited {result.returncode}"))
+        why = lines[0].split(": ")[-1] if lines else f"exit status {result.returncode}"
+        return Accelerator("tcg", f"qemu cannot run a KVM guest here ({why})")
     if "Kernel panic" not in result.stdout:
         return Accelerator("tcg", "a KVM guest reset before its kernel had started")
     return Accelerator("kvm")
