@@ -60,6 +60,9 @@ LAUNCHER = Path(__file__).with_name("launch.py")
 class KvmStage1:
     name = "kvm"
     interface_version = INTERFACE_VERSION
+    #: a VM cannot share the host's network stack; CNI networks would reach it
+    #: through a tap device (see _network_devices), which is not built yet
+    network_modes = frozenset({"none"})
 
     def __init__(self) -> None:
         self.options: dict[str, str] = {}
@@ -77,7 +80,6 @@ class KvmStage1:
 
     # -- running ------------------------------------------------------------------------
     def run(self, pod: Pod, resolved: ResolvedPod, runtime: PodRuntime) -> int:
-        _refuse_what_a_vm_cannot_do(runtime)
         qemu = vm.qemu_binary()
         rootfs = pod.stage1_rootfs()
         kernel, initrd = rootfs / image.KERNEL, rootfs / image.INITRD
@@ -264,19 +266,16 @@ class _OutputRelay:
                     os.close(fd)
 
 
-def _refuse_what_a_vm_cannot_do(runtime: PodRuntime) -> None:
-    if "host" in runtime.net and not runtime.default_net:
-        raise UsageError("--net=host: a kvm pod is a virtual machine and cannot share the "
-                         "host's network; use --net=none")
-
-
 def _network_devices(runtime: PodRuntime) -> list[str]:
     """qemu's network devices for the pod: none, so the guest has loopback only.
 
-    The seam for CNI networking: once stage0 attaches the pod's network
-    namespace, each attachment becomes a tap device there, given to qemu as
-    ``-netdev tap,...`` plus ``-device virtio-net-device,...`` (and
-    ``virtio_net`` joins the initramfs's modules).
+    The seam for CNI networking (``"contained"`` in :attr:`KvmStage1.network_modes`):
+    stage0 attaches the pod's network namespace (``runtime.network.netns``) to
+    its CNI networks before ``run``; each attachment's interface there would be
+    bridged to a tap device, given to qemu as ``-netdev tap,...`` plus
+    ``-device virtio-net-device,...``, and the guest would take the attachment's
+    address (``runtime.network.attachments``), with ``virtio_net`` in the
+    initramfs's modules.
     """
     del runtime
     return []

@@ -229,14 +229,16 @@ def network_modes(backend: Stage1Backend) -> frozenset[str]:
 def _with_network(runtime: Runtime, prepared: PreparedPod, resolved: ResolvedPod,
                   pod_runtime: PodRuntime, request: NetworkRequest) -> PodRuntime:
     """Check the request against the backend, then set the network up (rkt.net)."""
-    from rkt.net.request import DEFAULT, HOST, NetSelection
+    from rkt.net.request import DEFAULT, HOST, NONE, NetSelection
 
     modes = network_modes(prepared.backend)
     if not request.ports:
         # the ports `rkt prepare --port` recorded in the pod manifest (pods.md)
         request = request._replace(ports=_manifest_ports(prepared.pod))
     if not request.nets:
-        default = DEFAULT if "contained" in modes else HOST
+        # the backend's best: CNI's default network, else the host's, else its own
+        # loopback (kvm: a VM cannot share the host's network stack)
+        default = DEFAULT if "contained" in modes else HOST if HOST in modes else NONE
         request = request._replace(nets=(NetSelection(default),))
     mode = request.special or "contained"
     if mode not in modes:
