@@ -187,6 +187,8 @@ def _entered_child(app: dict[str, Any], app_pid: int, command: list[str], out: i
         os.dup2(err, 2)
         os.setsid()
         supervisor = _supervisor_module()
+        # the app's cgroup (in the guest) is opened while its path is visible
+        cgroups = supervisor._open_cgroups(app)
         namespace = os.open(f"/proc/{app_pid}/ns/mnt", os.O_RDONLY)
         # the app pivoted below the namespace's own root: its root is found
         # through its /proc entry, opened before the namespace changes under us
@@ -196,13 +198,9 @@ def _entered_child(app: dict[str, Any], app_pid: int, command: list[str], out: i
         os.fchdir(app_root)
         os.chroot(".")
         os.chdir("/")
-        supervisor.drop_privileges(app)
-        env = dict(app["env"])
-        try:
-            os.chdir(app.get("working_directory") or "/")
-        except OSError:
-            os.chdir("/")
-        supervisor._exec(command, env)
+        supervisor._join_cgroups(cgroups)
+        # as the supervisor makes the app itself: privileges, working directory, seccomp
+        supervisor.exec_app(app, command, dict(app["env"]))
     except Exception as exc:  # the child must never return into the agent
         os.write(2, f"rkt: enter: {exc}\n".encode())
     os._exit(254)
