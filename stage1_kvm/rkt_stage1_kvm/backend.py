@@ -147,8 +147,8 @@ class KvmStage1:
                     return
                 finished.wait(0.1)
 
-        def stop_gracefully(signum: int, frame: object) -> None:
-            del signum, frame
+        def stop_gracefully() -> None:
+            # called from rkt's signal handling: the guest is asked from a thread
             threading.Thread(target=_request_stop, args=(pod,), daemon=True).start()
 
         def on_start(process: subprocess.Popen[bytes]) -> None:
@@ -156,9 +156,6 @@ class KvmStage1:
             tmp = pod.path / f".{PID_FILE}.tmp"
             tmp.write_text(str(process.pid))
             os.rename(tmp, pod.path / PID_FILE)
-            # SIGINT (Ctrl+C on the terminal) and SIGTERM stop the pod as under nspawn
-            signal.signal(signal.SIGINT, stop_gracefully)
-            signal.signal(signal.SIGTERM, stop_gracefully)
             output.start()
             started.set()
 
@@ -171,14 +168,15 @@ class KvmStage1:
         pass_fds += [pod.lock_fd] if pod.lock_fd is not None else []
         for fd in pass_fds:
             os.set_inheritable(fd, True)
-        previous_term = signal.getsignal(signal.SIGTERM)
         try:
+            # a stop signal to rkt (SIGTERM, SIGINT, Ctrl+C) stops the pod through
+            # the guest, as under nspawn; SIGKILL to rkt kills qemu with it
             code = run_with_console(command, interactive=runtime.interactive, kill=kill,
-                                    pass_fds=pass_fds, on_start=on_start)
+                                    pass_fds=pass_fds, on_start=on_start,
+                                    stop=stop_gracefully)
         finally:
             finished.set()
             started.set()
-            signal.signal(signal.SIGTERM, previous_term)
             output.finish()
         watcher.join()
         if state["boot_failed"]:
