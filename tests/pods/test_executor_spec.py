@@ -339,3 +339,16 @@ def test_pod_level_isolators_rkt_cannot_enforce_are_refused(
     result = env.run("--insecure-options=image", "run", f"--pod-manifest={path}")
     assert_one_line_error(result, "for a whole pod")
     assert list((env.data_dir / "pods").glob("*/*")) == []
+
+
+def test_sys_shows_the_pods_own_network_interfaces(env: RktEnv, aci_builder: AciBuilder) -> None:
+    """N1, N2: an app's /sys is of its own network namespace, not the host's."""
+    image = aci_builder.build("net.aci", busybox=True, exec_=["/bin/ls", "/sys/class/net"])
+    contained = env.run("--insecure-options=image", "run", NSPAWN, image)
+    assert contained.returncode == 0, contained.stderr
+    assert contained.stdout.split() == ["eth0", "lo"]
+    none = env.run("--insecure-options=image", "run", NSPAWN, "--net=none", image)
+    assert none.stdout.split() == ["lo"], none.stderr
+    cgroups = env.run("--insecure-options=image", "run", NSPAWN, "--net=none", image,
+                      "--exec=/bin/ls", "--", "/sys/fs/cgroup")
+    assert "memory" in cgroups.stdout.split(), cgroups.stderr

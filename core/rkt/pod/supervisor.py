@@ -220,6 +220,21 @@ def _make_target(root: str, path: str, *, is_dir: bool) -> str:
 
 
 # -- setting up one app ---------------------------------------------------------------
+def _mount_sysfs(target: str) -> None:
+    """A read-only sysfs of the app's own network namespace (a bind of the stage1's
+    /sys would list the interfaces of the namespace that mounted it: the host's,
+    under nspawn), with the cgroup hierarchies the stage1 shows bound back in."""
+    flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    try:
+        mount("sysfs", target, "sysfs", flags)
+    except SetupError:
+        bind("/sys", target, read_only=True)  # no sysfs of our own: the stage1's
+        return
+    cgroups = os.path.join(target, "fs", "cgroup")
+    if os.path.ismount("/sys/fs/cgroup") and os.path.isdir(cgroups):
+        bind("/sys/fs/cgroup", cgroups, read_only=True)
+
+
 def _protect_kernel_paths(proc: str, sys_dir: str) -> None:
     """Make the app's /proc/sys & co. read-only and hide /proc/kcore & co."""
     for name in READ_ONLY_PATHS:
@@ -251,7 +266,7 @@ def _setup_filesystems(app: dict[str, Any], spec: dict[str, Any]) -> None:
     proc = _make_target(root, "/proc", is_dir=True)
     mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     sys_dir = _make_target(root, "/sys", is_dir=True)
-    bind("/sys", sys_dir, read_only=True)
+    _mount_sysfs(sys_dir)
     if spec.get("protect_kernel_paths", True):
         _protect_kernel_paths(proc, sys_dir)
     dev = _make_target(root, "/dev", is_dir=True)
