@@ -21,13 +21,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from rkt_testing.env import RktEnv
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("0.0.0.0", 0))
-        return int(probe.getsockname()[1])
+from rkt_testing.ports import free_port
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -20,12 +20,12 @@ import pytest
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.metadata import (
     MetadataServiceProcess,
-    free_port,
     metadata_request,
     register,
     registration_request,
 )
 from rkt_testing.plugin import needs_root
+from rkt_testing.ports import free_port
 
 UUID = "0f1e2d3c-4b5a-4697-8877-665544332211"
 ENDED = "0f1e2d3c-4b5a-4697-8877-000000000000"

@@ -30,10 +30,8 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,7 @@ import pytest
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.aci import image_manifest
 from rkt_testing.plugin import needs_root
+from rkt_testing.ports import free_port, http_get
 
 pytestmark = [needs_root, pytest.mark.root, pytest.mark.slow]
 
@@ -276,24 +275,6 @@ def web_image(aci_builder: AciBuilder) -> Path:
     return aci_builder.build("web.aci", name="example.com/web", busybox=True,
                              files={"etc/passwd": "root:x:0:0::/:/bin/sh\n",
                                     "etc/group": "root:x:0:\n"}, manifest=manifest)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("0.0.0.0", 0))
-        return int(probe.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 20) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return str(response.read().decode())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def test_nomad_driver_task_on_the_default_network(env: RktEnv, web_image: Path,
