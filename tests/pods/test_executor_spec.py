@@ -20,7 +20,7 @@ import pytest
 
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.aci import image_manifest
-from rkt_testing.plugin import needs_root
+from rkt_testing.plugin import needs_kvm_stage1, needs_root
 
 pytestmark = [
     needs_root,
@@ -29,7 +29,10 @@ pytestmark = [
 
 FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
 NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
-STAGE1S = pytest.mark.parametrize("stage1", [NSPAWN, FLY], ids=["nspawn", "fly"])
+KVM = "--stage1-name=coreos.com/rkt/stage1-kvm"
+STAGE1S = pytest.mark.parametrize("stage1", [
+    NSPAWN, FLY, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]),
+], ids=["nspawn", "fly", "kvm"])
 
 #: what one process reports; run as ``/bin/sh /probe PHASE``
 PROBE = r"""
