@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -54,15 +55,18 @@ DEFAULT_BOOT_TIMEOUT = 120.0
 #: files the guest leaves in the stage1 rootfs (guest.py)
 BOOTED = "rkt/kvm-booted"
 EXIT = "rkt/kvm-exit"
+#: the guest's network interfaces, one ``MAC IFNAME IP/PREFIX GATEWAY`` line each,
+#: which the guest's init applies (image.GUEST_INIT)
+NET_CONFIG = "rkt/kvm-net"
 LAUNCHER = Path(__file__).with_name("launch.py")
 
 
 class KvmStage1:
     name = "kvm"
     interface_version = INTERFACE_VERSION
-    #: a VM cannot share the host's network stack; CNI networks would reach it
-    #: through a tap device (see _network_devices), which is not built yet
-    network_modes = frozenset({"none"})
+    #: a VM cannot share the host's network stack; CNI networks reach it through
+    #: a tap device per attachment in the pod's namespace (see _network_devices)
+    network_modes = frozenset({"none", "contained"})
 
     def __init__(self) -> None:
         self.options: dict[str, str] = {}
@@ -97,7 +101,6 @@ class KvmStage1:
             pod, resolved, runtime, mode="nspawn",
             app_root=lambda app: f"/opt/stage2/{app.name}/rootfs",
             volume_source=lambda volume: f"/rkt/volumes/{volume.name}",
-            resolv_conf=None,  # the guest has loopback only (no network reaches it yet)
             set_hostname=True,
             # the host's app-<name> cgroups (in every hierarchy) become one cgroup v2
             # directory in the guest, which guest.py makes with the app's limits
@@ -119,9 +122,10 @@ class KvmStage1:
                                stderr=f"/proc/self/fd/{output.stderr_w}")
             command = vm.qemu_command(qemu, f"rkt-{pod.uuid}", accel, size, files,
                                       interactive=runtime.interactive, debug=runtime.debug)
-            command += _network_devices(runtime)
+            command += _network_devices(runtime, rootfs / NET_CONFIG)
             spec = kvm_dir / "launch.json"
-            spec.write_text(json.dumps({"argv": command, "mounts": _host_mounts(pod, resolved)}))
+            spec.write_text(json.dumps({"argv": command, "mounts": _host_mounts(pod, resolved),
+                                        "netns": runtime.network.netns}))
             LOG.debug("running %s", " ".join(command))
             return self._boot(pod, runtime, [sys.executable, "-I", "-S", str(LAUNCHER),
                                              str(spec)], dir_fd, files.console_log, output)
@@ -264,19 +268,66 @@ class _OutputRelay:
                     os.close(fd)
 
 
-def _network_devices(runtime: PodRuntime) -> list[str]:
-    """qemu's network devices for the pod: none, so the guest has loopback only.
+def _network_devices(runtime: PodRuntime, net_config: Path) -> list[str]:
+    """qemu's network devices for the pod, one per CNI attachment (none: loopback only).
 
-    The seam for CNI networking (``"contained"`` in :attr:`KvmStage1.network_modes`):
-    stage0 attaches the pod's network namespace (``runtime.network.netns``) to
-    its CNI networks before ``run``; each attachment's interface there would be
-    bridged to a tap device, given to qemu as ``-netdev tap,...`` plus
-    ``-device virtio-net-device,...``, and the guest would take the attachment's
-    address (``runtime.network.attachments``), with ``virtio_net`` in the
-    initramfs's modules.
+    stage0 has attached the pod's network namespace to its CNI networks (``eth0``,
+    ``eth1``, ... there). Each interface gets a tap device beside it and ``tc``
+    redirects every frame between the two, both ways, so the interface becomes a
+    wire into the guest: the guest's NIC takes the interface's MAC (the host
+    side's neighbour entry stays right) and its address, which the guest's init
+    configures from ``net_config``. qemu runs in that namespace (launch.py) to
+    open the taps, which go away with the namespace at ``rkt gc``.
     """
-    del runtime
-    return []
+    with contextlib.suppress(FileNotFoundError):
+        net_config.unlink()
+    network = runtime.network
+    if network.mode != "contained" or network.netns is None:
+        return []
+    devices: list[str] = []
+    lines: list[str] = []
+    for index, attachment in enumerate(network.attachments):
+        tap = f"tap{index}"
+        mac = _connect_tap(network.netns, attachment.ifname, tap)
+        devices += ["-netdev", f"tap,id=net{index},ifname={tap},script=no,downscript=no",
+                    "-device", f"virtio-net-device,netdev=net{index},mac={mac}"]
+        if attachment.ip is not None and attachment.mask is not None:
+            prefix = ipaddress.IPv4Network(f"0.0.0.0/{attachment.mask}").prefixlen
+            lines.append(f"{mac} {attachment.ifname} {attachment.ip}/{prefix} "
+                         f"{attachment.gateway or '-'}\n")
+    net_config.write_text("".join(lines))
+    return devices
+
+
+def _connect_tap(netns: str, ifname: str, tap: str) -> str:
+    """Make ``tap`` in ``netns`` and redirect all of ``ifname``'s traffic to and
+    from it; returns ``ifname``'s MAC, which the guest's NIC takes."""
+    def ns(*argv: str) -> str:
+        try:
+            result = subprocess.run(["nsenter", f"--net={netns}", *argv], capture_output=True,
+                                    text=True, check=True)
+        except FileNotFoundError as exc:
+            raise Stage1Error(f"{argv[0]} is not installed (Debian package "
+                              f"{'iproute2' if argv[0] in ('ip', 'tc') else 'util-linux'})"
+                              ) from exc
+        except subprocess.CalledProcessError as exc:
+            raise Stage1Error(f"cannot connect {ifname} to the pod's VM: "
+                              f"{' '.join(argv)}: {exc.stderr.strip()}") from exc
+        return result.stdout
+
+    link = json.loads(ns("ip", "-j", "link", "show", "dev", ifname))
+    mac = str(link[0]["address"])
+    ns("ip", "tuntap", "add", "dev", tap, "mode", "tap")
+    ns("ip", "link", "set", tap, "up")
+    # frames for the guest's MAC arrive at ifname; promiscuous, it passes on any
+    # other the guest may answer to (multicast, a changed MAC) as a bridge would
+    ns("ip", "link", "set", ifname, "promisc", "on")
+    for source, target in ((ifname, tap), (tap, ifname)):
+        ns("tc", "qdisc", "add", "dev", source, "ingress")
+        ns("tc", "filter", "add", "dev", source, "parent", "ffff:", "protocol", "all",
+           "u32", "match", "u8", "0", "0", "action", "mirred", "egress", "redirect",
+           "dev", target)
+    return mac
 
 
 def _host_mounts(pod: Pod, resolved: ResolvedPod) -> list[dict[str, Any]]:

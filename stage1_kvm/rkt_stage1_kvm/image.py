@@ -31,7 +31,7 @@ INITRD = f"{KVM_DIR}/initrd.cpio"
 GUEST_SCRIPT = "rkt/kvm-guest.py"
 
 #: the modules the guest needs; their dependencies are added from modinfo
-NEEDED_MODULES = ("virtio_mmio", "virtio_console", "9pnet_virtio", "9p")
+NEEDED_MODULES = ("virtio_mmio", "virtio_console", "9pnet_virtio", "9p", "virtio_net")
 BUSYBOX = Path("/bin/busybox")
 #: the stage1.d key naming the kernel (docs/kvm.md)
 KERNEL_OPTION = "kernel"
@@ -68,6 +68,21 @@ $B mkdir -p /root/dev/pts /root/dev/shm
 $B mount -t devpts -o newinstance,ptmxmode=0666 devpts /root/dev/pts
 $B mount -t tmpfs -o mode=1777 shm /root/dev/shm
 $B ip link set lo up
+# the pod's CNI addresses: each NIC (found by its MAC) takes its attachment's
+# name, address and, for the first with a gateway, the default route
+if [ -s /root/rkt/kvm-net ]; then
+    while read mac name addr gw; do
+        for dev in /sys/class/net/*; do
+            [ "$($B cat $dev/address)" = "$mac" ] || continue
+            $B ip link set ${{dev##*/}} name $name
+            $B ip addr add $addr dev $name
+            $B ip link set $name up
+            if [ "$gw" != - ] && ! $B ip route show | $B grep -q ^default; then
+                $B ip route add default via $gw dev $name
+            fi
+        done
+    done < /root/rkt/kvm-net
+fi
 $B chroot /root /usr/bin/python3 -I -S /{GUEST_SCRIPT}
 $B sync
 $B reboot -f

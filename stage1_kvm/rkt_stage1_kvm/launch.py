@@ -9,7 +9,7 @@ over 9p, and execs qemu. The mounts live exactly as long
 as qemu: however the pod ends, nothing stays mounted on the host. qemu dies
 with rkt (``PR_SET_PDEATHSIG``): SIGKILL to ``rkt run`` ends the pod.
 
-SPEC is JSON: ``{"argv": [...], "mounts": [...]}``, each mount either
+SPEC is JSON: ``{"argv": [...], "mounts": [...], "netns": PATH-or-null}``, each mount either
 ``{"kind": "overlay", "target", "lower", "upper", "work"}`` or
 ``{"kind": "bind", "source", "target", "read_only", "recursive"}``.
 """
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -85,6 +86,13 @@ def main(argv: list[str]) -> int:
             raise OSError(err, f"unshare the mount namespace: {os.strerror(err)}")
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
         mount_all(spec["mounts"])
+        if spec.get("netns"):
+            # the pod's network namespace, where its tap devices are (backend.py)
+            netns = os.open(spec["netns"], os.O_RDONLY)
+            if _libc.setns(netns, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"enter the pod's network namespace: {os.strerror(err)}")
+            os.close(netns)
         os.execv(spec["argv"][0], spec["argv"])
     except OSError as exc:
         os.write(2, f"rkt: kvm: {exc.strerror or exc}\n".encode())

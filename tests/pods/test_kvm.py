@@ -9,17 +9,22 @@ VM's end leaving no qemu behind, and its bad input. Each boots at most one VM.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import random
+import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
-from rkt_testing.plugin import needs_kvm_stage1, stage1_image_path
+from rkt_testing.aci import image_manifest
+from rkt_testing.plugin import needs_kvm_stage1, needs_root, stage1_image_path
 
 pytestmark = [needs_kvm_stage1, pytest.mark.slow]
 
@@ -141,16 +146,114 @@ def test_enter_relays_output_and_exit_code_and_stop_ends_the_vm(
     assert pod_dirs(env) == []
 
 
-def test_net_host_and_cni_are_refused_and_none_has_loopback_only(env: RktEnv,
-                                                           aci_builder: AciBuilder) -> None:
+def test_net_host_is_refused_and_none_has_loopback_only(env: RktEnv,
+                                                       aci_builder: AciBuilder) -> None:
     image = aci_builder.build(busybox=True, exec_=["/bin/sh", "-c", "ls /sys/class/net"])
-    for refused in ("--net=host", "--net=default"):
-        assert_one_line_error(run(env, "run", KVM, refused, image),
-                              f"the kvm stage1 supports only --net=none; not {refused}")
-    for net in ("--net=none", None):  # none is also what a kvm pod gets by default
-        result = run(env, "run", KVM, *([net] if net else []), image)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.split() == ["lo"]
+    assert_one_line_error(run(env, "run", KVM, "--net=host", image),
+                          "the kvm stage1 supports only CNI networks, --net=none; "
+                          "not --net=host")
+    result = run(env, "run", KVM, "--net=none", image)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["lo"]
+
+
+def _get(url: str, timeout: float = 300) -> str:
+    """The page at ``url``, retried while the guest (TCG: slow) is still booting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(url, timeout=10) as response:
+                return response.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+@needs_root
+def test_the_default_network_reaches_the_guest_and_gc_leaves_nothing(
+        env: RktEnv, aci_builder: AciBuilder, tmp_path: Path) -> None:
+    manifest = image_manifest(
+        "example.com/kvm-web", exec_=["/bin/sh", "-c",
+                                      "ip -4 -o addr show dev eth0; mkdir -p /www; "
+                                      "echo hello from the guest > /www/index.html; "
+                                      "exec httpd -f -p 80 -h /www"],
+        app={"ports": [{"name": "http", "protocol": "tcp", "port": 80}]})
+    image = aci_builder.build("kvm-web.aci", name="example.com/kvm-web", busybox=True,
+                              manifest=manifest)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    links_before = set(os.listdir("/sys/class/net"))
+    uuid_file = tmp_path / "uuid"
+    pod = subprocess.Popen(
+        [env.rkt_binary(), *env.global_flags(), "--insecure-options=image", "run", KVM,
+         f"--uuid-file-save={uuid_file}", f"--port=http:{port}", str(image)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not uuid_file.exists() or not uuid_file.read_text():
+            assert time.monotonic() < deadline and pod.poll() is None
+            time.sleep(0.1)
+        uuid = uuid_file.read_text()
+        status = json.loads(env.run("status", "--format=json", uuid, check=True).stdout)
+        ip = status["networks"][0]["ip"]
+        assert ipaddress.ip_address(ip) in ipaddress.ip_network("172.16.28.0/24")
+        listed = env.run("list", "--no-legend", "--full", check=True).stdout
+        assert f"default:ip4={ip}" in listed
+        # the host reaches the guest's httpd at the pod's CNI address
+        assert _get(f"http://{ip}/") == "hello from the guest\n"
+        # and through the port stage0 forwards to it
+        assert _get(f"http://127.0.0.1:{port}/") == "hello from the guest\n"
+        env.run("stop", uuid, check=True)
+        out, err = pod.communicate(timeout=120)
+    finally:
+        if pod.poll() is None:
+            pod.kill()
+            pod.wait()
+    # the app saw the address on eth0, with the default network's prefix
+    fields = out.split()
+    assert fields[1] == "eth0" and fields[3] == f"{ip}/24", (out, err)
+    env.run("gc", "--grace-period=0s", check=True)
+    assert not list(Path("/var/run/netns").glob(f"rkt-{uuid}*"))
+    assert set(os.listdir("/sys/class/net")) - links_before == set()
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    """A /24 in 10.0.0.0/8 that no route on the host touches (other engineers' pods)."""
+    routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True,
+                            text=True, check=True).stdout
+    used = [ipaddress.ip_network(line.split()[0], strict=False)
+            for line in routes.splitlines() if line[:1].isdigit()]
+    while True:
+        candidate = ipaddress.ip_network(f"10.{random.randint(100, 250)}."
+                                         f"{random.randint(0, 255)}.0/24")
+        if not any(candidate.overlaps(u) for u in used):
+            return candidate
+
+
+@needs_root
+def test_a_user_network_gives_the_guest_its_address_and_route(
+        env: RktEnv, aci_builder: AciBuilder, tmp_path: Path) -> None:
+    name = f"kvm-test-{os.getpid()}-{random.randint(0, 9999)}"
+    subnet = _free_subnet()
+    net_d = env.local_config / "net.d"
+    net_d.mkdir(exist_ok=True)
+    (net_d / "10-kvm.conf").write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": name, "type": "ptp", "ipMasq": False,
+        "ipam": {"type": "host-local", "subnet": str(subnet), "routes": [{"dst": "0.0.0.0/0"}],
+                 "dataDir": str(tmp_path / "leases")},
+    }))
+    image = aci_builder.build(busybox=True, exec_=["/bin/sh", "-c",
+                                                   "ip -4 -o addr show dev eth0; ip route"])
+    result = run(env, "run", KVM, f"--net={name}", image)
+    env.run("gc", "--grace-period=0s", check=True)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    address = ipaddress.ip_interface(lines[0].split()[3])
+    assert address.network == subnet
+    assert f"default via {subnet[1]} dev eth0" in [line.strip() for line in lines[1:]]
 
 
 def test_a_vm_that_does_not_boot_in_time_is_killed(env: RktEnv, hello: Path) -> None:
