@@ -243,7 +243,16 @@ def _fetch_one(
     faults.point("fetch:fetched")
     try:
         if fetched.stored_id is not None:
-            info = require_verified(runtime, store.resolve(fetched.stored_id))
+            try:
+                stored = store.resolve(fetched.stored_id)
+            except ImageNotFoundError:
+                # removed (image rm, image gc) since the fetcher found it: asked
+                # again, the fetcher finds it gone and brings the bytes
+                fetched = fetcher.fetch(ref, session)
+                if fetched.stored_id is not None:
+                    stored = store.resolve(fetched.stored_id)
+        if fetched.stored_id is not None:
+            info = require_verified(runtime, stored)
         else:
             info = import_fetched(runtime, fetched)
     finally:

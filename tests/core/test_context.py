@@ -90,3 +90,24 @@ def test_local_files_answer_pull_policy_never(rkt_env: RktEnv, aci_builder: AciB
     assert missing.stderr == (
         'rkt: image "https://127.0.0.1:9/x.aci" is not in the store and --pull-policy=never\n'
     )
+
+
+def test_an_image_removed_while_it_is_fetched_is_fetched_again(
+    rkt_env: RktEnv, aci_builder: AciBuilder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file fetcher finds the file imported before, then ``image rm`` or ``image
+    gc`` removes that image before the core takes it: the core asks the fetcher
+    again, which brings the bytes (seen in the 8-process concurrency test)."""
+    from rkt_plugins import file_fetcher
+
+    runtime, _ = _runtime(rkt_env, insecure=frozenset({"image"}))
+    image = aci_builder.build()
+    first = fetch_image(runtime, str(image))
+    runtime.store.remove(first.id)
+    real = file_fetcher._imported_before
+    answers = iter([first.id])  # once: the race's stale answer, then the real lookup
+    monkeypatch.setattr(file_fetcher, "_imported_before",
+                        lambda *args: next(answers, None) or real(*args))
+    again = fetch_image(runtime, str(image))
+    assert again.id == first.id
+    assert runtime.store.resolve(first.id).id == first.id
