@@ -2,7 +2,9 @@
 
 rkt's CVE-2019-10144/10145/10147 came from entering with more than the app had:
 all capabilities, no cgroup. Here the command joins the app's cgroups and every
-namespace it has (mount, UTS, IPC, network, PID, cgroup), and then becomes the
+namespace it has (mount, UTS, IPC, network, PID, cgroup), takes the app's root
+directory (``/proc/<pid>/root``, so a backend that chroots is entered as safely as
+one that pivot_roots), and then becomes the
 app exactly as the supervisor made it (``supervisor.exec_app``): the same
 capability sets, user and groups, no_new_privs and seccomp filter, and its
 environment.
@@ -84,6 +86,17 @@ def enter(app_pid: int, app: ResolvedApp, command: list[str]) -> int:
                 fds[name] = os.open(f"/proc/{app_pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError as exc:
                 raise PodError(f"app process {app_pid} is gone") from exc
+        # The app's root, held before joining: a backend that chroots (rather than
+        # pivot_root-ing) leaves the mount namespace's root at the host's /, which
+        # is where joining the namespace alone would land the command.
+        try:
+            fds["root"] = os.open(f"/proc/{app_pid}/root",
+                                  os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise PodError(f"app process {app_pid} is gone") from exc
+        except OSError as exc:
+            raise PodError(f"cannot open the root of app process {app_pid}: "
+                           f"{exc.strerror}") from exc
         same = {n for n in NAMESPACES
                 if os.stat(f"/proc/self/ns/{n}").st_ino == os.fstat(fds[n]).st_ino}
         # Everything that may import a module is done before joining the mount
@@ -100,6 +113,9 @@ def enter(app_pid: int, app: ResolvedApp, command: list[str]) -> int:
                         raise supervisor.SetupError(
                             f"join {name} namespace: {os.strerror(ctypes.get_errno())}"
                         )
+                os.fchdir(fds["root"])
+                os.chroot(".")
+                os.chdir("/")
                 child = os.fork()  # a PID namespace applies to children only
                 if child == 0:
                     # the supervisor's own last steps, given the same fields
