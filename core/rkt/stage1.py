@@ -33,7 +33,7 @@ from rkt.pod.contract import CONTRACT_VERSION, PodRuntime, ResolvedApp, Resolved
 if TYPE_CHECKING:
     from rkt.context import Runtime
     from rkt.pod.dirs import Pod
-    from rkt.store import ImageInfo
+    from rkt.store import ImageInfo, ImageStore
 
 #: the stage0/stage1 interface this rkt speaks (the annotation's value). 2: the
 #: typed contract of ``rkt.pod.contract`` (version 1 was untyped dicts).
@@ -106,9 +106,11 @@ def _host_arch() -> str:
 
 
 def build_stage1_image(
-    backend: Stage1Backend, out: Path, options: Mapping[str, str] | None = None
+    backend: Stage1Backend, out: Path, options: Mapping[str, str] | None = None, *,
+    version: str = __version__,
 ) -> Path:
-    """Write ``out`` (an uncompressed ACI) for ``backend``; atomic.
+    """Write ``out`` (an uncompressed ACI) for ``backend``, labelled ``version``
+    (its distribution's version, :func:`stage1_source`); atomic.
 
     ``options`` are the backend's build options from ``stage1.d`` (``"options":
     {"<backend>": {...}}``); they reach a backend that defines
@@ -131,7 +133,7 @@ def build_stage1_image(
         "acKind": "ImageManifest", "acVersion": APPC_VERSION,
         "name": stage1_image_name(backend.name),
         "labels": [
-            {"name": "version", "value": __version__},
+            {"name": "version", "value": version},
             {"name": "os", "value": "linux"},
             {"name": "arch", "value": _host_arch()},
         ],
@@ -149,7 +151,7 @@ def build_stage1_image(
         for link in ("bin", "sbin", "lib", "lib64"):
             os.symlink(f"usr/{link}", rootfs / link)
         (rootfs / "etc" / "os-release").write_text(
-            f'NAME="rkt stage1 ({backend.name})"\nID=rkt-stage1\nVERSION_ID={__version__}\n'
+            f'NAME="rkt stage1 ({backend.name})"\nID=rkt-stage1\nVERSION_ID={version}\n'
         )
         (rootfs / "etc" / "machine-id").write_text("")
         supervisor = Path(__file__).parent / "pod" / "supervisor.py"
@@ -164,6 +166,77 @@ def build_stage1_image(
         os.chmod(tmp, 0o644)
         os.rename(tmp, out)
     return out
+
+
+@dataclass(frozen=True)
+class Stage1Source:
+    """What a backend's stage1 image is built from, as ``rkt install`` compares it."""
+
+    #: the distribution that provides the backend's entry point, and its version
+    #: (the image's ``version`` label); rkt's own when it cannot be told
+    distribution: str
+    version: str
+    #: a digest of the backend package's files, the supervisor and rkt's version
+    digest: str
+
+
+def _package_files(module: str) -> list[Path]:
+    import importlib.util
+
+    spec = importlib.util.find_spec(module.partition(".")[0])
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:
+        return sorted(path for top in spec.submodule_search_locations
+                      for path in Path(top).rglob("*")
+                      if path.is_file() and "__pycache__" not in path.parts)
+    return [Path(spec.origin)] if spec.origin and os.path.isfile(spec.origin) else []
+
+
+def stage1_source(name: str) -> Stage1Source:
+    """The distribution, version and content digest of the installed backend ``name``."""
+    import hashlib
+    from importlib.metadata import entry_points
+
+    from rkt.plugins import STAGE1_GROUP
+
+    found = list(entry_points(group=STAGE1_GROUP, name=name))
+    distribution, version, module = "rkt", __version__, ""
+    if found:
+        module = found[0].value.partition(":")[0]
+        dist = found[0].dist
+        if dist is not None:
+            distribution, version = dist.metadata["Name"] or distribution, dist.version
+    digest = hashlib.sha256()
+    # the image holds rkt's skeleton (this module) and supervisor besides the backend's files
+    here = Path(__file__)
+    for path in [here, here.parent / "pod" / "supervisor.py", *_package_files(module)]:
+        digest.update(f"{path.name}\0{INTERFACE_VERSION}\0{__version__}\0".encode())
+        digest.update(path.read_bytes())
+    return Stage1Source(distribution, version, digest.hexdigest())
+
+
+def ensure_stage1_image(backend: Stage1Backend, out: Path, source: Stage1Source,
+                        options: Mapping[str, str] | None = None) -> bool:
+    """Build ``out`` unless it was built from ``source`` and ``options`` already;
+    True if built.
+
+    What it was built from is recorded beside it (``<out>.source``): an unchanged
+    image keeps its file, so it is not imported into the store again.
+    """
+    stamp = out.with_name(f"{out.name}.source")
+    recorded = {"version": source.version, "digest": source.digest,
+                "options": dict(options or {})}
+    try:
+        if out.is_file() and json.loads(stamp.read_text()) == recorded:
+            return False
+    except (OSError, ValueError):
+        pass
+    build_stage1_image(backend, out, options, version=source.version)
+    tmp = stamp.with_name(f".{stamp.name}.tmp")
+    tmp.write_text(json.dumps(recorded) + "\n")
+    os.rename(tmp, stamp)
+    return True
 
 
 # -- reading a stage1 image's manifest ---------------------------------------------------
@@ -276,7 +349,20 @@ def import_trusted_stage1(runtime: Runtime, path: Path) -> ImageInfo:
             return store.resolve(cached[1])
     image = import_fetched(runtime, FetchedImage(path=path, origin=str(path)), verify=False)
     store.record_remote(url, etag, image.id)
+    _forget_replaced(store, image)
     return image
+
+
+def _forget_replaced(store: ImageStore, image: ImageInfo) -> None:
+    """Drop the names of older imports of this stage1 image's name and version: a
+    rebuilt image replaces them. Their files stay for pods that still use them
+    (another ``rkt run`` may be choosing one right now, under the shared prepare
+    lock); ``rkt image gc`` removes the files once no pod does."""
+    version = image.labels.get("version")
+    for other in store.list_images():
+        if (other.id != image.id and other.name == image.name
+                and other.labels.get("version") == version):
+            store.forget(other.id)
 
 
 def _bundled(directory: Path, name: str) -> Path | None:

@@ -584,6 +584,44 @@ def test_third_party_stage1_from_an_installed_distribution(
     assert "app-busybox=6" in env.run("status", uuid, env=extra).stdout
 
 
+def test_install_builds_a_stage1_image_once_labelled_with_its_own_version(
+    env: RktEnv, busybox_image: Path, tmp_path: Path, example_stage1_path: Path
+) -> None:
+    """Issue 16: reinstalling does not rebuild an unchanged stage1 image, a rebuilt one
+    replaces its older import in the store, and a third party's image carries its
+    own distribution's version (the example's pyproject says 0.1.0), not rkt's."""
+    from rkt_testing import pythonpath_with
+
+    images = tmp_path / "stage1-images"
+    extra = {**pythonpath_with(example_stage1_path), "RKT_STAGE1_IMAGES_DIR": str(images)}
+    aci = images / "stage1-unshare.aci"
+
+    def install() -> str:
+        result = env.run("install", env=extra)
+        assert result.returncode == 0, result.stderr
+        return next(line for line in result.stdout.splitlines() if str(aci) in line)
+
+    def run_unshare() -> None:
+        result = run(env, "run", "--stage1-name=coreos.com/rkt/stage1-unshare", busybox_image,
+                     "--exec=/bin/true", env=extra)
+        assert result.returncode == 0, result.stderr
+
+    assert install().startswith("built stage1 image")
+    built = aci.stat().st_mtime_ns
+    run_unshare()
+    for _ in range(2):
+        assert "is up to date (rkt-example-stage1 0.1.0)" in install()
+    assert aci.stat().st_mtime_ns == built
+    run_unshare()
+    (images / "stage1-unshare.aci.source").write_text("{}")  # as if its files changed
+    assert install().startswith("built stage1 image")
+    run_unshare()
+    listed = env.run("image", "list", "--no-legend", "--fields=name", env=extra)
+    names = listed.stdout.split()
+    assert names.count("coreos.com/rkt/stage1-unshare:0.1.0") == 1, listed.stdout
+    assert len(names) == len(set(names)), listed.stdout
+
+
 def test_nomad_style_prepare_with_resource_flags(env: RktEnv, busybox_image: Path,
                                                  tmp_path: Path) -> None:
     """The flags Nomad's rkt driver passes to prepare, in its order."""

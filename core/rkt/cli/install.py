@@ -1,7 +1,9 @@
 """``rkt install``: create rkt's directories (rkt 0.5.4) and build the stage1 images.
 
 A stage1 image is built for every installed stage1 backend (the ``rkt.stage1``
-entry points) into the default stage1 directory, where rkt trusts it by location.
+entry points) into the default stage1 directory, where rkt trusts it by location,
+labelled with the version of the backend's distribution; it is rebuilt only when
+that version or the files it is built from changed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ DATA_DIRS = {
 
 def add_arguments(command: str, parser: RktArgumentParser) -> None:
     del command
-    parser.add_bool_flag("--no-stage1", help="do not (re)build the stage1 images")
+    parser.add_bool_flag("--no-stage1", help="do not build the stage1 images")
 
 
 def run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
@@ -51,18 +53,22 @@ def _build_stage1_images(options: GlobalOptions) -> int:
     """Build every backend's image; one that cannot be built (no kernel for kvm,
     say) is reported and does not keep the others from being built."""
     from rkt.plugins import installed_stage1_backends
-    from rkt.stage1 import build_stage1_image, stage1_images_dir
+    from rkt.stage1 import ensure_stage1_image, stage1_images_dir, stage1_source
 
     directory = stage1_images_dir(options)
     failed = 0
     for name in installed_stage1_backends():
+        out = directory / f"stage1-{name}.aci"
         try:
             backend = options.plugins.stage1_backend(name)
-            out = build_stage1_image(backend, directory / f"stage1-{name}.aci",
-                                     options.config.stage1_options.get(name))
+            source = stage1_source(name)
+            built = ensure_stage1_image(backend, out, source,
+                                        options.config.stage1_options.get(name))
         except RktError as exc:
             print(f"rkt: stage1 image for {name!r} not built: {exc}", file=options.stderr)
             failed += 1
             continue
-        print(f"built stage1 image {out}", file=options.stdout)
+        what = "built stage1 image {}" if built else "stage1 image {} is up to date"
+        print(f"{what.format(out)} ({source.distribution} {source.version})",
+              file=options.stdout)
     return 254 if failed else 0
