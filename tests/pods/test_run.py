@@ -589,9 +589,11 @@ def test_install_builds_a_stage1_image_once_labelled_with_its_own_version(
 ) -> None:
     """Issue 16: reinstalling does not rebuild an unchanged stage1 image, a rebuilt one
     replaces its older import in the store, and a third party's image carries its
-    own distribution's version (the example's pyproject says 0.1.0), not rkt's."""
+    own distribution's version (the example's pyproject says 0.3.2), not rkt's."""
+    from rkt import __version__
     from rkt_testing import pythonpath_with
 
+    assert __version__ != "0.3.2"  # else the label below would not tell whose it is
     images = tmp_path / "stage1-images"
     extra = {**pythonpath_with(example_stage1_path), "RKT_STAGE1_IMAGES_DIR": str(images)}
     aci = images / "stage1-unshare.aci"
@@ -610,7 +612,7 @@ def test_install_builds_a_stage1_image_once_labelled_with_its_own_version(
     built = aci.stat().st_mtime_ns
     run_unshare()
     for _ in range(2):
-        assert "is up to date (rkt-example-stage1 0.1.0)" in install()
+        assert "is up to date (rkt-example-stage1 0.3.2)" in install()
     assert aci.stat().st_mtime_ns == built
     run_unshare()
     (images / "stage1-unshare.aci.source").write_text("{}")  # as if its files changed
@@ -618,7 +620,7 @@ def test_install_builds_a_stage1_image_once_labelled_with_its_own_version(
     run_unshare()
     listed = env.run("image", "list", "--no-legend", "--fields=name", env=extra)
     names = listed.stdout.split()
-    assert names.count("coreos.com/rkt/stage1-unshare:0.1.0") == 1, listed.stdout
+    assert names.count("coreos.com/rkt/stage1-unshare:0.3.2") == 1, listed.stdout
     assert len(names) == len(set(names)), listed.stdout
 
 
