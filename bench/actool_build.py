@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from common import compare, report, sh, workdir
+from common import compare, report, run_and_save, sh, workdir
 
 from rkt_testing.aci import BUSYBOX
 
@@ -106,6 +106,4 @@ def main() -> list[dict[str, object]]:
 
 
 if __name__ == "__main__":
-    out = main()
-    if len(sys.argv) > 1:
-        Path(sys.argv[1]).write_text(json.dumps(out, indent=2))
+    run_and_save(main)

@@ -8,13 +8,10 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
-from common import Env, build_corpus_aci, compare, report, sh, workdir
+from common import Env, build_corpus_aci, compare, report, run_and_save, sh, workdir
 
 from rkt_testing.gpg import GpgHome
 
@@ -64,7 +61,5 @@ def main() -> list[dict[str, object]]:
 
 
 if __name__ == "__main__":
-    out = main()
-    if len(sys.argv) > 1:
-        Path(sys.argv[1]).write_text(json.dumps(out, indent=2))
+    run_and_save(main)
     subprocess.run(["sync"], check=False)

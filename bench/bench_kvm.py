@@ -14,17 +14,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from common import RKT, Env, report, workdir
+from common import RKT, Env, report, run_and_save, workdir
 
 from rkt_stage1_kvm import image as kvm_image
 from rkt_stage1_kvm import vm
@@ -143,6 +141,4 @@ def main() -> list[dict[str, object]]:
 
 
 if __name__ == "__main__":
-    out = main()
-    if len(sys.argv) > 1:
-        Path(sys.argv[1]).write_text(json.dumps(out, indent=2))
+    run_and_save(main)

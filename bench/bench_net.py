@@ -13,15 +13,12 @@ starts from the same host state; the teardown's own cost is reported too.
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-from common import Env, compare, report, sh, workdir
+from common import Env, compare, report, run_and_save, sh, workdir
 
 from rkt_testing.aci import build_aci, image_manifest
 
@@ -91,6 +88,4 @@ def main() -> list[dict[str, object]]:
 
 
 if __name__ == "__main__":
-    out = main()
-    if len(sys.argv) > 1:
-        Path(sys.argv[1]).write_text(json.dumps(out, indent=2))
+    run_and_save(main)

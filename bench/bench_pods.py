@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from common import RKT, Env, compare_all, report, sh, workdir
+from common import RKT, Env, compare_all, report, run_and_save, sh, workdir
 
 from rkt_testing.aci import build_aci, image_manifest
 
@@ -123,6 +123,4 @@ def main() -> list[dict[str, object]]:
 
 
 if __name__ == "__main__":
-    out = main()
-    if len(sys.argv) > 1:
-        Path(sys.argv[1]).write_text(json.dumps(out, indent=2))
+    run_and_save(main)

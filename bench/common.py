@@ -158,3 +158,11 @@ class Env:
 
 def workdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("RKT_BENCH_DIR", "/var/tmp")))
+
+
+def run_and_save(main: Callable[[], list[dict[str, object]]]) -> list[dict[str, object]]:
+    """Run a benchmark's ``main``; given a path argument, save its results there as JSON."""
+    out = main()
+    if len(sys.argv) > 1:
+        Path(sys.argv[1]).write_text(json.dumps(out, indent=2))
+    return out

@@ -16,14 +16,13 @@ TLS. In the same run:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
 import tarfile
 from pathlib import Path
 
-from common import Env, compare, report, sh, timed, workdir
+from common import Env, compare, report, run_and_save, sh, timed, workdir
 
 from rkt_testing.docker_registry import (
     RegistryServer,
@@ -175,6 +174,4 @@ def main() -> list[dict[str, object]]:
 if __name__ == "__main__":
     if not shutil.which("skopeo") or not shutil.which("docker-registry"):
         sys.exit("fetch_docker: needs skopeo and docker-registry (make install-test)")
-    out = main()
-    if len(sys.argv) > 1:
-        Path(sys.argv[1]).write_text(json.dumps(out, indent=2))
+    run_and_save(main)

@@ -10,13 +10,10 @@ hashes (in three processes, in parallel). Target: ratio <= 1.3.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
-from common import Env, build_corpus_aci, compare, report, sh, workdir
+from common import Env, build_corpus_aci, compare, report, run_and_save, sh, workdir
 
 from rkt_testing.gpg import GpgHome
 from rkt_testing.https_server import HttpsServer
@@ -62,7 +59,5 @@ def _environ() -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    out = main()
-    if len(sys.argv) > 1:
-        Path(sys.argv[1]).write_text(json.dumps(out, indent=2))
+    run_and_save(main)
     subprocess.run(["sync"], check=False)
