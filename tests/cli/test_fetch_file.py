@@ -426,6 +426,22 @@ def test_image_verify_detects_and_repairs_a_changed_tree(
     assert not tree.exists()
 
 
+@pytest.mark.root
+def test_image_verify_keeps_a_changed_tree_that_a_pod_uses(
+    rkt_env: RktEnv, aci_builder: AciBuilder
+) -> None:
+    """A prepared pod's rootfs is built on the tree: it is reported, not pulled away."""
+    image = aci_builder.build(files={"etc/greeting": "hi\n"}, exec_=["/bin/true"],
+                              busybox=True)
+    image_id = rkt_env.run("--insecure-options=image", "fetch", image, check=True).stdout.strip()
+    rkt_env.run("--insecure-options=image", "prepare", image_id, check=True)
+    tree = next(rkt_env.data_dir.glob("cas/tree/deps-*/rootfs/etc/greeting")).parents[2]
+    (tree / "rootfs" / "etc" / "greeting").write_text("tampered\n")
+    bad = rkt_env.run("image", "verify", image_id)
+    assert_one_line_error(bad, "differs from the image", "a pod still uses it")
+    assert tree.exists()
+
+
 def test_image_gc_removes_unused_trees_and_old_images(
     rkt_env: RktEnv, aci_builder: AciBuilder
 ) -> None:

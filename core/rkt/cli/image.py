@@ -340,14 +340,26 @@ def _gc(options: GlobalOptions, args: argparse.Namespace) -> int:
 
 
 def _verify(options: GlobalOptions, args: argparse.Namespace) -> int:
+    from rkt.pod.dirs import PodStore
+    from rkt.pod.gc import pod_references, prepare_lock
+
     failed = 0
-    for text in args.images:
-        try:
-            info = options.store.lookup(text)
-            options.store.verify(info.id)
-            print(f'successfully verified checksum for image: "{info.id}" ("{info.name}")',
-                  file=options.stdout)
-        except RktError as exc:
-            print(f"rkt: {exc}", file=options.stderr)
-            failed += 1
+    # exclusively, as image gc does: no pod starts on a tree while it may be removed
+    with prepare_lock(options.data_dir):
+        trees_in_use = pod_references(PodStore(options.data_dir)).trees
+        for text in args.images:
+            failed += _verify_one(options, text, trees_in_use)
     return 254 if failed else 0
+
+
+def _verify_one(options: GlobalOptions, text: str, trees_in_use: frozenset[str]) -> int:
+    """Verify one image; 1 if it failed (reported on stderr), else 0."""
+    try:
+        info = options.store.lookup(text)
+        options.store.verify(info.id, trees_in_use=trees_in_use)
+    except RktError as exc:
+        print(f"rkt: {exc}", file=options.stderr)
+        return 1
+    print(f'successfully verified checksum for image: "{info.id}" ("{info.name}")',
+          file=options.stdout)
+    return 0

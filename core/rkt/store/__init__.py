@@ -198,12 +198,14 @@ class ImageStore(Protocol):
         """
         ...
 
-    def verify(self, image_id: str) -> None:
+    def verify(self, image_id: str, *, trees_in_use: Collection[str] = ()) -> None:
         """Check that the stored image still is what its ID says, and that each of its
         rendered trees still is what rendering it gives.
 
         Raise :class:`rkt.errors.ImageError` naming the first problem; remove a tree
-        that differs, so the next pod renders it again. :mod:`rkt.store.verify` has
-        the checks, written against this protocol, for any store to use.
+        that differs, so the next pod renders it again, unless its name is in
+        ``trees_in_use`` (a pod runs on it: removing it would pull the pod's rootfs
+        away). :mod:`rkt.store.verify` has the checks, written against this
+        protocol, for any store to use.
         """
         ...

@@ -404,13 +404,14 @@ class CasStore:
             removed.append(image_id)
         return removed
 
-    def verify(self, image_id: str) -> None:
+    def verify(self, image_id: str, *, trees_in_use: Collection[str] = ()) -> None:
         """The blob against the ID, then each rendered tree against a fresh render."""
         from rkt.store.verify import verify_blob, verify_trees
 
         verify_blob(self, image_id)
         verify_trees(self, image_id, self.trees.rendered_for(image_id),
-                     remove=lambda tree: self.trees.remove_tree(tree.name))
+                     remove=lambda tree: self.trees.remove_tree(tree.name),
+                     in_use=trees_in_use)
 
     def cached_remote(self, url: str) -> tuple[str | None, str] | None:
         return self.index.get_remote(url)

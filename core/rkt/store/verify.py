@@ -18,7 +18,7 @@ import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,11 +75,12 @@ def verify_blob(store: ImageStore, image_id: str) -> None:
 
 
 def verify_trees(store: ImageStore, image_id: str, trees: Iterable[Path],
-                 remove: Callable[[Path], None]) -> None:
+                 remove: Callable[[Path], None], in_use: Collection[str] = ()) -> None:
     """Compare each of ``image_id``'s rendered ``trees`` with a fresh render.
 
     The first tree that differs is removed with ``remove`` and reported as an
-    :class:`ImageError`.
+    :class:`ImageError`; one whose name is in ``in_use`` is only reported, since
+    a pod's rootfs is built on it (its overlay's lower directory).
     """
     for tree in trees:
         with tempfile.TemporaryDirectory(prefix="verify-", dir=store.tmp_dir) as work:
@@ -87,9 +88,10 @@ def verify_trees(store: ImageStore, image_id: str, trees: Iterable[Path],
             render_image(store, image_id, fresh)
             problems = tree_differences(fresh / "rootfs", tree / "rootfs")
         if problems:
+            what = (f'image "{image_id}": rendered tree {tree.name} differs from the image '
+                    f"({len(problems)} difference(s), first: {problems[0]}); ")
+            if tree.name in in_use:
+                raise ImageError(what + "a pod still uses it, so it was kept: run "
+                                 "'rkt image verify' again once 'rkt gc' has removed that pod")
             remove(tree)
-            raise ImageError(
-                f'image "{image_id}": rendered tree {tree.name} differs from the image '
-                f"({len(problems)} difference(s), first: {problems[0]}); "
-                "removed it, it will be rendered again"
-            )
+            raise ImageError(what + "removed it, it will be rendered again")

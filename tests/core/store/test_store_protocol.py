@@ -43,7 +43,8 @@ class RecordingStore:
     def sweep_tmp(self, older_than: float = 24 * 3600) -> None:
         self.calls.append(("sweep_tmp", older_than))
 
-    def verify(self, image_id: str) -> None:
+    def verify(self, image_id: str, *, trees_in_use: Collection[str] = ()) -> None:
+        del trees_in_use
         self.calls.append(("verify", image_id))
         if image_id in self.broken:
             raise ImageError(f'image "{image_id}": broken in our own way')
