@@ -89,3 +89,25 @@ def test_a_mount_of_an_undeclared_volume_is_refused() -> None:
     request = PodRequest(apps=[AppRequest("example.com/a", mounts=[("nope", "/x")])])
     with pytest.raises(UsageError, match='no volume named "nope"'):
         build_pod_manifest([_image("example.com/a")], request)
+
+
+def test_annotation_names_are_ac_identifiers() -> None:
+    """``--annotation`` takes appc names such as ``example.com/build``; user annotations
+    and labels take any non-empty key."""
+    from rkt.pod.apps import parse_annotation
+
+    assert parse_annotation("example.com/build=42", "--annotation") == ("example.com/build",
+                                                                        "42")
+    request = PodRequest(apps=[AppRequest("example.com/hello",
+                                          annotations={"example.com/build": "42"})],
+                         user_annotations={"Team/Owner": "me"})
+    document, _ = build_pod_manifest([_image("example.com/hello")], request)
+    _valid(document)
+    assert document["apps"][0]["annotations"] == [{"name": "example.com/build", "value": "42"}]
+    assert parse_annotation("Team/Owner=me", "--user-annotation", identifier=False) == (
+        "Team/Owner", "me")
+    for bad in ("Build=1", "example.com//x=1", "-x=1", "=1", "novalue"):
+        with pytest.raises(UsageError, match="--annotation"):
+            parse_annotation(bad, "--annotation")
+    with pytest.raises(UsageError, match="expected NAME=VALUE"):
+        parse_annotation("=me", "--user-label", identifier=False)

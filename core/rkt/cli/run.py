@@ -123,7 +123,13 @@ def _csv(value: str | None) -> list[str] | None:
 
 
 def _app_requests(parser_args: argparse.Namespace, images: list[ImageArgs]) -> list[object]:
-    from rkt.pod.apps import AppRequest, parse_env, parse_mount, resource_isolators
+    from rkt.pod.apps import (
+        AppRequest,
+        parse_annotation,
+        parse_env,
+        parse_mount,
+        resource_isolators,
+    )
     from rkt.pod.seccomp import parse_seccomp_flag
 
     app_parser = RktArgumentParser(prog="rkt run")
@@ -156,7 +162,7 @@ def _app_requests(parser_args: argparse.Namespace, images: list[ImageArgs]) -> l
             name=own.name,
             mounts=[parse_mount(m) for m in (own.mount or parser_args.mount or [])],
             readonly_rootfs=bool(pick("readonly_rootfs")),
-            annotations=dict(parse_env(a, "--annotation")
+            annotations=dict(parse_annotation(a, "--annotation")
                              for a in (own.annotation or parser_args.annotation or [])),
             environment=[parse_env(e, "--environment")
                          for e in (own.environment or parser_args.environment or [])],
@@ -173,7 +179,7 @@ def _app_requests(parser_args: argparse.Namespace, images: list[ImageArgs]) -> l
 
 def _pod_request(args: argparse.Namespace) -> PodRequest:
     from rkt.net.request import parse_ports
-    from rkt.pod.apps import parse_env, parse_volume, read_env_file
+    from rkt.pod.apps import parse_annotation, parse_env, parse_volume, read_env_file
     from rkt.pod.prepare import PodRequest
 
     images: list[ImageArgs] = args.split or []
@@ -192,8 +198,10 @@ def _pod_request(args: argparse.Namespace) -> PodRequest:
         inherit_env=args.inherit_env,
         no_overlay=args.no_overlay,
         pod_manifest=Path(args.pod_manifest) if args.pod_manifest else None,
-        user_annotations=dict(parse_env(a, "--user-annotation") for a in args.user_annotation),
-        user_labels=dict(parse_env(a, "--user-label") for a in args.user_label),
+        user_annotations=dict(parse_annotation(a, "--user-annotation", identifier=False)
+                              for a in args.user_annotation),
+        user_labels=dict(parse_annotation(a, "--user-label", identifier=False)
+                         for a in args.user_label),
         ports=parse_ports(args.port),
     )
 

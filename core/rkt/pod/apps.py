@@ -14,6 +14,8 @@ from pathlib import Path
 from rkt.errors import UsageError
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+#: types.md's AC Identifier, as annotation names must be (``coreos.com/rkt/x``)
+_AC_IDENTIFIER = re.compile(r"[a-z0-9]+(?:[-._~/][a-z0-9]+)*\Z")
 #: appc-spec/types.md's AC Name and AC Identifier
 AC_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 AC_IDENTIFIER = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
@@ -127,6 +129,21 @@ def parse_env(text: str, flag: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not _ENV_NAME.match(name):
         raise UsageError(f'{flag} "{text}": expected NAME=VALUE')
+    return name, value
+
+
+def parse_annotation(text: str, flag: str, *, identifier: bool = True) -> tuple[str, str]:
+    """``--annotation NAME=VALUE``: NAME is an AC Identifier (``example.com/build``).
+
+    ``identifier=False`` is for ``--user-annotation`` and ``--user-label``, whose
+    keys are free-form (pods.md ``userAnnotations``), as long as they are not empty.
+    """
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise UsageError(f'{flag} "{text}": expected NAME=VALUE')
+    if identifier and not _AC_IDENTIFIER.match(name):
+        raise UsageError(f'{flag} "{text}": {name!r} is not an AC Identifier (lowercase '
+                         'letters and digits, joined by one of "-._~/")')
     return name, value
 
 
