@@ -23,12 +23,12 @@ import pytest
 
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.aci import image_manifest
-from rkt_testing.plugin import needs_root
+from rkt_testing.plugin import needs_root, stage1_image_path
 
 pytestmark = [
     needs_root,
     pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="needs systemd-nspawn"),
-    pytest.mark.skipif(not Path("/usr/lib/rkt/stage1-images/stage1-nspawn.aci").exists(),
+    pytest.mark.skipif(not stage1_image_path("nspawn").exists(),
                        reason="stage1 images not installed (run rkt install)"),
 ]
 

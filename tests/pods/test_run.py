@@ -33,12 +33,12 @@ import pytest
 
 from rkt.stage1 import INTERFACE_VERSION
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
-from rkt_testing.plugin import needs_kvm_stage1, needs_root
+from rkt_testing.plugin import needs_kvm_stage1, needs_root, stage1_image_path
 
 pytestmark = [
     needs_root,
     pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="needs systemd-nspawn"),
-    pytest.mark.skipif(not Path("/usr/lib/rkt/stage1-images/stage1-nspawn.aci").exists(),
+    pytest.mark.skipif(not stage1_image_path("nspawn").exists(),
                        reason="stage1 images not installed (run rkt install)"),
 ]
 
@@ -495,7 +495,7 @@ def test_stage1_problems(env: RktEnv, busybox_image: Path, tmp_path: Path,
     assert_one_line_error(env.run("run", "--stage1-path=/nonexistent/stage1.aci", busybox_image),
                    "stage1.aci")
     unsigned = tmp_path / "stage1-custom.aci"
-    shutil.copyfile("/usr/lib/rkt/stage1-images/stage1-fly.aci", unsigned)
+    shutil.copyfile(stage1_image_path("fly"), unsigned)
     assert_one_line_error(env.run("run", f"--stage1-path={unsigned}", busybox_image), "signature")
     from rkt_testing.aci import image_manifest
 

@@ -21,6 +21,7 @@ import pytest
 
 from rkt_testing import assert_one_line_error, run_tool
 from rkt_testing.aci import build_aci, image_manifest
+from rkt_testing.plugin import stage1_image_path
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "appc-testdata" / "examples"
 if not EXAMPLES.is_dir():
@@ -175,7 +176,7 @@ def test_bad_files(tmp_path: Path) -> None:
 
 def test_rkt_stage1_images_are_valid_images() -> None:
     """What ``rkt install`` builds passes the publisher's check (docs/stage1.md)."""
-    directory = Path(os.environ.get("RKT_STAGE1_IMAGES_DIR", "/usr/lib/rkt/stage1-images"))
+    directory = stage1_image_path("nspawn").parent
     images = sorted(directory.glob("stage1-*.aci"))
     if not images:
         pytest.skip(f"no stage1 images in {directory} (run rkt install)")
