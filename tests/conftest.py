@@ -38,3 +38,8 @@ def broken_plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def example_stage1_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _install_dist("rkt-example-stage1", tmp_path_factory.mktemp("example-stage1"))
+
+
+@pytest.fixture(scope="session")
+def misbehaving_stage1_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _install_dist("rkt-misbehaving-stage1", tmp_path_factory.mktemp("misbehaving-stage1"))

@@ -19,8 +19,9 @@ from rkt.errors import PodError, RktError, UsageError
 TYPE_CHECKING = False  # not typing's: `rkt status` is polled (see rkt.context)
 if TYPE_CHECKING:
 
-    from rkt.pod.dirs import PodStore
+    from rkt.pod.dirs import Pod, PodStore
     from rkt.pod.gc import GcEvent, GcReport, Stage1Lookup
+    from rkt.stage1 import Stage1Backend
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
@@ -101,6 +102,21 @@ def _stage1_lookup(options: GlobalOptions) -> Stage1Lookup:
     from rkt.pod.lifecycle import backend_of
 
     return lambda pod: backend_of(options, pod)
+
+
+def _stage1_gc_lookup(options: GlobalOptions) -> Stage1Lookup:
+    """For ``gc`` and ``rm``, which remove a pod whose backend is gone all the same
+    (rkt.pod.gc): the user hears that its own clean-up could not run."""
+    from rkt.pod.lifecycle import backend_of
+
+    def lookup(pod: Pod) -> Stage1Backend:
+        try:
+            return backend_of(options, pod)
+        except RktError as exc:
+            options.warn(f'pod "{pod.uuid}": its stage1 backend\'s gc could not run: {exc}')
+            raise
+
+    return lookup
 
 
 def _one_uuid(args: argparse.Namespace) -> str:
@@ -208,6 +224,10 @@ def _status(options: GlobalOptions, args: argparse.Namespace) -> int:
         for app in status.apps:
             if app.exit_code is not None:
                 lines.append(f"app-{app.name}={app.exit_code}")
+            elif app.state == "unknown":
+                lines.append(f"app-{app.name}=unknown")
+        if status.error is not None:
+            lines.append(f"error={status.error}")
     print("\n".join(lines), file=options.stdout)
     return 0
 
@@ -301,7 +321,7 @@ def _rm(options: GlobalOptions, args: argparse.Namespace) -> int:
     failed = 0
     for uuid in _uuids(args):
         try:
-            pod = remove_pod(_pods(options), uuid, _stage1_lookup(options))
+            pod = remove_pod(_pods(options), uuid, _stage1_gc_lookup(options))
             print(f'"{pod.uuid}"', file=options.stdout)
         except RktError as exc:
             print(f"rkt: {exc}", file=options.stderr)
@@ -319,7 +339,7 @@ def _gc(options: GlobalOptions, args: argparse.Namespace) -> int:
         grace_period=parse_duration(args.grace_period),
         expire_prepared=parse_duration(args.expire_prepared),
         mark_only=args.mark_only,
-        stage1_backend=_stage1_lookup(options),
+        stage1_backend=_stage1_gc_lookup(options),
         report=_gc_reporter(options, args.grace_period),
     )
     if not args.mark_only:

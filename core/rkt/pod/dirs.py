@@ -41,6 +41,10 @@ POD_CREATED = "pod-created"
 PID_FILE = "pid"
 PPID_FILE = "ppid"
 STARTED_FILE = "pod-started"
+#: written by stage0 when the stage1 failed or broke its contract (docs/stage1.md):
+#: one line, which ``rkt status`` shows; the pod's apps without exit codes are
+#: then of unknown state, not "exited"
+STAGE1_ERROR_FILE = "stage1-error"
 
 
 def new_uuid() -> str:
@@ -162,6 +166,13 @@ class Pod:
 
     def stage1_rootfs(self) -> Path:
         return self.path / "stage1" / "rootfs"
+
+    def stage1_error(self) -> str | None:
+        """What stage0 recorded about its stage1 failing this pod, if anything."""
+        try:
+            return (self.path / STAGE1_ERROR_FILE).read_text().strip() or None
+        except OSError:
+            return None
 
     def app_exit_codes(self) -> dict[str, int]:
         status_dir = self.stage1_rootfs() / "rkt" / "status"

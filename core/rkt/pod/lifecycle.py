@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkt import faults
-from rkt.errors import PodError, PodInterrupted, UsageError
+from rkt.errors import PodError, PodInterrupted, RktError, Stage1Error, UsageError
 from rkt.metadata import forget_pod
 from rkt.pod.cgroups import PARENT_KEY, remove_pod_cgroups, setup_pod_cgroups, stage1_cgroup
 from rkt.pod.contract import PodRuntime, ResolvedPod
-from rkt.pod.dirs import STARTED_FILE, Pod, PodStore
-from rkt.pod.lifetime import current_lifetime
+from rkt.pod.dirs import PID_FILE, STAGE1_ERROR_FILE, STARTED_FILE, Pod, PodStore
+from rkt.pod.lifetime import current_lifetime, start_deadline
 from rkt.pod.prepare import (
     PodRequest,
     ResolvedImage,
@@ -45,6 +45,11 @@ if TYPE_CHECKING:
     from rkt.pod.gc import Stage1Lookup
 
 LOG = logging.getLogger(__name__)
+
+#: how long a backend's ``run`` may take to write ``<pod>/pid`` before stage0
+#: gives up on it (a VM booting under TCG writes it when qemu starts)
+DEFAULT_START_TIMEOUT = 60.0
+START_TIMEOUT_ENV = "RKT_STAGE1_START_TIMEOUT"
 
 
 @dataclass
@@ -205,18 +210,98 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
         raise
     pod.move("run")
     faults.point("run:started")
+    backend = prepared.backend
     try:
         (pod.path / STARTED_FILE).touch()
         cgroups = setup_pod_cgroups(pod, resolved, runtime.config.paths.get(PARENT_KEY))
-        with stage1_cgroup(cgroups):
-            return prepared.backend.run(pod, resolved, pod_runtime._replace(cgroups=cgroups))
+        with stage1_cgroup(cgroups), start_deadline(pod.path / PID_FILE, backend.name,
+                                                    start_timeout()):
+            try:
+                code = backend.run(pod, resolved, pod_runtime._replace(cgroups=cgroups))
+            except RktError:
+                raise
+            except Exception as exc:
+                # a third party's bug: one line naming it, its traceback under --debug
+                raise Stage1Error(
+                    f'stage1 "{backend.name}" failed: {type(exc).__name__}: {exc}') from exc
+        check_obligations(pod, resolved, backend.name, code,
+                          stopped=lifetime is not None and lifetime.received is not None)
+        return code
     except PodInterrupted:
         if lifetime is not None and lifetime.process is None:
             _undo_start(runtime, prepared)
         raise
+    except RktError as exc:
+        # the pod has run/ behind it: it reads as exited, and status says why
+        _record_stage1_error(pod, str(exc))
+        raise
     finally:
         forget_pod(pod.path, pod.uuid)
         pod.release()
+
+
+def check_obligations(pod: Pod, resolved: ResolvedPod, backend: str, code: int, *,
+                      stopped: bool = False) -> None:
+    """Check what a backend owes once its ``run`` returned (docs/stage1.md): the
+    pod's PID in ``<pod>/pid`` and each app's exit code in
+    ``stage1/rootfs/rkt/status/<app>``; :class:`Stage1Error` naming the first file
+    missing or garbled.
+
+    A few small reads. An app's exit code is owed when the pod succeeded (every
+    app ran) or the app was started (``<app>-started``); a pod that failed before
+    anything started owes neither (the stage1's own error said why), nor one
+    whose stage1 rkt killed on a stop signal an app's code.
+    """
+    status_dir = pod.stage1_rootfs() / "rkt" / "status"
+    owed_codes = []
+    any_started = False
+    for app in resolved.apps:
+        path = status_dir / app.name
+        text = _read_small(path)
+        started = text is not None or (status_dir / f"{app.name}-started").exists()
+        any_started = any_started or started
+        if text is not None:
+            if not text.strip().isdigit():
+                raise Stage1Error(f'stage1 "{backend}" wrote a garbled {path}: '
+                                  f"{text[:40]!r} is not an exit code")
+        elif (code == 0 or started) and not stopped:
+            owed_codes.append(path)
+    pid_path = pod.path / PID_FILE
+    pid = _read_small(pid_path)
+    if pid is None and (code == 0 or any_started):
+        raise Stage1Error(f'stage1 "{backend}" did not write {pid_path} '
+                          "(the host PID of the pod's PID 1)")
+    if pid is not None and not pid.strip().isdigit():
+        raise Stage1Error(f'stage1 "{backend}" wrote a garbled {pid_path}: '
+                          f"{pid[:40]!r} is not a process ID")
+    if owed_codes:
+        raise Stage1Error(f'stage1 "{backend}" did not write {owed_codes[0]} '
+                          "(the app's exit code)")
+
+
+def _read_small(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(64).decode(errors="replace")
+    except FileNotFoundError:
+        return None
+
+
+def _record_stage1_error(pod: Pod, message: str) -> None:
+    try:
+        (pod.path / STAGE1_ERROR_FILE).write_text(message + "\n")
+    except OSError as exc:  # a pod directory gone or read-only: the error is still shown
+        LOG.debug("cannot record the stage1 error of %s: %s", pod.uuid, exc)
+
+
+def start_timeout() -> float:
+    """Seconds a backend's ``run`` has to write ``<pod>/pid`` (``RKT_STAGE1_START_TIMEOUT``,
+    0 for no limit); a pod that started may run for as long as it likes."""
+    value = os.environ.get(START_TIMEOUT_ENV, "")
+    try:
+        return float(value) if value else DEFAULT_START_TIMEOUT
+    except ValueError as exc:
+        raise UsageError(f"{START_TIMEOUT_ENV}={value!r} is not a number of seconds") from exc
 
 
 def network_modes(backend: Stage1Backend) -> frozenset[str]:

@@ -166,6 +166,47 @@ def pod_lifetime(stop_timeout: float = 10.0, grace: float = STOP_GRACE
         lifetime.uninstall()
 
 
+@contextlib.contextmanager
+def start_deadline(pid_file: os.PathLike[str], backend: str, seconds: float) -> Iterator[None]:
+    """Give a backend's ``run`` ``seconds`` to write the pod's ``pid_file``.
+
+    One SIGALRM at the deadline, one ``stat``: a pod that started by then runs
+    as long as it likes. One that did not is taken to hang: its stage1 process
+    (if :func:`spawn_stage1` started one) is killed and :class:`Stage1Error`
+    interrupts ``run``. Nothing is armed off the main thread (an embedding
+    program's) or with ``seconds`` 0.
+    """
+    from rkt.errors import Stage1Error
+
+    def on_alarm(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        if os.path.exists(pid_file):
+            return
+        lifetime = _CURRENT
+        if lifetime is not None and lifetime.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                lifetime.process.kill()
+        raise Stage1Error(f'stage1 "{backend}" did not start the pod within {seconds:g} s '
+                          f"(no {pid_file}; RKT_STAGE1_START_TIMEOUT sets the limit)")
+
+    if seconds <= 0:
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+    except ValueError:  # not the main thread
+        yield
+        return
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        # a stop signal meanwhile armed its own alarm (PodLifetime): leave that be
+        if signal.getsignal(signal.SIGALRM) is on_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+
+
 _PRCTL: Any = None
 
 

@@ -71,16 +71,24 @@ class PodStatus:
     networks: tuple[NetAttachment, ...] = ()
     user_annotations: tuple[tuple[str, str], ...] = ()
     user_labels: tuple[tuple[str, str], ...] = ()
+    #: what stage0 recorded about the stage1 failing the pod (``rkt.pod.lifecycle``)
+    error: str | None = None
 
     @property
     def app_names(self) -> list[str | None]:
         return [app.name for app in self.apps]
 
 
-def _app_state(pod_state: str, exit_code: int | None) -> str:
-    """rkt 1.x's app state for a pod whose apps are fixed at prepare time."""
+def _app_state(pod_state: str, exit_code: int | None, *, unknown: bool = False) -> str:
+    """rkt 1.x's app state for a pod whose apps are fixed at prepare time.
+
+    ``unknown``: the stage1 failed or wrote garbage, so an exited pod's app
+    without an exit code may never have run, or ended any way.
+    """
     if exit_code is not None:
         return "exited"
+    if unknown and pod_state != "running":
+        return "unknown"
     return {"prepared": "created", "running": "running"}.get(
         pod_state, "unknown" if pod_state in ("embryo", "preparing", "aborted prepare")
         else "exited")
@@ -123,6 +131,7 @@ def pod_status(pod: Pod) -> PodStatus:
     oom_killed = pod.oom_killed_apps() if started else set()
     created = pod.created()
     pod_started = pod.started() if started else None
+    error = pod.stage1_error() if started else None
     status_dir = pod.stage1_rootfs() / "rkt" / "status"
     volumes = {v.get("name", ""): v for v in manifest.get("volumes") or []}
     apps = []
@@ -135,7 +144,8 @@ def pod_status(pod: Pod) -> PodStatus:
             name=name,
             image_name=image.get("name", ""),
             image_id=image.get("id", ""),
-            state=_app_state(state, code),
+            state=_app_state(state, code, unknown=error is not None
+                             or (started and (status_dir / str(name)).exists())),
             exit_code=code,
             oom_killed=name in oom_killed,
             created=created,
@@ -154,6 +164,7 @@ def pod_status(pod: Pod) -> PodStatus:
         user_annotations=_pairs(manifest.get("userAnnotations")),
         user_labels=_pairs(manifest.get("userLabels")),
         networks=pod_networks(pod),
+        error=error,
     )
 
 
@@ -212,6 +223,8 @@ def api_v1_record(status: PodStatus, *, pid: int | None = None) -> dict[str, Any
         record["user_labels"] = dict(status.user_labels)
     if pid is not None:
         record["pid"] = pid
+    if status.error is not None:
+        record["error"] = status.error  # an extension, as pid is
     return record
 
 
