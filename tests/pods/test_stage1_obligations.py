@@ -71,6 +71,26 @@ def test_interface_version_99_is_refused_before_run(
     assert aci.is_file()
 
 
+def test_a_backend_of_version_99_is_refused_whatever_its_image_says(
+    rkt_env: RktEnv, extra: dict[str, str], image: Path, aci_builder: AciBuilder
+) -> None:
+    # an image built when the backend still spoke 3, found by path
+    from rkt.stage1 import INTERFACE_VERSION
+    from rkt_testing import image_manifest
+
+    stage1 = aci_builder.build("stage1-old.aci", manifest=image_manifest(
+        "example.com/stage1-old", extra={"annotations": [
+            {"name": "coreos.com/rkt/stage1/backend", "value": "future"},
+            {"name": "coreos.com/rkt/stage1/interface-version",
+             "value": str(INTERFACE_VERSION)}]}))
+    result = rkt_env.run("--insecure-options=image", "run", f"--stage1-path={stage1}",
+                         image, env=extra)
+    assert_one_line_error(result, message=(
+        f'stage1 backend "future" speaks stage1 interface version 99; this rkt speaks '
+        f"{INTERFACE_VERSION}"))
+    assert list((rkt_env.data_dir / "pods").glob("*/*")) == []
+
+
 def test_a_backend_that_writes_nothing_is_named_with_the_file(
     rkt_env: RktEnv, extra: dict[str, str], image: Path
 ) -> None:
@@ -87,6 +107,17 @@ def test_a_backend_that_writes_nothing_is_named_with_the_file(
     record = json.loads(rkt_env.run("status", "--format=json", pod.name, env=extra).stdout)
     assert record["apps"][0]["state"] == "unknown"
     assert "did not write" in record["error"]
+
+
+def test_a_backend_that_writes_no_exit_code_is_named_with_the_file(
+    rkt_env: RktEnv, extra: dict[str, str], image: Path
+) -> None:
+    result = run(rkt_env, "pidonly", image, extra)
+    pod = only_pod(rkt_env)
+    assert_one_line_error(
+        result, message=f'stage1 "pidonly" did not write {rkt_env.data_dir}/pods/run/'
+        f"{pod.name}/stage1/rootfs/rkt/status/true (the app's exit code)")
+    assert "app-true=unknown" in status_lines(rkt_env, pod, extra)
 
 
 def test_a_backend_that_raises_is_one_line_and_the_pod_exited_with_error(

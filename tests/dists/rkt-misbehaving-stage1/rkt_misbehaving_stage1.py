@@ -49,6 +49,16 @@ class SilentStage1(_Base):
         return 0
 
 
+class PidOnlyStage1(_Base):
+    """Writes its pid, and returns success without any app's exit code."""
+
+    name = "pidonly"
+
+    def run(self, pod: Pod, resolved: ResolvedPod, runtime: PodRuntime) -> int:
+        (pod.path / PID_FILE).write_text(str(os.getpid()))
+        return 0
+
+
 class RaisingStage1(_Base):
     """Has a bug."""
 
