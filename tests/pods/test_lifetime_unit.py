@@ -119,3 +119,35 @@ def test_a_signal_once_deferred_waits_for_the_checkpoint_and_starts_nothing(
     assert reached
     assert caught.value.exit_code == 128 + signal.SIGINT
     assert not alive_with(mark)
+
+
+# -- the time limit for a backend to start the pod (issue 16) -------------------------
+def test_start_deadline_interrupts_a_backend_that_never_writes_its_pid(
+    tmp_path: Path,
+) -> None:
+    from rkt.errors import Stage1Error
+    from rkt.pod.lifetime import start_deadline
+
+    pid_file = tmp_path / "pid"
+    with pod_lifetime():
+        process = spawn_stage1(["sleep", "60"])
+        with pytest.raises(Stage1Error, match=r'stage1 "stuck" did not start the pod within '
+                           r"0\.2 s \(no .*/pid; RKT_STAGE1_START_TIMEOUT"), \
+                start_deadline(pid_file, "stuck", 0.2):
+            process.wait()
+        # its stage1 process is killed, and no alarm is left behind
+        assert process.wait(timeout=10) == -signal.SIGKILL
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_start_deadline_leaves_a_started_pod_alone(tmp_path: Path) -> None:
+    from rkt.pod.lifetime import start_deadline
+
+    pid_file = tmp_path / "pid"
+    pid_file.write_text("1")
+    previous = signal.getsignal(signal.SIGALRM)
+    with start_deadline(pid_file, "fine", 0.05):
+        subprocess.run(["sleep", "0.3"], check=True)  # the alarm comes and goes
+    assert signal.getsignal(signal.SIGALRM) is previous
+    with start_deadline(tmp_path / "nothing", "unlimited", 0):
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
