@@ -28,7 +28,7 @@ from rkt.pod.contract import (
 )
 from rkt.pod.contract_schema import _sample, contract_schema, render
 from rkt_testing import AciBuilder, RktEnv
-from rkt_testing.plugin import needs_root
+from rkt_testing.plugin import needs_root, stage1_image_path
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "docs" / "stage1-contract.schema.json"
@@ -96,6 +96,8 @@ def test_a_pod_runtime_object_validates_by_its_fields() -> None:
 
 @needs_root
 @pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="needs systemd-nspawn")
+@pytest.mark.skipif(not stage1_image_path("nspawn").exists(),
+                    reason="stage1 images not installed (run rkt install)")
 def test_a_real_nspawn_pods_documents_validate(
     rkt_env: RktEnv, aci_builder: AciBuilder, tmp_path: Path
 ) -> None:

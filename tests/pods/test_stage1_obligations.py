@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error, pythonpath_with
-from rkt_testing.plugin import needs_root
+from rkt_testing.plugin import needs_root, stage1_image_path
 
 pytestmark = [needs_root]
 
@@ -149,6 +149,8 @@ def test_a_backend_that_hangs_in_run_meets_the_start_time_limit(
     assert_one_line_error(bad, "RKT_STAGE1_START_TIMEOUT='soon' is not a number of seconds")
 
 
+@pytest.mark.skipif(not stage1_image_path("fly").exists(),
+                    reason="stage1 images not installed (run rkt install)")
 def test_the_start_time_limit_does_not_end_a_pod_that_started(
     rkt_env: RktEnv, aci_builder: AciBuilder
 ) -> None:
