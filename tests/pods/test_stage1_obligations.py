@@ -145,8 +145,11 @@ def test_a_backend_that_hangs_in_run_meets_the_start_time_limit(
     assert "RKT_STAGE1_START_TIMEOUT" in line
     pod = only_pod(rkt_env)
     assert status_lines(rkt_env, pod, extra)[0] == "state=exited"
-    bad = run(rkt_env, "hangs", image, {**extra, "RKT_STAGE1_START_TIMEOUT": "soon"})
-    assert_one_line_error(bad, "RKT_STAGE1_START_TIMEOUT='soon' is not a number of seconds")
+    for value in ("soon", "-1", "nan"):
+        bad = run(rkt_env, "hangs", image, {**extra, "RKT_STAGE1_START_TIMEOUT": value})
+        assert_one_line_error(
+            bad, f"RKT_STAGE1_START_TIMEOUT={value!r} is not a number of seconds")
+    assert [only_pod(rkt_env)] == [pod]  # refused before a pod ran: none left behind
 
 
 @pytest.mark.skipif(not stage1_image_path("fly").exists(),

@@ -41,9 +41,9 @@ POD_CREATED = "pod-created"
 PID_FILE = "pid"
 PPID_FILE = "ppid"
 STARTED_FILE = "pod-started"
-#: written by stage0 when the stage1 failed or broke its contract (docs/stage1.md):
-#: one line, which ``rkt status`` shows; the pod's apps without exit codes are
-#: then of unknown state, not "exited"
+#: written by stage0 when the pod failed once it was in ``run/``: its stage1 raised,
+#: hung or broke its contract (docs/stage1.md). One line, which ``rkt status``
+#: shows; the pod's apps without exit codes are then of unknown state, not "exited"
 STAGE1_ERROR_FILE = "stage1-error"
 
 

@@ -200,6 +200,7 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
         pod_runtime = _with_network(runtime, prepared, resolved, pod_runtime, network)
         if metadata_socket is not None:
             resolved = _register_metadata(pod, resolved, pod_runtime, metadata_socket)
+        time_limit = start_timeout()
         if uuid_file:
             try:
                 Path(uuid_file).write_text(pod.uuid)
@@ -215,7 +216,7 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
         (pod.path / STARTED_FILE).touch()
         cgroups = setup_pod_cgroups(pod, resolved, runtime.config.paths.get(PARENT_KEY))
         with stage1_cgroup(cgroups), start_deadline(pod.path / PID_FILE, backend.name,
-                                                    start_timeout()):
+                                                    time_limit):
             try:
                 code = backend.run(pod, resolved, pod_runtime._replace(cgroups=cgroups))
             except RktError:
@@ -248,9 +249,10 @@ def check_obligations(pod: Pod, resolved: ResolvedPod, backend: str, code: int, 
     missing or garbled.
 
     A few small reads. An app's exit code is owed when the pod succeeded (every
-    app ran) or the app was started (``<app>-started``); a pod that failed before
-    anything started owes neither (the stage1's own error said why), nor one
-    whose stage1 rkt killed on a stop signal an app's code.
+    app ran) or the app was started (``<app>-started``), except after a stop
+    signal to rkt (``stopped``: rkt may have killed the stage1 before it wrote
+    them); a pod that failed before anything started owes neither file (the
+    stage1's own error output said why).
     """
     status_dir = pod.stage1_rootfs() / "rkt" / "status"
     owed_codes = []
@@ -298,10 +300,15 @@ def start_timeout() -> float:
     """Seconds a backend's ``run`` has to write ``<pod>/pid`` (``RKT_STAGE1_START_TIMEOUT``,
     0 for no limit); a pod that started may run for as long as it likes."""
     value = os.environ.get(START_TIMEOUT_ENV, "")
+    if not value:
+        return DEFAULT_START_TIMEOUT
     try:
-        return float(value) if value else DEFAULT_START_TIMEOUT
-    except ValueError as exc:
-        raise UsageError(f"{START_TIMEOUT_ENV}={value!r} is not a number of seconds") from exc
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < 1e9:  # also NaN
+        raise UsageError(f"{START_TIMEOUT_ENV}={value!r} is not a number of seconds")
+    return seconds
 
 
 def network_modes(backend: Stage1Backend) -> frozenset[str]:
