@@ -275,7 +275,9 @@ def test_ctrl_bracket_three_times_kills_the_pod(env: RktEnv, busybox_image: Path
 @CONTAINED
 def test_two_apps_run_at_once_and_share_a_volume(env: RktEnv, busybox_image: Path,
                                                  stage1: str) -> None:
-    handshake = ("echo {me} > /shared/{me}; i=0; while [ ! -e /shared/{other} ]; do "
+    # written aside and renamed: the other app never sees the file created but empty
+    handshake = ("echo {me} > /shared/.{me}; mv /shared/.{me} /shared/{me}; i=0; "
+                 "while [ ! -e /shared/{other} ]; do "
                  "i=$((i+1)); [ $i -gt 100 ] && exit 9; sleep 0.1; done; "
                  "echo {me} saw $(cat /shared/{other})")
     result = run(env, "run", stage1, "--volume=shared,kind=empty",
