@@ -90,7 +90,12 @@ if TYPE_CHECKING:
         StoreRegistry,
         VerifierRegistry,
     )
-    from rkt.stage1 import INTERFACE_VERSION, SUPERVISOR_PATH, Stage1Backend
+    from rkt.stage1 import (
+        INTERFACE_VERSION,
+        STAGE1_FEATURES,
+        SUPERVISOR_PATH,
+        Stage1Backend,
+    )
     from rkt.store import ImageInfo, ImageStore
 
 #: public name -> the module that defines it
@@ -120,7 +125,8 @@ _HOMES: dict[str, str] = {
     # what a store or plugin creates under the data directory is private (docs/security.md)
     **dict.fromkeys(("private_dir", "private_file"), "rkt.datadir"),
     # stage1 backends
-    **dict.fromkeys(("Stage1Backend", "INTERFACE_VERSION", "SUPERVISOR_PATH"), "rkt.stage1"),
+    **dict.fromkeys(("Stage1Backend", "INTERFACE_VERSION", "SUPERVISOR_PATH", "STAGE1_FEATURES"),
+                     "rkt.stage1"),
     **dict.fromkeys(("Pod", "PID_FILE", "PPID_FILE"), "rkt.pod.dirs"),
     # the typed stage1 contract (docs/stage1.md) and the supervisor's job
     **dict.fromkeys(
@@ -152,6 +158,7 @@ __all__ = [
     "INTERFACE_VERSION",
     "PID_FILE",
     "PPID_FILE",
+    "STAGE1_FEATURES",
     "SUPERVISOR_PATH",
     "AppMount",
     "AppPort",

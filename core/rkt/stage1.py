@@ -53,6 +53,12 @@ class Stage1Backend(Protocol):
     attribute ``network_modes``, a frozenset of ``"host"``, ``"none"`` and
     ``"contained"`` (joining the namespace stage0 prepared, ``PodRuntime.network``);
     without it only ``"host"`` is assumed (docs/stage1.md).
+
+    A backend that cannot do some of what the conformance suite checks says so
+    with a class attribute ``unsupported``, a mapping of :data:`STAGE1_FEATURES`
+    names to a one-line reason (``{"multi-app": "fly runs exactly one app per
+    pod"}``); ``python -m rkt.conformance`` then shows those checks as not
+    supported instead of failing them. Without it, a backend claims them all.
     """
 
     #: the entry-point name, e.g. "nspawn"
@@ -93,6 +99,39 @@ class Stage1Backend(Protocol):
     def gc(self, pod: Pod) -> None:
         """Release anything the backend set up outside the pod directory."""
         ...
+
+
+#: what a stage1 may declare it does not do (``Stage1Backend.unsupported``), each
+#: checked by ``python -m rkt.conformance`` (docs/stage1.md, "Conformance"). The rest
+#: (exit codes, a signalled app's 128+N, env, user and group, working directory,
+#: ``rkt gc``) every stage1 owes; networks are declared by ``network_modes``.
+STAGE1_FEATURES: Mapping[str, str] = {
+    "volumes": "host and empty volumes, read-write and read-only",
+    "read-only-rootfs": "--readonly-rootfs",
+    "event-handlers": "the pre-start and post-stop event handlers",
+    "multi-app": "more than one app in a pod",
+    "stop": "rkt stop and rkt stop --force",
+    "enter": "rkt enter",
+    "interactive": "--interactive, and Ctrl+] three times to kill the pod",
+    "capabilities": "--caps-retain and --caps-remove",
+    "memory-limit": "--memory",
+}
+
+
+def unsupported_features(backend: object) -> dict[str, str]:
+    """A backend's ``unsupported`` declaration (feature -> reason), checked:
+    :class:`Stage1Error` for a name :data:`STAGE1_FEATURES` lacks or an empty reason."""
+    declared: Mapping[str, str] = getattr(backend, "unsupported", None) or {}
+    name = getattr(backend, "name", type(backend).__name__)
+    for feature, reason in declared.items():
+        if feature not in STAGE1_FEATURES:
+            raise Stage1Error(
+                f'stage1 backend "{name}" declares unknown feature "{feature}" unsupported '
+                f"(known: {', '.join(STAGE1_FEATURES)})")
+        if not isinstance(reason, str) or not reason.strip():
+            raise Stage1Error(f'stage1 backend "{name}" gives no reason why "{feature}" '
+                              "is unsupported")
+    return dict(declared)
 
 
 # -- building stage1 images ----------------------------------------------------------

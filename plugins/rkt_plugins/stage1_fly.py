@@ -43,6 +43,8 @@ class FlyStage1:
     interface_version = INTERFACE_VERSION
     #: no namespaces of its own: the host's network, always (and by default)
     network_modes = frozenset({"host"})
+    #: what the conformance suite need not check (rkt.api.STAGE1_FEATURES)
+    unsupported = {"multi-app": "fly runs exactly one app per pod (it has no pod to share)"}
 
     def build_image(self, rootfs: Path) -> None:
         del rootfs  # the common skeleton is all fly needs
