@@ -28,6 +28,7 @@ from rkt.api import (
     enter,
     host_pid_of,
     overlay_on_host,
+    run_with_console,
     volume_host_path,
     write_job,
 )
@@ -55,16 +56,26 @@ class UnshareStage1:
         command = ["unshare", "--pid", "--fork", "--uts", "--ipc", "--kill-child", "--",
                    sys.executable, "-I", "-S", str(rootfs / SUPERVISOR_PATH), str(spec)]
         os.set_inheritable(pod.lock_fd, True)  # type: ignore[arg-type]
-        process = subprocess.Popen(command, pass_fds=(pod.lock_fd,))  # type: ignore[arg-type]
-        (pod.path / PPID_FILE).write_text(str(process.pid))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and process.poll() is None:
-            below = children(process.pid)
-            if below:
-                (pod.path / PID_FILE).write_text(str(below[0]))
-                break
-            time.sleep(0.005)
-        return process.wait()
+
+        def record(process: subprocess.Popen[bytes]) -> None:
+            (pod.path / PPID_FILE).write_text(str(process.pid))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and process.poll() is None:
+                below = children(process.pid)
+                if below:
+                    (pod.path / PID_FILE).write_text(str(below[0]))
+                    break
+                time.sleep(0.005)
+
+        # run_with_console starts it with spawn_stage1 (the pod dies with rkt) and
+        # relays the terminal with the Ctrl+] escape, whose kill() ends unshare and,
+        # through --kill-child, the pod's PID 1 and every app with it
+        return run_with_console(
+            command, interactive=runtime.interactive, on_start=record,
+            kill=lambda process: process.kill(),
+            stop=lambda: self.stop(pod, force=False),  # SIGTERM to rkt: to the pod's PID 1
+            pass_fds=(pod.lock_fd,),  # type: ignore[arg-type]
+        )
 
     def enter(self, pod: Pod, app: ResolvedApp, command: list[str]) -> int:
         inner = int((pod.stage1_rootfs() / "rkt" / "pids" / app.name).read_text())
