@@ -110,6 +110,7 @@ STAGE1_FEATURES: Mapping[str, str] = {
     "read-only-rootfs": "--readonly-rootfs",
     "event-handlers": "the pre-start and post-stop event handlers",
     "multi-app": "more than one app in a pod",
+    "hostname": "a hostname of the pod's own: --hostname, rkt-<uuid> by default",
     "stop": "rkt stop and rkt stop --force",
     "enter": "rkt enter",
     "interactive": "--interactive, and Ctrl+] three times to kill the pod",

@@ -44,7 +44,10 @@ class FlyStage1:
     #: no namespaces of its own: the host's network, always (and by default)
     network_modes = frozenset({"host"})
     #: what the conformance suite need not check (rkt.api.STAGE1_FEATURES)
-    unsupported = {"multi-app": "fly runs exactly one app per pod (it has no pod to share)"}
+    unsupported = {
+        "multi-app": "fly runs exactly one app per pod",
+        "hostname": "fly shares the host's UTS namespace, so the host's hostname",
+    }
 
     def build_image(self, rootfs: Path) -> None:
         del rootfs  # the common skeleton is all fly needs
@@ -52,6 +55,10 @@ class FlyStage1:
     def run(self, pod: Pod, resolved: ResolvedPod, runtime: PodRuntime) -> int:
         if len(resolved.apps) != 1:
             raise UsageError("the fly stage1 runs exactly one app per pod")
+        if runtime.hostname is not None:
+            # no UTS namespace: naming the pod would rename the host
+            raise UsageError("the fly stage1 shares the host's hostname; --hostname cannot "
+                             "be honoured")
         rootfs = pod.stage1_rootfs()
         job = build_job(
             pod, resolved, runtime, mode="fly",

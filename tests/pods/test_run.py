@@ -685,6 +685,13 @@ def test_event_handlers_and_implicit_empty_volume(env: RktEnv, aci_builder: AciB
     assert (out / "log").read_text().split() == ["pre", "main", "post"]
 
 
+def test_fly_refuses_a_hostname_it_cannot_give(env: RktEnv, busybox_image: Path) -> None:
+    """fly has no UTS namespace: --hostname was accepted and ignored (found by
+    ``python -m rkt.conformance``); setting it would rename the host."""
+    refused = run(env, "run", FLY, "--hostname=mine", busybox_image, "--exec=/bin/hostname")
+    assert_one_line_error(refused, "the fly stage1 shares the host's hostname")
+
+
 def test_supplementary_gids(env: RktEnv, busybox_image: Path) -> None:
     result = run(env, "run", busybox_image, "--user=user", "--group=users",
                  "--supplementary-gids=2000,3000", "--exec=/bin/id", "--", "-G")
