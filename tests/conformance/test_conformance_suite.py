@@ -90,8 +90,9 @@ def test_a_third_party_stage1_runs_the_suite_too(example_stage1_path: Path,
 @needs_root
 @pytest.mark.slow
 def test_a_failing_check_is_a_row_with_its_reason_and_exit_1(tmp_path: Path) -> None:
-    """A stage1 that claims what it cannot do: fly under another name, its
-    declaration dropped. (Written here, not in tests/dists: it imports rkt's own
+    """A stage1 whose declaration is wrong both ways: fly under another name that
+    claims several apps, and declares a read-only root unsupported that it has (and
+    so does not refuse). (Written here, not in tests/dists: it imports rkt's own
     fly backend, which a third party would not.)"""
     from rkt_testing import RktEnv, pythonpath_with
 
@@ -103,26 +104,29 @@ def test_a_failing_check_is_a_row_with_its_reason_and_exit_1(tmp_path: Path) -> 
         "[rkt.stage1]\nflyall = flyall:FlyAll\n")
     (site / "flyall.py").write_text(
         "from rkt_plugins.stage1_fly import FlyStage1\n\n\n"
-        "class FlyAll(FlyStage1):\n    name = 'flyall'\n    unsupported = {}\n")
+        "class FlyAll(FlyStage1):\n    name = 'flyall'\n"
+        "    unsupported = {'read-only-rootfs': 'pretend'}\n")
     extra = {**pythonpath_with(site), "RKT_STAGE1_IMAGES_DIR": str(tmp_path / "images")}
     built = RktEnv(tmp_path / "install").run("install", env=extra)
     assert built.returncode == 0, built.stderr
     result = conformance("coreos.com/rkt/stage1-flyall", "--check=exit-code",
-                         "--check=multi-app", env=extra)
+                         "--check=multi-app", "--check=read-only-rootfs", env=extra)
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout.splitlines() == [
-        "CHECK      RESULT",
-        "exit-code  PASS",
-        "multi-app  FAIL: rkt exited 254, expected 0: rkt: the fly stage1 runs exactly one app "
-        "per pod",
-        "coreos.com/rkt/stage1-flyall: 1 passed, 1 failed, 0 not supported",
+        "CHECK             RESULT",
+        "exit-code         PASS",
+        "read-only-rootfs  FAIL: declared unsupported (pretend), but rkt accepted a pod using "
+        "it; a stage1 must refuse what it cannot do",
+        "multi-app         FAIL: rkt exited 254, expected 0: rkt: the fly stage1 runs exactly "
+        "one app per pod",
+        "coreos.com/rkt/stage1-flyall: 1 passed, 2 failed, 0 not supported",
     ]
 
 
 def test_what_the_builtin_stage1s_declare() -> None:
     """The table each prints (docs/stage1.md) follows from these declarations."""
     fly = read_claims("coreos.com/rkt/stage1-fly")
-    assert set(fly.unsupported) == {"multi-app"}
+    assert set(fly.unsupported) == {"multi-app", "hostname"}
     assert fly.network_modes == frozenset({"host"})
     nspawn = read_claims("coreos.com/rkt/stage1-nspawn")
     assert nspawn.unsupported == {}

@@ -42,12 +42,25 @@ class Check:
 
 
 CHECKS: list[Check] = []
+#: feature -> a pod that uses it: a stage1 that declares the feature unsupported
+#: must refuse this pod (one ``rkt:`` line, non-zero exit), not run it without it
+PROBES: dict[str, Callable[[World], subprocess.CompletedProcess[str]]] = {}
 
 
 def check(name: str, feature: str | None = None, *, last: bool = False
           ) -> Callable[[Callable[[World], None]], Callable[[World], None]]:
     def register(fn: Callable[[World], None]) -> Callable[[World], None]:
         CHECKS.append(Check(name, feature, fn, last))
+        return fn
+    return register
+
+
+def probe(feature: str) -> Callable[
+        [Callable[[World], subprocess.CompletedProcess[str]]],
+        Callable[[World], subprocess.CompletedProcess[str]]]:
+    def register(fn: Callable[[World], subprocess.CompletedProcess[str]]
+                 ) -> Callable[[World], subprocess.CompletedProcess[str]]:
+        PROBES[feature] = fn
         return fn
     return register
 
@@ -112,8 +125,20 @@ def environment(world: World) -> None:
 
 @check("user-group")
 def user_group(world: World) -> None:
+    """By name (the image's /etc/passwd and /etc/group) and by number."""
     expect_lines(world.run_pod("--user=user", "--group=users", "--supplementary-gids=2000",
                                *sh("id -u; id -g; id -G")), ["1000", "1000", "1000 2000"])
+    expect_lines(world.run_pod("--user=4242", "--group=4343", *sh("id -u; id -g")),
+                 ["4242", "4343"])
+
+
+@check("etc-hosts")
+def etc_hosts(world: World) -> None:
+    """An app without /etc/hosts gets one naming localhost (appc-spec/OS-SPEC.md)."""
+    out = expect(world.run_pod("--exec=/bin/cat", "--", "/etc/hosts"))
+    if not any(line.split()[:1] == ["127.0.0.1"] and "localhost" in line.split()
+               for line in out.splitlines()):
+        raise CheckFailed(f"the app's /etc/hosts has no 127.0.0.1 localhost line: {out!r}")
 
 
 @check("working-directory")
@@ -127,6 +152,12 @@ def _host_dir(world: World, name: str) -> Path:
     directory.mkdir()
     (directory / "in").write_text("from host\n")
     return directory
+
+
+@probe("volumes")
+def probe_volumes(world: World) -> subprocess.CompletedProcess[str]:
+    return world.run_pod("--volume=v,kind=empty", "--mount=volume=v,target=/data",
+                         "--exec=/bin/true")
 
 
 @check("volume-host", "volumes")
@@ -154,6 +185,11 @@ def volume_empty(world: World) -> None:
         *sh(script)), ["750", "kept"])
 
 
+@probe("read-only-rootfs")
+def probe_read_only_rootfs(world: World) -> subprocess.CompletedProcess[str]:
+    return world.run_pod("--readonly-rootfs", "--exec=/bin/true")
+
+
 @check("read-only-rootfs", "read-only-rootfs")
 def read_only_rootfs(world: World) -> None:
     result = world.run_pod("--readonly-rootfs", "--volume=v,kind=empty",
@@ -164,6 +200,13 @@ def read_only_rootfs(world: World) -> None:
     if result.stdout.splitlines() != ["volume ok"]:
         raise CheckFailed(f"the app printed {result.stdout.splitlines()}, expected "
                           f"['volume ok'] (a volume stays writable): {last_line(result.stderr)}")
+
+
+@probe("event-handlers")
+def probe_event_handlers(world: World) -> subprocess.CompletedProcess[str]:
+    out = world.scratch / "probe-handlers"
+    out.mkdir(exist_ok=True)
+    return world.run_pod(f"--volume=out,kind=host,source={out}", image=HANDLERS_NAME)
 
 
 @check("event-handlers", "event-handlers")
@@ -177,22 +220,60 @@ def event_handlers(world: World) -> None:
         raise CheckFailed(f"the handlers and the app ran as {log}, expected pre, main, post")
 
 
+def _two_apps(world: World, first: str, second: str, *flags: str
+              ) -> subprocess.CompletedProcess[str]:
+    image = world.images[IMAGE_NAME]
+    return world.run(
+        *world.pod_args(), *flags, "--volume=shared,kind=empty",
+        image, "--name=alpha", "--mount=volume=shared,target=/shared", *sh(first), "---",
+        image, "--name=beta", "--mount=volume=shared,target=/shared", *sh(second))
+
+
+@probe("multi-app")
+def probe_multi_app(world: World) -> subprocess.CompletedProcess[str]:
+    return _two_apps(world, "true", "true")
+
+
 @check("multi-app", "multi-app")
 def multi_app(world: World) -> None:
     handshake = ("echo {me} > /shared/{me}; i=0; while [ ! -e /shared/{other} ]; do "
                  "i=$((i+1)); [ $i -gt 600 ] && exit 9; sleep 0.1; done; "
-                 "echo {me} saw $(cat /shared/{other}); exit {code}")
-    image = world.images[IMAGE_NAME]
-    result = world.run(
-        *world.pod_args(), "--volume=shared,kind=empty",
-        image, "--name=alpha", "--mount=volume=shared,target=/shared",
-        *sh(handshake.format(me="alpha", other="beta", code=0)), "---",
-        image, "--name=beta", "--mount=volume=shared,target=/shared",
-        *sh(handshake.format(me="beta", other="alpha", code=0)))
-    lines = sorted(expect(result).splitlines())
+                 "echo {me} saw $(cat /shared/{other})")
+    lines = sorted(expect(_two_apps(world, handshake.format(me="alpha", other="beta"),
+                                    handshake.format(me="beta", other="alpha"))).splitlines())
     if lines != ["alpha saw beta", "beta saw alpha"]:
         raise CheckFailed(f"the two apps printed {lines}: they did not run side by side "
                           "sharing their volume")
+
+
+@check("multi-app-exit-code", "multi-app")
+def multi_app_exit_code(world: World) -> None:
+    """The failing app's code is the pod's, and ``rkt status`` has each app's."""
+    uuid_file = world.scratch / "multi-app-exit-code.uuid"
+    # beta fails only once alpha has finished, or alpha may be stopped while starting
+    wait_then_fail = ("i=0; while [ ! -e /shared/done ]; do i=$((i+1)); [ $i -gt 600 ] && "
+                      "exit 9; sleep 0.1; done; sleep 1; exit 4")
+    expect(_two_apps(world, "touch /shared/done", wait_then_fail,
+                     f"--uuid-file-save={uuid_file}"), 4)
+    shown = world.run("status", uuid_file.read_text().strip()).stdout.splitlines()
+    if "app-alpha=0" not in shown or "app-beta=4" not in shown:
+        raise CheckFailed(f"rkt status does not say app-alpha=0 and app-beta=4: "
+                          f"{' '.join(shown)}")
+
+
+@probe("hostname")
+def probe_hostname(world: World) -> subprocess.CompletedProcess[str]:
+    return world.run_pod("--hostname=conformance-pod", "--exec=/bin/hostname")
+
+
+@check("hostname", "hostname")
+def hostname(world: World) -> None:
+    expect_lines(probe_hostname(world), ["conformance-pod"])
+    uuid_file = world.scratch / "hostname.uuid"
+    out = expect(world.run_pod(f"--uuid-file-save={uuid_file}", "--exec=/bin/hostname"))
+    expected = f"rkt-{uuid_file.read_text().strip()}"
+    if out.strip() != expected:
+        raise CheckFailed(f"the pod's default hostname is {out.strip()!r}, expected {expected}")
 
 
 # -- running pods: stop, enter ----------------------------------------------------------
@@ -278,6 +359,7 @@ def stop(world: World) -> None:
     _, out = _stop(world, "stop")
     if not (out / "trapped").exists():
         raise CheckFailed("the app never got its SIGTERM (its trap did not run)")
+    _status_shows(world, "stop", 0)  # what its trap exited with
 
 
 @check("stop-force", "stop")
@@ -421,6 +503,11 @@ def _cap_sets(output: str) -> dict[str, int]:
 CHOWN = "touch /tmp/f && chown 1000 /tmp/f && echo chowned; grep ^Cap /proc/self/status"
 
 
+@probe("capabilities")
+def probe_capabilities(world: World) -> subprocess.CompletedProcess[str]:
+    return world.run_pod("--caps-retain=CAP_CHOWN", "--exec=/bin/true")
+
+
 @check("capabilities-retain", "capabilities")
 def capabilities_retain(world: World) -> None:
     result = world.run_pod("--caps-retain=CAP_CHOWN,CAP_NET_BIND_SERVICE", *sh(CHOWN))
@@ -443,6 +530,11 @@ def capabilities_remove(world: World) -> None:
         raise CheckFailed(f"CAP_CHOWN is still in the app's sets: {sets}")
     if not sets.get("CapEff"):
         raise CheckFailed("the root app has no capabilities left at all")
+
+
+@probe("memory-limit")
+def probe_memory_limit(world: World) -> subprocess.CompletedProcess[str]:
+    return world.run_pod("--memory=64M", "--exec=/bin/true")
 
 
 @check("memory-limit", "memory-limit")

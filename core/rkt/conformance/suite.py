@@ -15,11 +15,12 @@ import subprocess
 import tarfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
-from rkt.conformance.checks import CHECKS, Check, CheckFailed, CheckSkipped
-from rkt.conformance.world import SetupError, World
+from rkt.conformance.checks import CHECKS, PROBES, Check, CheckFailed, CheckSkipped
+from rkt.conformance.world import SetupError, World, last_line
 
 PASS, FAIL, NOT_SUPPORTED, SKIPPED = "PASS", "FAIL", "NOT SUPPORTED", "SKIPPED"
 
@@ -109,41 +110,70 @@ def run_check(world: World, check: Check) -> Result:
     return Result(check.name, PASS)
 
 
+def run_checks(world: World, checks: list[Check]) -> list[Result]:
+    return [run_check(world, check) for check in checks]
+
+
+def probe_refusal(world: World, feature: str, reason: str, checks: list[Check]
+                  ) -> list[Result]:
+    """The rows of a feature the stage1 declares unsupported: NOT SUPPORTED if rkt
+    refuses a pod that uses it (where the suite has such a pod), else FAIL."""
+    probe = PROBES.get(feature)
+    outcome, why = NOT_SUPPORTED, reason
+    if probe is not None:
+        try:
+            result = probe(world)
+        except subprocess.TimeoutExpired:
+            result = None
+        if result is None or result.returncode == 0 or not last_line(
+                result.stderr).startswith("rkt: "):
+            outcome = FAIL
+            why = (f"declared unsupported ({reason}), but rkt accepted a pod using it; "
+                   "a stage1 must refuse what it cannot do")
+    return [Result(check.name, outcome, why) for check in checks]
+
+
 def run_suite(world: World, claims: Claims, *, jobs: int = 2,
               only: Iterable[str] = (), on_result: Callable[[Result], None] | None = None,
               ) -> list[Result]:
     """Every check, in the table's order; ``only`` limits them to those names.
 
     The first pod runs alone (it imports the stage1 image into the world's store),
-    then independent checks share ``jobs`` threads, then the ones marked ``last``
-    run one by one (``rkt gc`` collects every pod of the world).
+    then independent checks and the refusal probes of what the stage1 declares
+    unsupported share ``jobs`` threads, then the checks marked ``last`` run one
+    by one (``rkt gc`` collects every pod of the world).
     """
     wanted = set(only)
     chosen = [c for c in CHECKS if not wanted or c.name in wanted]
     results: dict[str, Result] = {}
 
-    def record(result: Result) -> None:
-        results[result.check] = result
-        if on_result is not None:
-            on_result(result)
+    def record(found: list[Result]) -> None:
+        for result in found:
+            results[result.check] = result
+            if on_result is not None:
+                on_result(result)
 
-    runnable = []
+    runnable: list[Check] = []
+    declared: dict[str, tuple[str, list[Check]]] = {}
     for check in chosen:
         reason = claims.refusal(check)
-        if reason is not None:
-            record(Result(check.name, NOT_SUPPORTED, reason))
-        else:
+        if reason is None:
             runnable.append(check)
+        else:
+            declared.setdefault(check.feature or "", (reason, []))[1].append(check)
     world.fetch_images()
     first, rest = runnable[:1], runnable[1:]
     for check in first:
-        record(run_check(world, check))
-    parallel = [c for c in rest if not c.last]
+        record([run_check(world, check)])
+    tasks: list[Callable[[], list[Result]]] = [
+        partial(run_checks, world, [check]) for check in rest if not check.last]
+    tasks += [partial(probe_refusal, world, feature, reason, checks)
+              for feature, (reason, checks) in declared.items()]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for result in pool.map(lambda c: run_check(world, c), parallel):
-            record(result)
+        for found in pool.map(lambda task: task(), tasks):
+            record(found)
     for check in (c for c in rest if c.last):
-        record(run_check(world, check))
+        record([run_check(world, check)])
     return [results[c.name] for c in chosen]
 
 
