@@ -135,6 +135,24 @@ def test_what_the_builtin_stage1s_declare() -> None:
     assert "host" not in kvm.network_modes and kvm.everyday_net() == "none"
 
 
+def test_the_tables_in_the_docs_follow_the_declarations() -> None:
+    """docs/stage1.md pastes what each built-in stage1 prints: every claimed check
+    passes, every declared one is not supported with the declared reason."""
+    from rkt.conformance.suite import NOT_SUPPORTED, PASS, Result, summary, table
+
+    docs = (Path(__file__).parents[2] / "docs" / "stage1.md").read_text()
+    for flavor in ("nspawn", "fly", "kvm"):
+        name = f"coreos.com/rkt/stage1-{flavor}"
+        claims = read_claims(name)
+        results = []
+        for check in CHECKS:
+            reason = claims.refusal(check)
+            results.append(Result(check.name, PASS) if reason is None
+                           else Result(check.name, NOT_SUPPORTED, reason))
+        printed = f"```\n{table(results)}\n{summary(name, results)}\n```"
+        assert printed in docs, f"docs/stage1.md lacks the {flavor} table:\n{printed}"
+
+
 def test_a_declaration_names_known_features_with_a_reason() -> None:
     class Unknown:
         name = "odd"
