@@ -1,7 +1,8 @@
 """``python -m rkt.conformance`` against rkt's own stage1s, as a stage1 author runs it.
 
 The suite is a program (it needs no pytest), so these tests run it as one, for
-nspawn, fly and kvm (kvm boots a VM per pod: slow), and check its exit status
+nspawn, fly and kvm (about 15 s each for nspawn and fly; kvm boots a VM per
+pod, about 2 minutes under TCG: slow), and check its exit status
 and that its table says exactly what each stage1 claims: every check PASS, but
 what the backend declares unsupported (``unsupported``, ``network_modes``). The
 checks themselves are in ``rkt.conformance.checks``; the tests in ``tests/pods``
@@ -49,14 +50,13 @@ def expected_rows(claims: Claims) -> dict[str, str]:
 
 
 @needs_root
-@pytest.mark.slow
 @pytest.mark.parametrize("flavor", [
     pytest.param("nspawn", marks=pytest.mark.skipif(
         shutil.which("systemd-nspawn") is None or not stage1_image_path("nspawn").exists(),
         reason="needs systemd-nspawn and the nspawn stage1 image (rkt install)")),
     pytest.param("fly", marks=pytest.mark.skipif(
         not stage1_image_path("fly").exists(), reason="needs the fly stage1 image")),
-    pytest.param("kvm", marks=[needs_kvm_stage1, pytest.mark.timeout(1200)]),
+    pytest.param("kvm", marks=[needs_kvm_stage1, pytest.mark.slow, pytest.mark.timeout(1200)]),
 ])
 def test_every_builtin_stage1_passes_all_it_claims(flavor: str) -> None:
     name = f"coreos.com/rkt/stage1-{flavor}"
