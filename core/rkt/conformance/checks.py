@@ -236,7 +236,9 @@ def probe_multi_app(world: World) -> subprocess.CompletedProcess[str]:
 
 @check("multi-app", "multi-app")
 def multi_app(world: World) -> None:
-    handshake = ("echo {me} > /shared/{me}; i=0; while [ ! -e /shared/{other} ]; do "
+    # written aside and renamed: the other app never reads it created but still empty
+    handshake = ("echo {me} > /shared/.{me}; mv /shared/.{me} /shared/{me}; i=0; "
+                 "while [ ! -e /shared/{other} ]; do "
                  "i=$((i+1)); [ $i -gt 600 ] && exit 9; sleep 0.1; done; "
                  "echo {me} saw $(cat /shared/{other})")
     lines = sorted(expect(_two_apps(world, handshake.format(me="alpha", other="beta"),

@@ -31,7 +31,7 @@ BUSYBOX: Final = Path("/bin/busybox")
 #: the applets the checks call, linked to /bin/busybox in the test image
 APPLETS: Final = (
     "sh", "cat", "chown", "cut", "dd", "echo", "env", "grep", "hostname", "id", "ip", "ls",
-    "mkdir", "pwd", "readlink", "sleep", "stat", "test", "touch", "true", "wc",
+    "mkdir", "mv", "pwd", "readlink", "sleep", "stat", "test", "touch", "true", "wc",
 )
 #: a token only the test image holds: what ``rkt enter`` shows proves it landed there
 IMAGE_TOKEN: Final = "rkt-conformance-image"
