@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     from rkt.conformance.world import World, rkt_binary
 
     world = None
+    # SIGTERM unwinds like Ctrl+C, so the world (pods, cgroups, files) is removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         claims = read_claims(args.stage1)
         if os.geteuid() != 0:
