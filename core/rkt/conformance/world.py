@@ -111,7 +111,7 @@ class World:
     net: str = "host"
     timeout: float = 300
     #: how long a pod may take to end once told to (stop, Ctrl+], SIGKILL to rkt)
-    end_timeout: float = 60
+    end_timeout: float = 120
     #: the test images' IDs once :meth:`fetch_images` ran
     images: dict[str, str] = field(default_factory=dict)
     #: the pods' cgroup parent (paths.d), the world's own
