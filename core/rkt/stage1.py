@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +133,35 @@ def unsupported_features(backend: object) -> dict[str, str]:
             raise Stage1Error(f'stage1 backend "{name}" gives no reason why "{feature}" '
                               "is unsupported")
     return dict(declared)
+
+
+def features_used(resolved: ResolvedPod, runtime: PodRuntime) -> list[str]:
+    """The :data:`STAGE1_FEATURES` a pod asks of its stage1 (those stage0 can tell
+    from the pod; ``stop`` and ``enter`` are asked by their commands)."""
+    apps = resolved.apps
+    used = {
+        "volumes": bool(resolved.volumes) or any(app.mounts for app in apps),
+        "read-only-rootfs": any(app.read_only_rootfs for app in apps),
+        "event-handlers": any(app.pre_start or app.post_stop for app in apps),
+        "multi-app": len(apps) > 1,
+        "hostname": runtime.hostname is not None,
+        "interactive": runtime.interactive,
+        "memory-limit": resolved.resources.memory_bytes is not None
+        or any(app.resources.memory_bytes is not None for app in apps),
+    }
+    return [feature for feature, asked in used.items() if asked]
+
+
+def refuse_unsupported(backend: object, features: Iterable[str]) -> None:
+    """:class:`UsageError` for the first of ``features`` the backend declares it
+    does not support, before anything of the pod runs: a declared gap is refused,
+    never silently ignored."""
+    declared = getattr(backend, "unsupported", None) or {}
+    for feature in features:
+        if feature in declared:
+            name = getattr(backend, "name", type(backend).__name__)
+            raise UsageError(f"the {name} stage1 does not support {STAGE1_FEATURES[feature]}: "
+                             f"{declared[feature]}")
 
 
 # -- building stage1 images ----------------------------------------------------------

@@ -689,7 +689,20 @@ def test_fly_refuses_a_hostname_it_cannot_give(env: RktEnv, busybox_image: Path)
     """fly has no UTS namespace: --hostname was accepted and ignored (found by
     ``python -m rkt.conformance``); setting it would rename the host."""
     refused = run(env, "run", FLY, "--hostname=mine", busybox_image, "--exec=/bin/hostname")
-    assert_one_line_error(refused, "the fly stage1 shares the host's hostname")
+    assert_one_line_error(refused, "the fly stage1 does not support a hostname of the pod's "
+                                   "own", "fly shares the host's UTS namespace")
+    assert list(env.data_dir.glob("pods/*/*")) == []  # refused before the pod ran
+
+
+def test_a_feature_a_stage1_declares_unsupported_is_refused_before_the_pod_runs(
+        env: RktEnv, busybox_image: Path) -> None:
+    """stage0 refuses what the backend's ``unsupported`` names (docs/stage1.md),
+    so no pod is left behind and no third-party stage1 has to check it itself."""
+    refused = run(env, "run", FLY, busybox_image, "--exec=/bin/true", "---",
+                  busybox_image, "--name=second", "--exec=/bin/true")
+    assert_one_line_error(refused, "the fly stage1 does not support more than one app in a "
+                                   "pod: fly runs exactly one app per pod")
+    assert list(env.data_dir.glob("pods/*/*")) == []
 
 
 def test_supplementary_gids(env: RktEnv, busybox_image: Path) -> None:

@@ -258,8 +258,12 @@ def _enter(options: GlobalOptions, args: argparse.Namespace) -> int:
     if not command:
         print('No command specified, assuming "/bin/bash"', file=options.stderr)
         command = ["/bin/bash"]
+    from rkt.stage1 import refuse_unsupported
+
+    backend = backend_of(options, pod)
+    refuse_unsupported(backend, ["enter"])
     sys.stdout.flush()
-    return backend_of(options, pod).enter(pod, app, command)
+    return backend.enter(pod, app, command)
 
 
 def _uuids(args: argparse.Namespace) -> list[str]:

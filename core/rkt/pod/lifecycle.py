@@ -35,6 +35,8 @@ from rkt.stage1 import (
     Stage1Backend,
     Stage1Choice,
     check_interface_version,
+    features_used,
+    refuse_unsupported,
     select_stage1,
     stage1_backend_name,
 )
@@ -197,6 +199,7 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
             # for the backend now and for rkt enter later
             save_resolved_pod(pod, lifted)
             resolved = lifted
+        refuse_unsupported(prepared.backend, features_used(resolved, pod_runtime))
         pod_runtime = _with_network(runtime, prepared, resolved, pod_runtime, network)
         if metadata_socket is not None:
             resolved = _register_metadata(pod, resolved, pod_runtime, metadata_socket)
@@ -444,7 +447,9 @@ def stop_pod(pod: Pod, stage1_backend: Stage1Lookup, *, force: bool) -> bool:
     """Ask a running pod's stage1 to stop it (kill it with ``force``); False if not running."""
     if pod.state() != "running":
         return False
-    stage1_backend(pod).stop(pod, force=force)
+    backend = stage1_backend(pod)
+    refuse_unsupported(backend, ["stop"])
+    backend.stop(pod, force=force)
     forget_pod(pod.path, pod.uuid)
     return True
 
