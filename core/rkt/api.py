@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     )
     from rkt.pod.dirs import PID_FILE, PPID_FILE, Pod
     from rkt.pod.enter import children, enter, host_pid_of, namespace_pids
-    from rkt.pod.lifetime import spawn_stage1
+    from rkt.pod.lifetime import ForkedStage1, spawn_stage1
     from rkt.pod.runtime import (
         build_job,
         host_resolv_conf,
@@ -80,6 +80,7 @@ if TYPE_CHECKING:
         volume_host_path,
         write_job,
     )
+    from rkt.pod.supervisor import run_supervisor
     from rkt.progress import ProgressBar
     from rkt.registry import (
         DiscoveryRegistry,
@@ -141,7 +142,9 @@ _HOMES: dict[str, str] = {
     **dict.fromkeys(("enter", "children", "host_pid_of", "namespace_pids"), "rkt.pod.enter"),
     "run_with_console": "rkt.console",
     # the pod lives exactly as long as the rkt process (docs/stage1.md)
-    "spawn_stage1": "rkt.pod.lifetime",
+    **dict.fromkeys(("spawn_stage1", "ForkedStage1"), "rkt.pod.lifetime"),
+    # the supervisor in rkt's own process, for a stage1 that forks rather than execs it
+    "run_supervisor": "rkt.pod.supervisor",
     # user output
     "ProgressBar": "rkt.progress",
     # errors (rkt prints "rkt: <message>" for any of these)
@@ -172,6 +175,7 @@ __all__ = [
     "FetchedImage",
     "Fetcher",
     "FetcherRegistry",
+    "ForkedStage1",
     "HttpClient",
     "HttpSession",
     "ImageError",
@@ -229,6 +233,7 @@ __all__ = [
     "overlay_on_host",
     "private_dir",
     "private_file",
+    "run_supervisor",
     "run_with_console",
     "session_for",
     "spawn_stage1",

@@ -21,8 +21,9 @@ import termios
 import time
 import tty
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any, overload
 
-from rkt.pod.lifetime import spawn_stage1
+from rkt.pod.lifetime import ForkedStage1, Stage1Target, spawn_stage1
 
 ESCAPE = 0x1D  # Ctrl+]
 ESCAPE_COUNT = 3
@@ -66,6 +67,7 @@ def _copy_size(source: int, target: int) -> None:
         fcntl.ioctl(target, termios.TIOCSWINSZ, size)
 
 
+@overload
 def run_with_console(
     command: Sequence[str],
     *,
@@ -75,8 +77,36 @@ def run_with_console(
     on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
     env: dict[str, str] | None = None,
     stop: Callable[[], None] | None = None,
+) -> int: ...
+
+
+@overload
+def run_with_console(
+    command: Callable[[], int],
+    *,
+    interactive: bool,
+    kill: Callable[[ForkedStage1], None],
+    pass_fds: Sequence[int] = (),
+    on_start: Callable[[ForkedStage1], None] | None = None,
+    env: None = None,
+    stop: Callable[[], None] | None = None,
+) -> int: ...
+
+
+def run_with_console(
+    command: Stage1Target,
+    *,
+    interactive: bool,
+    kill: Callable[[Any], None],
+    pass_fds: Sequence[int] = (),
+    on_start: Callable[[Any], None] | None = None,
+    env: dict[str, str] | None = None,
+    stop: Callable[[], None] | None = None,
 ) -> int:
     """Run ``command`` (the pod's supervisor), relaying the terminal; return its exit code.
+
+    ``command`` is a program and its arguments, or a function run in a fork of
+    rkt (see :func:`rkt.pod.lifetime.spawn_stage1`).
 
     ``stop`` is the pod's graceful stop for :func:`rkt.pod.lifetime.spawn_stage1`
     (default: SIGTERM to the process), called when rkt gets a stop signal.
@@ -99,21 +129,25 @@ def run_with_console(
 
 
 def _run(
-    command: Sequence[str],
+    command: Stage1Target,
     *,
     interactive: bool,
-    kill: Callable[[subprocess.Popen[bytes]], None],
+    kill: Callable[[Any], None],
     pass_fds: Sequence[int],
-    on_start: Callable[[subprocess.Popen[bytes]], None] | None,
+    on_start: Callable[[Any], None] | None,
     env: dict[str, str] | None,
     stop: Callable[[], None] | None,
 ) -> int:
+    if env is not None:
+        popen: dict[str, Any] = {"env": env}
+    else:
+        popen = {}  # a forked function takes no environment of its own
     stdin_tty = sys.stdin.isatty()
     if not stdin_tty:
         # No terminal, no escape sequence to watch: the plain case.
         process = spawn_stage1(
-            command, stop=stop, pass_fds=pass_fds, env=env,
-            stdin=None if interactive else subprocess.DEVNULL,
+            command, stop=stop, pass_fds=pass_fds,
+            stdin=None if interactive else subprocess.DEVNULL, **popen,
         )
         if on_start:
             on_start(process)
@@ -124,10 +158,10 @@ def _run(
         master, slave = pty.openpty()
         _copy_size(sys.stdin.fileno(), slave)
     process = spawn_stage1(
-        command, stop=stop, pass_fds=pass_fds, env=env,
+        command, stop=stop, pass_fds=pass_fds,
         stdin=slave if interactive else subprocess.DEVNULL,
         stdout=slave if interactive else None,
-        stderr=slave if interactive else None,
+        stderr=slave if interactive else None, **popen,
     )
     if slave is not None:
         os.close(slave)
@@ -190,6 +224,6 @@ def _drain(master: int) -> None:
         os.write(sys.stdout.fileno(), data)
 
 
-def _wait(process: subprocess.Popen[bytes]) -> int:
+def _wait(process: subprocess.Popen[bytes] | ForkedStage1) -> int:
     code = process.wait()
     return code if code >= 0 else 128 - code

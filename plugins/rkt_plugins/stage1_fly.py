@@ -1,6 +1,6 @@
 """The fly stage1: one app, chrooted, in the host's namespaces (rkt's ``stage1-fly``).
 
-No container, no VM: the supervisor runs as rkt's child on the host and starts
+No container, no VM: the supervisor runs in a fork of rkt on the host and starts
 the app with its own mount namespace (so its mounts vanish with it) pivoted
 into the app's rootfs, sharing the host's network, PID, IPC and UTS
 namespaces. Useful where isolation is done elsewhere (kubelet, systemd units).
@@ -12,14 +12,12 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from rkt.api import (
     INTERFACE_VERSION,
     PID_FILE,
-    SUPERVISOR_PATH,
+    ForkedStage1,
     Pod,
     PodError,
     PodRuntime,
@@ -30,6 +28,7 @@ from rkt.api import (
     enter,
     host_resolv_conf,
     overlay_on_host,
+    run_supervisor,
     run_with_console,
     volume_host_path,
     write_job,
@@ -76,19 +75,21 @@ class FlyStage1:
         if pod.lock_fd is not None:
             os.set_inheritable(pod.lock_fd, True)
 
-        def record(process: subprocess.Popen[bytes]) -> None:
+        def record(process: ForkedStage1) -> None:
             tmp = pod.path / f".{PID_FILE}.tmp"
             tmp.write_text(str(process.pid))
             os.rename(tmp, pod.path / PID_FILE)
 
-        def kill(process: subprocess.Popen[bytes]) -> None:
+        def kill(process: ForkedStage1) -> None:
             self._kill_all(pod, process.pid)
 
-        command = [sys.executable, "-I", "-S", str(rootfs / SUPERVISOR_PATH), str(spec)]
-        # the supervisor mounts the app's overlay and volumes as the job says
-        LOG.debug("running %s", " ".join(command))
+        # The supervisor runs in a fork of rkt, not in an interpreter of its own (the
+        # start-up of a second Python was half of a fly pod's start: issue 14); it is
+        # the same stdlib-only code the stage1 image carries. It mounts the app's
+        # overlay and volumes as the job says.
+        LOG.debug("running the supervisor for %s in a fork of rkt", spec)
         return run_with_console(
-            command, interactive=runtime.interactive, kill=kill,
+            lambda: run_supervisor(str(spec)), interactive=runtime.interactive, kill=kill,
             pass_fds=(pod.lock_fd,) if pod.lock_fd is not None else (), on_start=record,
         )
 

@@ -25,14 +25,16 @@ docs/stage1.md says what a backend must do for this to hold.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, overload
 
 from rkt.errors import PodError, PodInterrupted
 
@@ -61,7 +63,7 @@ class PodLifetime:
         self.grace = grace
         self.deferred = False
         self.received: int | None = None
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | ForkedStage1 | None = None
         self._stop: Callable[[], None] | None = None
         self._stopping = False
         self._previous: dict[int, Any] = {}
@@ -98,7 +100,7 @@ class PodLifetime:
         if self.received is not None and self.process is None:
             raise PodInterrupted(self.received, _interrupted(self.received))
 
-    def started(self, process: subprocess.Popen[bytes],
+    def started(self, process: subprocess.Popen[bytes] | ForkedStage1,
                 stop: Callable[[], None] | None = None) -> None:
         """The stage1 process runs: stop signals now stop it (``stop``, else SIGTERM)."""
         self.process = process
@@ -219,14 +221,115 @@ def _prctl() -> Any:
     return _PRCTL
 
 
+class ForkedStage1:
+    """A stage1 process that is a fork of rkt running a function (the fly
+    supervisor), with what the lifetime and the console use of a ``Popen``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def _reap(self, flags: int) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, flags)
+            except ChildProcessError:  # reaped elsewhere: no code to tell
+                self.returncode = 255
+                return self.returncode
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        return self._reap(os.WNOHANG)
+
+    def wait(self) -> int:
+        code = self._reap(0)
+        assert code is not None
+        return code
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+#: what :func:`spawn_stage1` starts: a command, or a function run in a fork of rkt
+Stage1Target = Sequence[str] | Callable[[], int]
+
+
+def _fork_stage1(target: Callable[[], int], in_child: Callable[[], None], *,
+                 stdin: int | None = None, stdout: int | None = None,
+                 stderr: int | None = None, pass_fds: Sequence[int] = ()) -> ForkedStage1:
+    """Fork and run ``target`` in the child, which exits with what it returns.
+
+    The child is set up as ``Popen`` would set up an exec'd one: standard streams
+    (``subprocess.DEVNULL`` or a file descriptor), every other descriptor closed
+    but ``pass_fds``, signal dispositions back to the defaults. It never returns
+    into rkt's code: it ends with ``os._exit``, running no cleanup of rkt's.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    pid = os.fork()
+    if pid:
+        return ForkedStage1(pid)
+    code = 254
+    try:
+        # the parent's objects (open files, the store's database) are never
+        # finalized here, so their descriptors, closed below, are not closed twice
+        gc.freeze()
+        in_child()
+        for signum in (*STOP_SIGNALS, signal.SIGALRM, signal.SIGWINCH, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        for fd, wanted in ((0, stdin), (1, stdout), (2, stderr)):
+            if wanted == subprocess.DEVNULL:
+                null = os.open(os.devnull, os.O_RDWR)
+                os.dup2(null, fd)
+                os.close(null)
+            elif wanted is not None:
+                os.dup2(wanted, fd)
+        keep = {0, 1, 2, *pass_fds}
+        for name in os.listdir("/proc/self/fd"):
+            if int(name) not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(int(name))
+        code = target()
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(2, f"rkt: stage1: {type(exc).__name__}: {exc}\n".encode())
+    finally:
+        os._exit(code)
+
+
+@overload
+def spawn_stage1(command: Sequence[str], *, stop: Callable[[], None] | None = None,
+                 helper: bool = False, **popen: Any) -> subprocess.Popen[bytes]: ...
+
+
+@overload
+def spawn_stage1(command: Callable[[], int], *, stop: Callable[[], None] | None = None,
+                 helper: bool = False, **popen: Any) -> ForkedStage1: ...
+
+
 def spawn_stage1(
-    command: Sequence[str],
+    command: Stage1Target,
     *,
     stop: Callable[[], None] | None = None,
     helper: bool = False,
     **popen: Any,
-) -> subprocess.Popen[bytes]:
+) -> subprocess.Popen[bytes] | ForkedStage1:
     """Start a pod's stage1 process so that it lives no longer than this rkt.
+
+    ``command`` is a program and its arguments, or a function that a fork of rkt
+    runs (no second interpreter to start: the fly stage1's supervisor); its
+    return value is the process's exit code. For a function, ``popen`` may hold
+    only ``stdin``, ``stdout``, ``stderr`` and ``pass_fds``.
 
     The child gets ``PR_SET_PDEATHSIG`` = SIGKILL (it survives ``exec`` of a
     program that is not set-user-ID), so SIGKILL to rkt kills it; while rkt
@@ -253,7 +356,11 @@ def spawn_stage1(
     # process to stop: hold them until the child is known.
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        process = subprocess.Popen(command, preexec_fn=in_child, **popen)
+        process: subprocess.Popen[bytes] | ForkedStage1
+        if callable(command):
+            process = _fork_stage1(command, in_child, **popen)
+        else:
+            process = subprocess.Popen(command, preexec_fn=in_child, **popen)
         if lifetime is not None and not helper:
             lifetime.started(process, stop)
     finally:

@@ -697,7 +697,21 @@ def load_job(path: str) -> dict[str, Any]:
     return spec
 
 
+def run_supervisor(job_path: str) -> int:
+    """Supervise the job at ``job_path`` in this process; return the pod's exit code.
+
+    For a stage1 that runs the supervisor in a fork of rkt (fly) rather than in
+    an interpreter of its own: the caller must be a fresh child that ends with
+    ``os._exit`` of the result (signal handlers and the parent-death signal are
+    set here for the whole process).
+    """
+    return main(["supervisor", job_path])
+
+
 def main(argv: list[str]) -> int:
+    global SUPERVISOR_PID
+    # this process, whether it was started for the job or forked by rkt to run it
+    SUPERVISOR_PID = os.getpid()
     path = argv[1] if len(argv) > 1 else RUNTIME
     JOB_DIR[0] = os.path.dirname(os.path.abspath(path))
     try:
