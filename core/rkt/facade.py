@@ -6,6 +6,7 @@ never calls ``pm.hook.*`` itself. Each registry hook runs once, on first use.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -14,7 +15,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 from rkt.errors import PluginError, Stage1Error
 from rkt.hookmarker import is_hookimpl
 from rkt.plugins import (
+    BUILTIN_HOOKS,
+    STAGE1_GROUP,
     builtin_plugins_alone,
+    entry_points_cached,
     installed_stage1_backends,
     load_entry_point,
     new_plugin_manager,
@@ -54,8 +58,9 @@ class Plugins:
     _process_default: ClassVar[Plugins | None] = None
 
     def __init__(self, pm: pluggy.PluginManager | None,
-                 builtins: Sequence[tuple[str, ModuleType]] = ()) -> None:
+                 builtins: Sequence[tuple[str, str]] = ()) -> None:
         self._pm = pm
+        #: ``(name, module name)`` of the built-ins, imported on first use
         self._builtins = builtins
 
     @property
@@ -74,8 +79,14 @@ class Plugins:
                                     else cls(None, builtins))
         return cls._process_default
 
+    def _builtin_plugins(self, hook_name: str) -> list[tuple[str, ModuleType]]:
+        """The built-ins that implement ``hook_name``, imported (only those)."""
+        return [(name, importlib.import_module(module_name))
+                for name, module_name in self._builtins
+                if hook_name in BUILTIN_HOOKS.get(module_name, (hook_name,))]
+
     def _call_builtins(self, hook_name: str, **kwargs: object) -> None:
-        for _, plugin in self._builtins:
+        for _, plugin in self._builtin_plugins(hook_name):
             implementation = getattr(plugin, hook_name, None)
             if callable(implementation) and is_hookimpl(implementation):
                 implementation(**kwargs)
@@ -83,7 +94,8 @@ class Plugins:
     def _fill(self, registry: R, hook_name: str) -> R:
         if self._pm is None:
             registry.implementations = {
-                _code_of(getattr(plugin, hook_name)): name for name, plugin in self._builtins
+                _code_of(getattr(plugin, hook_name)): name
+                for name, plugin in self._builtin_plugins(hook_name)
                 if is_hookimpl(getattr(plugin, hook_name, None))
             }
             self._call_builtins(hook_name, registry=registry)
@@ -147,10 +159,12 @@ class Plugins:
     def stage1_backend(self, name: str) -> Stage1Backend:
         """The backend named ``name``: a registered one, else the entry point of that name.
 
-        Only the chosen entry point is imported, found in rkt's cached entry points
-        (:func:`rkt.plugins.stage1_entry_point`): reading every distribution's
-        metadata, as stevedore or ``importlib.metadata`` would, costs more than a
-        fly pod.
+        Only the chosen entry point is imported. With rkt's entry-point cache proven
+        fresh (:func:`rkt.plugins.entry_points_cached`, every pod start but the first
+        after an install) its module is imported directly: stevedore, like
+        ``importlib.metadata``, would read every distribution's metadata, which costs
+        more than a fly pod. On a cache miss that metadata is read anyway, and
+        stevedore's ``DriverManager`` loads the backend.
         """
         factory = self.stage1_backends.get(name)
         if factory is not None:
@@ -163,14 +177,29 @@ class Plugins:
                 f'stage1 backend "{name}" is not installed (installed: {known or "none"})'
             )
         try:
-            backend_class: Any = load_entry_point(value)
-            return cast("Stage1Backend", backend_class())
+            if entry_points_cached():
+                backend_class: Any = load_entry_point(value)
+                return cast("Stage1Backend", backend_class())
+            return _load_with_stevedore(name)
         except Stage1Error:
             raise
         except Exception as exc:
             raise Stage1Error(
                 f'stage1 backend "{name}" ({value}) failed to load: {type(exc).__name__}: {exc}'
             ) from exc
+
+
+def _load_with_stevedore(name: str) -> Stage1Backend:
+    """The ``rkt.stage1`` entry point ``name``, loaded and instantiated by stevedore."""
+    from stevedore.driver import DriverManager
+
+    def reraise(manager: object, entry_point: object, exc: BaseException) -> None:
+        del manager, entry_point
+        raise exc  # stevedore would log it and report "no driver" instead
+
+    manager: DriverManager[Any] = DriverManager(STAGE1_GROUP, name, invoke_on_load=True,
+                                                on_load_failure_callback=reraise)
+    return cast("Stage1Backend", manager.driver)
 
 
 def _code_of(function: Callable[..., object]) -> object:

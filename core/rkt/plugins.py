@@ -10,13 +10,12 @@ the named ones, so a broken plugin never locks the user out.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
 import os
 import sys
-import tempfile
+import zlib
 from collections.abc import Iterable
 from functools import cache
 from types import ModuleType
@@ -40,6 +39,19 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "rkt_plugins.docker",
 )
 
+#: The hooks each built-in implements: with the built-ins alone, a process imports
+#: only those whose hooks it calls (a pod start: the store's). tests/core/test_plugins.py
+#: holds this to what the modules implement.
+BUILTIN_HOOKS: dict[str, frozenset[str]] = {
+    "rkt_plugins.file_fetcher": frozenset({"rkt_register_fetchers"}),
+    "rkt_plugins.https_fetcher": frozenset({"rkt_register_fetchers"}),
+    "rkt_plugins.name_fetcher": frozenset({"rkt_register_fetchers"}),
+    "rkt_plugins.discovery": frozenset({"rkt_register_discovery"}),
+    "rkt_plugins.openpgp": frozenset({"rkt_register_verifiers"}),
+    "rkt_plugins.cas_store": frozenset({"rkt_register_stores"}),
+    "rkt_plugins.docker": frozenset({"rkt_register_fetchers", "rkt_image_gc"}),
+}
+
 PLUGIN_GROUP = "rkt.plugins"
 STAGE1_GROUP = "rkt.stage1"
 DISABLE_AUTOLOAD_ENV = "RKT_DISABLE_PLUGIN_AUTOLOAD"
@@ -47,25 +59,43 @@ DISABLE_PLUGINS_ENV = "RKT_DISABLE_PLUGINS"
 
 
 #: bump when the cache file's format changes
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
-def _cache_file() -> str:
-    """Where the entry points found for this ``sys.path`` are remembered.
-
-    The name hashes every ``sys.path`` entry with its directory's mtime (as
-    stevedore does): installing or removing a distribution changes its
-    directory's mtime, and so the file looked for.
-    """
-    digest = hashlib.sha256(str(_CACHE_FORMAT).encode())
+def _cache_key() -> list[object]:
+    """What the cached entry points depend on: every ``sys.path`` entry with its
+    directory's mtime (as stevedore keys its cache). Installing or removing a
+    distribution changes its directory's mtime, and so the key."""
+    key: list[object] = [_CACHE_FORMAT]
     for entry in sys.path:
         try:
             mtime = os.stat(entry or ".").st_mtime_ns
         except OSError:
             mtime = 0
-        digest.update(f"{entry}\0{mtime}\0".encode())
+        key.append([entry, mtime])
+    return key
+
+
+def _cache_file(key: list[object]) -> str:
+    """Where the entry points found for ``key`` are remembered. The file holds the
+    key too, so a name shared by two keys (a CRC collision) is never taken for a
+    match; no hashlib to import on a pod start."""
+    name = f"{zlib.crc32(json.dumps(key).encode()):08x}"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "rkt", f"entry-points-{digest.hexdigest()[:32]}.json")
+    return os.path.join(base, "rkt", f"entry-points-{name}.json")
+
+
+#: whether this process's entry points came from a cache proven fresh (see
+#: :func:`entry_points_cached`)
+_FROM_CACHE: list[bool] = []
+
+
+def entry_points_cached() -> bool:
+    """Whether rkt's entry points were read from the on-disk cache, proven fresh by
+    its key, rather than from the installed distributions' metadata (a cache miss:
+    none yet, or something was installed or removed since)."""
+    _entry_points()
+    return bool(_FROM_CACHE and _FROM_CACHE[0])
 
 
 @cache
@@ -75,24 +105,31 @@ def _entry_points() -> dict[str, list[tuple[str, str]]]:
     Reading every installed distribution's metadata costs more than starting a
     pod, so what was found is cached on disk (when the home directory is writable).
     """
-    path = _cache_file()
+    key = _cache_key()
+    path = _cache_file(key)
     try:
         with open(path) as handle:
             cached = json.load(handle)
-        return {group: [(name, value) for name, value in pairs]
-                for group, pairs in cached.items()}
-    except (OSError, ValueError, TypeError):
+        if cached["key"] == key:
+            groups = {group: [(name, value) for name, value in pairs]
+                      for group, pairs in cached["groups"].items()}
+            _FROM_CACHE[:] = [True]
+            return groups
+    except (OSError, ValueError, TypeError, KeyError):
         pass
+    _FROM_CACHE[:] = [False]
     from importlib.metadata import entry_points
 
     found = entry_points()
     groups = {group: sorted((ep.name, ep.value) for ep in found.select(group=group))
               for group in (PLUGIN_GROUP, STAGE1_GROUP)}
     try:
+        import tempfile
+
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".entry-points-")
         with os.fdopen(fd, "w") as handle:
-            json.dump(groups, handle)
+            json.dump({"key": key, "groups": groups}, handle)
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only home: read the metadata every time
@@ -175,13 +212,14 @@ def _register(pm: pluggy.PluginManager, plugin: ModuleType | object, name: str) 
     LOG.debug("registered plugin %s", name)
 
 
-def builtin_plugins_alone() -> list[tuple[str, ModuleType]] | None:
-    """The built-in plugins, ``(name, module)``, when they are all the plugins
+def builtin_plugins_alone() -> list[tuple[str, str]] | None:
+    """The built-in plugins, ``(name, module name)``, when they are all the plugins
     :func:`new_plugin_manager` would load (no external plugin is installed, per the
     cached entry points, or autoloading is off); None when there are others.
 
-    Then the core calls their hooks itself (:class:`rkt.facade.Plugins`) and pluggy,
-    with the ``importlib.metadata`` it imports, is not loaded at all.
+    Then the core calls their hooks itself (:class:`rkt.facade.Plugins`), importing
+    each module only when one of its hooks (:data:`BUILTIN_HOOKS`) is called, and
+    pluggy, with the ``importlib.metadata`` it imports, is not loaded at all.
     """
     blocked = _blocked_from_env()
     names = {module_name.rsplit(".", 1)[-1]: module_name for module_name in BUILTIN_PLUGINS}
@@ -190,8 +228,8 @@ def builtin_plugins_alone() -> list[tuple[str, ModuleType]] | None:
         for name, _ in _entry_points()[PLUGIN_GROUP]
     ):
         return None
-    return [(short, importlib.import_module(module_name))
-            for short, module_name in names.items() if short not in blocked]
+    return [(short, module_name) for short, module_name in names.items()
+            if short not in blocked]
 
 
 def installed_stage1_backends() -> list[str]:

@@ -244,3 +244,51 @@ def test_an_external_plugin_brings_in_the_plugin_manager(monkeypatch: pytest.Mon
                         lambda: {rkt.plugins.PLUGIN_GROUP: [("docker", "elsewhere")],
                                  rkt.plugins.STAGE1_GROUP: []})
     assert rkt.plugins.builtin_plugins_alone() is not None
+
+
+def test_the_builtin_hook_table_is_what_the_builtins_implement() -> None:
+    import importlib
+
+    from rkt.hookmarker import is_hookimpl
+    from rkt.plugins import BUILTIN_HOOKS
+
+    assert set(BUILTIN_HOOKS) == set(BUILTIN_PLUGINS)
+    for module_name in BUILTIN_PLUGINS:
+        module = importlib.import_module(module_name)
+        implemented = {name for name in dir(module)
+                       if name.startswith("rkt_") and is_hookimpl(getattr(module, name))}
+        assert BUILTIN_HOOKS[module_name] == implemented, module_name
+
+
+def test_the_builtins_alone_import_only_the_plugins_of_the_hooks_called(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import subprocess
+    import sys
+
+    # a fresh interpreter: this one has imported every built-in already
+    code = ("import sys; from rkt.facade import Plugins; "
+            "p = Plugins(None, [(m.rsplit('.', 1)[-1], m) for m in "
+            "__import__('rkt.plugins').plugins.BUILTIN_PLUGINS]); p.stores; "
+            "print(sorted(m for m in sys.modules if m.startswith('rkt_plugins.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "['rkt_plugins.cas_store']"
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["fresh-cache", "cache-miss"])
+def test_a_stage1_backend_is_loaded_by_stevedore_only_on_a_cache_miss(
+    plugins: Plugins, monkeypatch: pytest.MonkeyPatch, cached: bool
+) -> None:
+    import sys
+
+    import rkt.facade
+    import rkt.plugins
+
+    monkeypatch.setattr(rkt.facade, "entry_points_cached", lambda: cached)
+    monkeypatch.delitem(sys.modules, "stevedore", raising=False)
+    monkeypatch.delitem(sys.modules, "stevedore.driver", raising=False)
+    backend = plugins.stage1_backend("fly")  # the built-in's real entry point
+    assert backend.name == "fly"
+    assert ("stevedore.driver" in sys.modules) is not cached
+
