@@ -23,6 +23,7 @@ from rkt.pod.cgroups import (
     cpu_weight,
     create_pod_cgroups,
     detect_host,
+    join,
     own_cgroups,
     pod_cgroups,
     recorded_pod_dirs,
@@ -292,7 +293,16 @@ def test_the_stage1_cgroup_is_left_when_the_backend_returns(tmp_path: Path) -> N
         with stage1_cgroup(cgroups):
             assert own_cgroups(host) == cgroups.stage1_dirs()
         assert own_cgroups(host) == before
+        # a process about to exit stays (issue 14), but not when the block failed:
+        # it may have the pod's cgroups to remove
+        with pytest.raises(PodError), stage1_cgroup(cgroups, move_back=False):
+            raise PodError("the stage1 did not start")
+        assert own_cgroups(host) == before
+        with stage1_cgroup(cgroups, move_back=False):
+            pass
+        assert own_cgroups(host) == cgroups.stage1_dirs()
     finally:
+        join(before)
         remove_pod_cgroups(pod)
         for hierarchy in host.hierarchies:
             os.rmdir(f"{hierarchy.path}/{parent}")

@@ -171,7 +171,8 @@ def _load_pod_manifest(runtime: Runtime, path: Path) -> dict[str, Any]:
 def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
             *, uuid_file: str | None = None,
             network: NetworkRequest | None = None,
-            metadata_socket: Path | None = None) -> int:
+            metadata_socket: Path | None = None,
+            exits_after: bool = False) -> int:
     """Set up the pod's network, move the locked pod to ``run/`` and hand it to its
     stage1; return the exit code.
 
@@ -179,7 +180,9 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
     pod this process prepared is then removed, a ``run-prepared`` one stays
     prepared. With ``metadata_socket`` (``--mds-register``) the pod is
     registered with the metadata service listening there once its network is
-    up (and unregistered when it ends).
+    up (and unregistered when it ends). ``exits_after``: the caller exits when
+    this returns (the ``rkt`` command), so it need not leave the pod's stage1
+    cgroups (see :func:`rkt.pod.cgroups.stage1_cgroup`).
     The same holds when a stop signal (:mod:`rkt.pod.lifetime`) arrives before
     the stage1 process started: what was set up is undone.
     """
@@ -218,8 +221,8 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
     try:
         (pod.path / STARTED_FILE).touch()
         cgroups = setup_pod_cgroups(pod, resolved, runtime.config.paths.get(PARENT_KEY))
-        with stage1_cgroup(cgroups), start_deadline(pod.path / PID_FILE, backend.name,
-                                                    time_limit):
+        with stage1_cgroup(cgroups, move_back=not exits_after), \
+                start_deadline(pod.path / PID_FILE, backend.name, time_limit):
             try:
                 code = backend.run(pod, resolved, pod_runtime._replace(cgroups=cgroups))
             except RktError:
