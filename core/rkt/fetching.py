@@ -30,7 +30,7 @@ from rkt.errors import (
     UsageError,
     VerificationError,
 )
-from rkt.imageref import ImageRef, parse_image_ref
+from rkt.imageref import ImageRef, has_scheme, parse_image_ref
 
 if TYPE_CHECKING:
     from rkt.context import Runtime
@@ -192,8 +192,10 @@ def fetch_image(
     The image's ``dependencies`` are fetched too (recursively, with the same pull
     policy), so that it can be rendered (``appc-spec/aci.md``, dependency matching).
     """
-    plugins = runtime.plugins
-    ref = parse_image_ref(text, plugin_schemes=plugins.fetchers.names())
+    # the fetchers (every fetcher plugin imported) only when a scheme could name one:
+    # a plain name already in the store, a pod start's usual case, needs none
+    schemes = runtime.plugins.fetchers.names() if has_scheme(text) else ()
+    ref = parse_image_ref(text, plugin_schemes=schemes)
     info = _fetch_one(runtime, ref, signature_file, pull_policy)
     fetch_dependencies(runtime, info, pull_policy=pull_policy)
     return info

@@ -65,6 +65,12 @@ def parse_appc_name(text: str) -> tuple[str, dict[str, str]]:
     return name, labels
 
 
+def has_scheme(text: str) -> bool:
+    """Whether ``text`` starts like ``scheme:``, so that the plugins' schemes matter to
+    :func:`parse_image_ref` (a caller need not load the fetchers to ask them)."""
+    return _SCHEME.match(text) is not None
+
+
 def parse_image_ref(text: str, *, plugin_schemes: Collection[str] = ()) -> ImageRef:
     """Classify an image string; see the module docstring for the rules."""
     if not text:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -224,7 +223,7 @@ def build_stage1_image(
         )
         (rootfs / "etc" / "machine-id").write_text("")
         supervisor = Path(__file__).parent / "pod" / "supervisor.py"
-        shutil.copyfile(supervisor, rootfs / SUPERVISOR_PATH)
+        (rootfs / SUPERVISOR_PATH).write_bytes(supervisor.read_bytes())
         backend.build_image(rootfs)
         (Path(work) / "manifest").write_text(json.dumps(manifest, indent=2))
         out.parent.mkdir(parents=True, exist_ok=True)

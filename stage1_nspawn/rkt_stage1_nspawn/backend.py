@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -94,7 +93,10 @@ def prepare_host() -> None:
 
 
 def _nspawn_binary() -> str:
-    found = shutil.which("systemd-nspawn")
+    # not shutil.which: shutil imports bz2 and lzma, and a pod start needs neither
+    found = next((path for path in (os.path.join(d, "systemd-nspawn") for d in
+                                    os.environ.get("PATH", os.defpath).split(os.pathsep) if d)
+                  if os.access(path, os.X_OK) and not os.path.isdir(path)), None)
     if found is None:
         raise Stage1Error(
             "systemd-nspawn is not installed (Debian package systemd-container)"

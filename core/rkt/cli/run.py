@@ -303,6 +303,8 @@ def _run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
 
 def _report_oom_kills(options: GlobalOptions, pod: Pod, code: int) -> int:
     """One line per app the kernel killed for its memory; the exit code stays the app's."""
+    if not pod.oom_killed_apps():
+        return code  # the usual case, without importing rkt.pod.status
     from rkt.pod.status import oom_kill_messages
 
     for message in oom_kill_messages(pod):

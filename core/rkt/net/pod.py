@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,7 @@ from rkt.net import cni, dns, netns
 from rkt.net.config import NetworkConfig, select_networks
 from rkt.net.request import HOST, NONE, NetworkRequest, PortRequest
 from rkt.pod.contract import NetAttachment, PodNetwork, ResolvedPod
-from rkt.pod.dirs import Pod
-from rkt.pod.status import NET_INFO_FILE
+from rkt.pod.dirs import NET_INFO_FILE, Pod
 
 LOG = logging.getLogger(__name__)
 
@@ -100,6 +98,8 @@ def _check_ports_free(mappings: list[dict[str, Any]]) -> None:
 
 
 def _check_port_free(mapping: dict[str, Any]) -> None:
+    import socket  # here: only --port needs it, and a pod start imports it for nothing else
+
     udp = mapping["protocol"] == "udp"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
         try:

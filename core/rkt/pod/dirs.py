@@ -45,6 +45,8 @@ STARTED_FILE = "pod-started"
 #: hung or broke its contract (docs/stage1.md). One line, which ``rkt status``
 #: shows; the pod's apps without exit codes are then of unknown state, not "exited"
 STAGE1_ERROR_FILE = "stage1-error"
+#: rkt 1.x's record of the pod's networks (written by ``rkt.net.pod``)
+NET_INFO_FILE = "net-info.json"
 
 
 def new_uuid() -> str:

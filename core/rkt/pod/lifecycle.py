@@ -386,7 +386,7 @@ def _undo_start(runtime: Runtime, prepared: PreparedPod) -> None:
     remove_pod_cgroups(pod)
     if (pod.path / "netns").exists():
         from rkt.net.pod import NETNS_FILE, STATE_FILE, teardown_pod_network
-        from rkt.pod.status import NET_INFO_FILE
+        from rkt.pod.dirs import NET_INFO_FILE
 
         for error in teardown_pod_network(pod):
             LOG.warning("%s", error)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import stat
 import subprocess
 from dataclasses import dataclass, field
@@ -425,6 +424,11 @@ def _copy_metadata(source: str, dest: str, info: os.stat_result) -> None:
     os.chmod(dest, stat.S_IMODE(info.st_mode))
 
 
+def _copy_file(source: Path, dest: Path) -> None:
+    """``shutil.copyfile`` of a small file (a manifest), without importing shutil."""
+    dest.write_bytes(source.read_bytes())
+
+
 def _write_pod_manifest(pod: Pod, manifest: dict[str, Any]) -> None:
     (pod.path / POD_MANIFEST).write_text(json.dumps(manifest))
     os.chmod(pod.path / POD_MANIFEST, 0o640)
@@ -436,7 +440,7 @@ def _install_stage1(pod: Pod, store: ImageStore, stage1: ResolvedImage) -> Path:
     stage1_dir = pod.path / "stage1"
     stage1_dir.mkdir(mode=DIR_MODE)
     copy_small_tree(stage1_tree / "rootfs", stage1_dir / "rootfs")
-    shutil.copyfile(stage1_tree / "manifest", stage1_dir / "manifest")
+    _copy_file(stage1_tree / "manifest", stage1_dir / "manifest")
     (pod.path / "stage1TreeStoreID").write_text(stage1_tree.name)
     (stage1_dir / "rootfs" / "rkt" / "status").mkdir(parents=True, exist_ok=True)
     return stage1_dir / "rootfs"
@@ -475,12 +479,12 @@ def _render_app_rootfs(pod: Pod, store: ImageStore, stage1_rootfs: Path, app_nam
     tree = store.render(image_id)
     info_dir = pod.path / "appsinfo" / app_name
     private_dir(info_dir)
-    shutil.copyfile(tree / "manifest", info_dir / "manifest")
+    _copy_file(tree / "manifest", info_dir / "manifest")
     (info_dir / "treeStoreID").write_text(tree.name)
     lower = tree / "rootfs"
     app_root = stage1_rootfs / "opt" / "stage2" / app_name
     app_root.mkdir(parents=True)
-    shutil.copyfile(tree / "manifest", app_root / "manifest")
+    _copy_file(tree / "manifest", app_root / "manifest")
     if overlay:
         (app_root / "rootfs").mkdir()
         # upper/<app> becomes the app's "/": it keeps the ordinary mode

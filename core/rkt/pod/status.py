@@ -15,10 +15,7 @@ from typing import Any
 
 from rkt.errors import PodError
 from rkt.pod.contract import NetAttachment
-from rkt.pod.dirs import Pod, PodStore
-
-#: rkt 1.x's record of the pod's networks (written by ``rkt.net.pod``)
-NET_INFO_FILE = "net-info.json"
+from rkt.pod.dirs import NET_INFO_FILE, Pod, PodStore
 
 #: phases whose pods have started (and may have exit codes)
 _STARTED_PHASES = ("run", "exited-garbage")

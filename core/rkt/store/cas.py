@@ -18,18 +18,14 @@ rkt only once its blob and manifest are complete.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
-import queue
 import re
-import tempfile
-import threading
 import time
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 from rkt import faults
 from rkt.datadir import private_dir, private_file
@@ -41,6 +37,9 @@ from rkt.store.index import ImageIndex, RemoteEntry
 from rkt.store.scratch import ScratchArea
 from rkt.store.space import SpaceGuard
 from rkt.store.tree import TreeStore
+
+if TYPE_CHECKING:
+    import queue
 
 LOG = logging.getLogger(__name__)
 
@@ -88,6 +87,11 @@ class _HashingTee:
         self._source = source
         self._sink = sink
         self._space = space
+        # here, not at import: a pod start opens the store but imports nothing
+        import hashlib
+        import queue
+        import threading
+
         self.hash = hashlib.sha512()
         self.size = 0
         #: bytes the worker has written to the blob (read by the space check)
@@ -267,6 +271,8 @@ class CasStore:
 
     @contextmanager
     def _temp_file(self, prefix: str) -> Iterator[tuple[Path, IO[bytes]]]:
+        import tempfile
+
         fd, name = tempfile.mkstemp(prefix=prefix, dir=self.tmp_dir)
         tmp_path = Path(name)
         try:
@@ -294,6 +300,8 @@ class CasStore:
 
     def _write_atomically(self, target: Path, data: bytes) -> None:
         private_dir(target.parent)
+        import tempfile
+
         fd, name = tempfile.mkstemp(prefix="manifest-", dir=self.tmp_dir)
         try:
             with os.fdopen(fd, "wb") as out:

@@ -18,7 +18,6 @@ import atexit
 import errno
 import fcntl
 import os
-import shutil
 from pathlib import Path
 from typing import ClassVar
 
@@ -45,6 +44,8 @@ def _try_lock(path: Path) -> int | None:
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
+        import shutil  # here: shutil imports bz2 and lzma, and a pod start removes nothing
+
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
@@ -97,6 +98,8 @@ class ScratchArea:
         """Remove this process's work directory (called at exit)."""
         if self._own is None or self._owner_pid != os.getpid():
             return  # a forked child does not remove its parent's directory
+        import shutil
+
         shutil.rmtree(self._own, ignore_errors=True)
         (self.root / (self._own.name + LOCK_SUFFIX)).unlink(missing_ok=True)
         if self._lock_fd is not None:

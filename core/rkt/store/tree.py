@@ -10,19 +10,15 @@ dependencies, so an image rendered with other dependencies gets another tree.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import hashlib
 import json
 import logging
 import os
 import posixpath
-import shutil
-import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rkt import faults
 from rkt.errors import StoreError
@@ -39,7 +35,17 @@ RENDERED_MARKER = "rendered"
 
 
 def tree_id_for(keys: list[str]) -> str:
-    return "deps-" + key_from_digest(hashlib.sha512(",".join(keys).encode()).hexdigest())
+    return "deps-" + key_from_digest(_sha512(",".join(keys).encode()).hexdigest())
+
+
+def _sha512(data: bytes) -> Any:
+    """SHA-512 of ``data``; CPython's own implementation where there is one: every
+    pod start looks its trees up, and hashlib loads OpenSSL for it (2 ms)."""
+    try:
+        from _sha512 import sha512  # type: ignore[import-not-found]
+    except ImportError:  # another Python, or 3.12+ (_sha2)
+        from hashlib import sha512
+    return sha512(data)
 
 
 def tree_size(path: Path) -> int:
@@ -172,6 +178,9 @@ class TreeStore:
         with key_lock(self.lock_dir, tree_id):
             if self.is_rendered(tree_id):  # another process won the race
                 return final
+            import shutil
+            import tempfile
+
             work = Path(tempfile.mkdtemp(prefix=f"render-{tree_id[:20]}-", dir=self.store.tmp_dir))
             try:
                 render_image(self.store, image_id, work, layers=layers)
@@ -226,6 +235,8 @@ class TreeStore:
             # Drop the marker first: a crash mid-delete must not look rendered.
             (path / RENDERED_MARKER).unlink(missing_ok=True)
             faults.point("image-gc:trees")
+            import shutil
+
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -233,6 +244,8 @@ def _syncfs(path: Path) -> None:
     """Flush the filesystem holding ``path`` once, rather than fsync per file."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        import ctypes
+
         if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
             os.sync()
     finally:
