@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from rkt.http import HttpClient, HttpSession, client_for, session_for
     from rkt.imageref import ImageRef
     from rkt.keystore import TrustedKey
+    from rkt.log import get_logger
     from rkt.pod.contract import (
         AppMount,
         AppPort,
@@ -145,8 +146,9 @@ _HOMES: dict[str, str] = {
     **dict.fromkeys(("spawn_stage1", "ForkedStage1"), "rkt.pod.lifetime"),
     # the supervisor in rkt's own process, for a stage1 that forks rather than execs it
     "run_supervisor": "rkt.pod.supervisor",
-    # user output
+    # user output, and log lines that cost nothing until logging is configured
     "ProgressBar": "rkt.progress",
+    "get_logger": "rkt.log",
     # errors (rkt prints "rkt: <message>" for any of these)
     **dict.fromkeys(
         ("RktError", "UsageError", "ConfigError", "PluginError", "ImageError", "ArchiveError",
@@ -226,6 +228,7 @@ __all__ = [
     "client_for",
     "discover_endpoints",
     "enter",
+    "get_logger",
     "hookimpl",
     "host_pid_of",
     "host_resolv_conf",

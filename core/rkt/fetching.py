@@ -15,7 +15,6 @@ The pipeline, for every source (file, https, discovery, plugin schemes):
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +30,7 @@ from rkt.errors import (
     VerificationError,
 )
 from rkt.imageref import ImageRef, has_scheme, parse_image_ref
+from rkt.log import get_logger
 
 if TYPE_CHECKING:
     from rkt.context import Runtime
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from rkt.schema.image import ImageManifest
     from rkt.store import ImageInfo
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 
 # -- contracts -----------------------------------------------------------------------

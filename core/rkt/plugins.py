@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import os
 import sys
 import zlib
@@ -22,11 +21,12 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from rkt.errors import PluginError, Stage1Error
+from rkt.log import get_logger
 
 if TYPE_CHECKING:
     import pluggy
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 #: Built-in plugins, registered in this order under the name after the last dot.
 BUILTIN_PLUGINS: tuple[str, ...] = (

@@ -6,7 +6,6 @@ logs stay clean; callers print their own one-line summaries instead.
 
 from __future__ import annotations
 
-import shutil
 import time
 from typing import IO
 
@@ -54,6 +53,8 @@ class ProgressBar:
         sizes = human_size(self.done)
         if self.total:
             sizes += f"/{human_size(self.total)}"
+        import shutil  # here: a pod start opens the store, which imports this module
+
         columns = shutil.get_terminal_size((80, 24)).columns
         width = max(10, columns - len(self.label) - len(sizes) - 6)
         if self.total:

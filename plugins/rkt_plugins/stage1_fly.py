@@ -9,7 +9,6 @@ namespaces. Useful where isolation is done elsewhere (kubelet, systemd units).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 from pathlib import Path
@@ -26,6 +25,7 @@ from rkt.api import (
     UsageError,
     build_job,
     enter,
+    get_logger,
     host_resolv_conf,
     overlay_on_host,
     run_supervisor,
@@ -34,7 +34,7 @@ from rkt.api import (
     write_job,
 )
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 
 class FlyStage1:

@@ -19,7 +19,6 @@ runs under is exactly the one its isolators asked for (docs/isolators.md), and
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import subprocess
@@ -43,6 +42,7 @@ from rkt.api import (
     build_job,
     children,
     enter,
+    get_logger,
     host_pid_of,
     host_resolv_conf,
     namespace_pids,
@@ -51,7 +51,7 @@ from rkt.api import (
     write_job,
 )
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 #: where the pod's cgroup directories are bound inside the container, one per hierarchy

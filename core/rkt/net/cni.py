@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -26,9 +25,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rkt.errors import NetworkError
+from rkt.log import get_logger
 from rkt.net.config import SUPPORTED_VERSIONS, NetworkConfig
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 #: where distributions install the reference plugins (Debian: containernetworking-plugins)
 SYSTEM_PLUGIN_DIRS = ("/usr/lib/rkt/plugins/net", "/usr/lib/cni", "/opt/cni/bin")

@@ -10,14 +10,14 @@ network named like a built-in replaces it (rkt-behaviour.md section 5).
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from rkt.errors import NetworkError
+from rkt.log import get_logger
 from rkt.net.request import ALL, DEFAULT, DEFAULT_RESTRICTED, NetSelection
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 #: what the built-ins report as their file (rkt kept them in the stage1 image)
 BUILTIN_DIR = "builtin:/etc/rkt/net.d"

@@ -20,20 +20,20 @@ CNI DEL for it and removes the namespace:
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from rkt.errors import NetworkError
+from rkt.log import get_logger
 from rkt.net import cni, dns, netns
 from rkt.net.config import NetworkConfig, select_networks
 from rkt.net.request import HOST, NONE, NetworkRequest, PortRequest
 from rkt.pod.contract import NetAttachment, PodNetwork, ResolvedPod
 from rkt.pod.dirs import NET_INFO_FILE, Pod
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 NETNS_FILE = "netns"
 STATE_FILE = "net/state.json"

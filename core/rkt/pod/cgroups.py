@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import time
@@ -32,11 +31,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rkt.errors import PodError
+from rkt.log import get_logger
 from rkt.pod.contract import PodCgroups, ResolvedPod, Resources
 from rkt.pod.dirs import Pod
 from rkt.quantity import parse_quantity
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 #: the ``paths.d`` key naming the parent of the pods' cgroups, and its default
 PARENT_KEY = "cgroup-parent"

@@ -14,7 +14,6 @@ and the caller says it to the user.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +25,7 @@ from rkt import faults
 from rkt.datadir import private_dir
 from rkt.errors import PodError, RktError
 from rkt.locks import FileLock
+from rkt.log import get_logger
 from rkt.metadata import forget_pod
 from rkt.pod.cgroups import remove_pod_cgroups
 from rkt.pod.dirs import Pod, PodStore
@@ -33,7 +33,7 @@ from rkt.pod.dirs import Pod, PodStore
 if TYPE_CHECKING:
     from rkt.stage1 import Stage1Backend
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 #: the stage1 backend that prepared a pod (it releases what it set up outside the pod dir)
 Stage1Lookup = Callable[[Pod], "Stage1Backend"]

@@ -8,7 +8,6 @@ directory exists. If preparing the directory then fails, it is removed again.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from rkt import faults
 from rkt.errors import PodError, PodInterrupted, RktError, Stage1Error, UsageError
+from rkt.log import get_logger
 from rkt.metadata import forget_pod
 from rkt.pod.cgroups import PARENT_KEY, remove_pod_cgroups, setup_pod_cgroups, stage1_cgroup
 from rkt.pod.contract import PodRuntime, ResolvedPod
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from rkt.net.request import NetworkRequest, PortRequest
     from rkt.pod.gc import Stage1Lookup
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 #: how long a backend's ``run`` may take to write ``<pod>/pid`` before stage0
 #: gives up on it (a VM booting under TCG writes it when qemu starts)

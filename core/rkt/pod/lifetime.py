@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 import math
 import os
 import signal
@@ -37,8 +36,9 @@ from types import FrameType
 from typing import Any, overload
 
 from rkt.errors import PodError, PodInterrupted
+from rkt.log import get_logger
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 #: the signals that ask a pod to stop; SIGHUP too: the terminal or session went away
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

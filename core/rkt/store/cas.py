@@ -18,7 +18,6 @@ rkt only once its blob and manifest are complete.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 import time
@@ -31,6 +30,7 @@ from rkt import faults
 from rkt.datadir import private_dir, private_file
 from rkt.errors import ImageNotFoundError, StoreError, UsageError
 from rkt.locks import key_lock
+from rkt.log import get_logger
 from rkt.progress import ProgressBar
 from rkt.store import AcceptManifest, ImageInfo, key_from_digest
 from rkt.store.index import ImageIndex, RemoteEntry
@@ -41,7 +41,7 @@ from rkt.store.tree import TreeStore
 if TYPE_CHECKING:
     import queue
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 _ID_PREFIX = re.compile(r"^sha512-[0-9a-f]{2,128}$")
 #: decompressed bytes handed to the hash and the blob per read

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
 import posixpath
 from collections.abc import Collection
@@ -23,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 from rkt import faults
 from rkt.errors import StoreError
 from rkt.locks import key_lock
+from rkt.log import get_logger
 from rkt.store import key_from_digest
 
 if TYPE_CHECKING:
     from rkt.store import ImageStore
     from rkt.store.cas import CasStore
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 RENDERED_MARKER = "rendered"
 
