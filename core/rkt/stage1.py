@@ -399,8 +399,10 @@ def _in_dir(path: Path, directory: Path) -> bool:
 def import_trusted_stage1(runtime: Runtime, path: Path) -> ImageInfo:
     """Import a stage1 image from the default directory, which rkt trusts by location.
 
-    The file's size and mtime key a cache row, so an unchanged image is not
-    re-read on every run, and a rebuilt one (a new rkt) is picked up.
+    The file's device, inode, size, mtime and ctime key a cache row, so an
+    unchanged image costs one index lookup per run (no hashing, no re-import), and
+    a rebuilt or replaced one (a new rkt; a copy that kept the old mtime) is
+    imported again.
     """
     from rkt.fetching import FetchedImage, import_fetched
 
@@ -410,7 +412,7 @@ def import_trusted_stage1(runtime: Runtime, path: Path) -> ImageInfo:
     except FileNotFoundError as exc:
         raise Stage1Error(f"stage1 image {path} does not exist (run 'rkt install'?)") from exc
     url = f"file://{path.resolve()}"
-    etag = f"{info.st_size}-{info.st_mtime_ns}"
+    etag = f"{info.st_dev}-{info.st_ino}-{info.st_size}-{info.st_mtime_ns}-{info.st_ctime_ns}"
     cached = store.cached_remote(url)
     if cached is not None and cached[0] == etag:
         with suppress(ImageNotFoundError):  # removed since: import it again

@@ -208,6 +208,10 @@ class GlobalOptions(Runtime):
     """The global flags after parsing: the core context plus the command's output."""
 
     reporter: TerminalReporter
+    #: the process ends when the command returns (the ``rkt`` script, not a program or
+    #: test calling ``main``): a pod command may leave undone what only matters to a
+    #: process that goes on (moving out of the pod's cgroups)
+    process_exits = False
 
     def __init__(self, *args: Any, stdout: IO[str] | None = None,
                  reporter: TerminalReporter | None = None, **kwargs: Any) -> None:

@@ -144,7 +144,12 @@ def _log_to_stderr() -> None:
         logger.addHandler(handler)
 
 
-def main(argv: Sequence[str] | None = None) -> NoReturn:
+def main(argv: Sequence[str] | None = None, *, process_exits: bool = False) -> NoReturn:
+    """Run the ``rkt`` command ``argv``; raises SystemExit with its exit code.
+
+    ``process_exits``: the caller ends the process right after (the ``rkt`` script),
+    see :attr:`rkt.cli.context.GlobalOptions.process_exits`.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0] and "version".startswith(argv[0]):
         # The fast path for a plain `rkt version`, which schedulers run every few
@@ -155,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         raise SystemExit(0)
     debug = any(a == "--debug" or a.startswith("--debug=t") for a in argv)
     try:
-        code = _dispatch(_root_parser().parse_args(argv), argv)
+        code = _dispatch(_root_parser().parse_args(argv), argv, process_exits)
     except KeyboardInterrupt as exc:
         # Ctrl+C, or rkt.errors.PodInterrupted (a stop signal to a pod command)
         _fail(str(exc) or "interrupted", getattr(exc, "exit_code", 130), debug)
@@ -174,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     raise SystemExit(code)
 
 
-def _dispatch(ns: argparse.Namespace, argv: list[str]) -> int:
+def _dispatch(ns: argparse.Namespace, argv: list[str], process_exits: bool = False) -> int:
     if ns.command is None:
         print_help(sys.stdout if ns.help else sys.stderr)
         return 0 if ns.help else 2
@@ -205,6 +210,7 @@ def _dispatch(ns: argparse.Namespace, argv: list[str]) -> int:
     args = parser.parse_args(after)
     args.split = extra
     options = GlobalOptions.from_namespaces(_root_parser().parse_args(before), args)
+    options.process_exits = process_exits
     if options.debug:
         _log_to_stderr()
     result: int = module.run(command, options, args)

@@ -280,7 +280,7 @@ def _run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
         metadata_socket = _metadata_socket(args, pod_network)
         prepared = lifecycle.open_prepared(options, args.uuid)
         code = lifecycle.run_pod(options, prepared, pod_runtime, network=pod_network,
-                                 metadata_socket=metadata_socket, exits_after=True)
+                                 metadata_socket=metadata_socket, exits_after=options.process_exits)
         return _report_oom_kills(options, prepared.pod, code)
     request = _pod_request(args)
     run_options = _run_options(options, args, len(request.apps)) if command == "run" else None
@@ -297,7 +297,7 @@ def _run(command: str, options: GlobalOptions, args: argparse.Namespace) -> int:
         return 0
     code = lifecycle.run_pod(options, prepared, run_options, uuid_file=args.uuid_file_save,
                              network=network, metadata_socket=metadata_socket,
-                             exits_after=True)
+                             exits_after=options.process_exits)
     return _report_oom_kills(options, prepared.pod, code)
 
 
