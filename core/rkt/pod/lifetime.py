@@ -284,9 +284,11 @@ def _fork_stage1(target: Callable[[], int], in_child: Callable[[], None], *,
         # the parent's objects (open files, the store's database) are never
         # finalized here, so their descriptors, closed below, are not closed twice
         gc.freeze()
-        in_child()
+        # rkt's handlers are not the child's: reset them before in_child unblocks the
+        # stop signals held since before the fork
         for signum in (*STOP_SIGNALS, signal.SIGALRM, signal.SIGWINCH, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
+        in_child()
         for fd, wanted in ((0, stdin), (1, stdout), (2, stderr)):
             if wanted == subprocess.DEVNULL:
                 null = os.open(os.devnull, os.O_RDWR)
