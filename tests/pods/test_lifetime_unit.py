@@ -4,6 +4,7 @@ status, /proc) is tests/pods/test_lifetime.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -151,3 +152,41 @@ def test_start_deadline_leaves_a_started_pod_alone(tmp_path: Path) -> None:
     assert signal.getsignal(signal.SIGALRM) is previous
     with start_deadline(tmp_path / "nothing", "unlimited", 0):
         assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_a_function_runs_in_a_fork_set_up_as_an_exec_d_child(tmp_path: Path) -> None:
+    """spawn_stage1 of a function (the fly supervisor): its return value is the exit
+    code, only pass_fds stay open, stdin is /dev/null when asked, rkt's signal
+    handlers are gone."""
+    kept_r, kept_w = os.pipe()
+    other_r, other_w = os.pipe()
+    report = tmp_path / "report"
+
+    def stage1() -> int:
+        open_fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+        report.write_text(json.dumps({
+            "kept": kept_w in open_fds, "other": other_w in open_fds,
+            "stdin": os.readlink("/proc/self/fd/0"),
+            "sigterm": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+        }))
+        os.write(kept_w, b"x")
+        return 7
+
+    with pod_lifetime():
+        process = spawn_stage1(stage1, pass_fds=(kept_w,), stdin=subprocess.DEVNULL)
+        assert process.wait() == 7
+    assert process.poll() == 7
+    assert json.loads(report.read_text()) == {"kept": True, "other": False, "stdin": "/dev/null",
+                                        "sigterm": True}
+    assert os.read(kept_r, 1) == b"x"
+    for fd in (kept_r, kept_w, other_r, other_w):
+        os.close(fd)
+
+
+def test_a_forked_stage1_killed_by_a_signal_reads_as_popen_says() -> None:
+    def stage1() -> int:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return 0
+
+    process = spawn_stage1(stage1)
+    assert process.wait() == -signal.SIGKILL
