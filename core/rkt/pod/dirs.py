@@ -21,6 +21,8 @@ crashed process releases its lock. Losing a rename race (ENOENT) is normal.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
@@ -30,7 +32,6 @@ from pathlib import Path
 from rkt import faults
 from rkt.datadir import private_dir
 from rkt.errors import PodError, PodNotFoundError
-from rkt.locks import FileLock, LockBusy
 
 PHASES = ("embryo", "prepare", "prepared", "run", "exited-garbage", "garbage")
 _UUID_PREFIX = re.compile(r"^[0-9a-f-]{1,36}$")
@@ -88,12 +89,11 @@ class Pod:
     # -- locking -------------------------------------------------------------------
     def lock(self, *, shared: bool = False, blocking: bool = False) -> bool:
         """Take the pod lock; False if someone else holds it (non-blocking)."""
-        try:
-            lock = FileLock(self.path, shared=shared, blocking=blocking, create=False).acquire()
-        except LockBusy:
+        fd = _try_flock(self.path, shared=shared, blocking=blocking)
+        if fd is None:
             return False
         self.release()
-        self.lock_fd = lock.fd
+        self.lock_fd = fd
         return True
 
     def release(self) -> None:
@@ -106,11 +106,12 @@ class Pod:
         if self.lock_fd is not None:
             return False
         try:
-            FileLock(self.path, shared=True, blocking=False, create=False).acquire().release()
-        except LockBusy:
-            return True
+            fd = _try_flock(self.path, shared=True, blocking=False)
         except FileNotFoundError:
-            pass
+            return False
+        if fd is None:
+            return True
+        os.close(fd)
         return False
 
     def move(self, phase: str) -> None:
@@ -231,7 +232,7 @@ class PodStore:
     def iter_pods(self, phases: tuple[str, ...] = PHASES) -> Iterator[Pod]:
         for phase in phases:
             try:
-                names = sorted(os.listdir(self.pods_dir / phase))
+                names = sorted(os.listdir(f"{self.pods_dir}/{phase}"))
             except FileNotFoundError:
                 continue
             for name in names:
@@ -260,6 +261,8 @@ class PodStore:
 
     def refresh(self, pod: Pod) -> Pod:
         """Find where the pod is now (another process may have moved it)."""
+        if os.path.isdir(f"{self.pods_dir}/{pod.phase}/{pod.uuid}"):
+            return pod  # still where it was last seen, as nearly always
         for phase in PHASES:
             if (self.pods_dir / phase / pod.uuid).is_dir():
                 pod.phase = phase
@@ -267,9 +270,52 @@ class PodStore:
         raise PodNotFoundError(f'pod "{pod.uuid}" disappeared')
 
     def delete(self, pod: Pod) -> None:
-        import shutil  # here: shutil imports bz2 and lzma, and only removal needs it
+        """Remove the pod's directory (through the trash: see :mod:`rkt.pod.trash`)."""
+        from rkt.pod.trash import remove_tree
 
-        shutil.rmtree(pod.path, ignore_errors=True)
+        remove_tree(self.discard(pod))
+
+    def discard(self, pod: Pod) -> str:
+        """Move the pod into the trash, out of every phase; returns its new path,
+        for the caller to delete (a gc deletes what an earlier one left there)."""
+        from rkt.pod.trash import TRASH
+
+        trash = f"{self.pods_dir}/{TRASH}"
+        target = f"{trash}/{pod.uuid}"
+        try:
+            os.rename(pod.path, target)
+        except FileNotFoundError:
+            if not os.path.isdir(trash):  # the first removal in this data dir
+                private_dir(Path(trash))
+                return self.discard(pod)
+            raise
+        except OSError:  # a pod of that UUID is in the trash already: delete it in place
+            return str(pod.path)
+        pod.phase = TRASH
+        return target
+
+    def trash_dir(self) -> str:
+        from rkt.pod.trash import TRASH
+
+        return f"{self.pods_dir}/{TRASH}"
+
+
+def _try_flock(path: Path, *, shared: bool, blocking: bool) -> int | None:
+    """An fd holding the flock of a pod directory, or None if someone else holds it.
+
+    (:class:`rkt.locks.FileLock` without its ``stat``: polled commands lock or
+    probe every pod.) FileNotFoundError when the pod is gone.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
+    try:
+        fcntl.flock(fd, operation)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        raise
+    return fd
 
 
 def uuid_from_file(path: str) -> str:

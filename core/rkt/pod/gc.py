@@ -78,46 +78,31 @@ def delete_pod(pods: PodStore, pod: Pod, stage1_backend: Stage1Lookup) -> None:
     the next ``gc`` finishes it. A stage1 whose clean-up fails does not keep the pod
     (what it set up may be gone already); the failure is a ``--debug`` line.
     """
-    _release_pod(pods, pod, stage1_backend)
+    if not pod.lock():
+        raise PodError(f'pod "{pod.uuid}" is in use')
     try:
+        _release_pod(pods, pod, stage1_backend)
         pods.delete(pod)
     finally:
         pod.release()
 
 
 def _release_pod(pods: PodStore, pod: Pod, stage1_backend: Stage1Lookup) -> None:
-    """Lock the pod, move it to garbage and release what lives outside its directory;
-    the pod stays locked (unless this fails) for the caller to remove its directory."""
-    if not pod.lock():
-        raise PodError(f'pod "{pod.uuid}" is in use')
+    """Move the pod we hold locked to garbage and release what lives outside its
+    directory (its stage1's, its cgroups, its network, its metadata registration)."""
+    pods.refresh(pod)
+    if pod.phase == "run":
+        pod.move("exited-garbage")
+    elif pod.phase in ("prepare", "prepared"):
+        pod.move("garbage")
+    faults.point("gc:deleting")
     try:
-        pods.refresh(pod)
-        if pod.phase == "run":
-            pod.move("exited-garbage")
-        elif pod.phase in ("prepare", "prepared"):
-            pod.move("garbage")
-        faults.point("gc:deleting")
-        try:
-            stage1_backend(pod).gc(pod)
-        except RktError as exc:
-            LOG.debug("stage1 gc of %s: %s", pod.uuid, exc)
-        forget_pod(pod.path, pod.uuid)
-        remove_pod_cgroups(pod)  # stage0 made them, whatever the stage1
-        _teardown_network(pod)
-    except BaseException:
-        pod.release()
-        raise
-
-
-#: Pod directories removed at once by ``gc``. On a busy disk each unlink and rmdir
-#: waits for the journal, and removals in different directories overlap: on the
-#: project's machine, 100 pod directories went 10-20x faster 8 at a time than one
-#: at a time, and 16 was faster again.
-#: The stage1 and cgroup clean-up stays one pod at a time.
-_REMOVERS = 16
-#: released pods whose directories are still being removed, at most (each holds its
-#: lock's open fd until its directory is gone)
-_IN_FLIGHT = 64
+        stage1_backend(pod).gc(pod)
+    except RktError as exc:
+        LOG.debug("stage1 gc of %s: %s", pod.uuid, exc)
+    forget_pod(pod.path, pod.uuid)
+    remove_pod_cgroups(pod)  # stage0 made them, whatever the stage1
+    _teardown_network(pod)
 
 
 def _teardown_network(pod: Pod) -> None:
@@ -178,51 +163,46 @@ def mark_pods(pods: PodStore, *, expire_prepared: float, report: GcReport) -> No
 
 def sweep_pods(pods: PodStore, *, grace_period: float, stage1_backend: Stage1Lookup,
                report: GcReport) -> GcResult:
-    """Remove garbage pods, and exited ones marked longer ago than ``grace_period`` seconds."""
-    from collections import deque
-    from concurrent.futures import Future, ThreadPoolExecutor  # gc only: not on the run path
+    """Remove garbage pods, and exited ones marked longer ago than ``grace_period`` seconds.
+
+    One pod at a time: lock it, release what it holds outside its directory, move
+    it into the trash and unlock it. Its directory is deleted meanwhile, with many
+    others at once (:mod:`rkt.pod.trash`); the sweep returns when all are gone.
+    """
+    from rkt.pod.trash import Remover, leftovers
 
     result = GcResult()
     now = time.time()
-    removing: deque[tuple[Pod, Future[None]]] = deque()
-
-    def finish_oldest() -> None:
-        pod, removal = removing.popleft()
-        try:
-            removal.result()
-            result.removed.append(pod.uuid)
-        finally:
-            pod.release()
-
+    remover = Remover()
+    for path in leftovers(pods.trash_dir()):  # a gc or rm cut short
+        remover.add(path)
     try:
-        # leaving the block waits for every removal submitted
-        with ThreadPoolExecutor(_REMOVERS) as removers:
-            for pod in pods.iter_pods(("exited-garbage", "garbage")):
-                try:
-                    if pod.phase == "exited-garbage":
-                        # marked when it was renamed into exited-garbage/: the rename's ctime
-                        marked = os.stat(pod.path).st_ctime
-                        if now - marked < grace_period:
-                            report(GcEvent("within-grace", pod.uuid))
-                            continue
-                    if pod.is_locked_by_other():
+        for pod in pods.iter_pods(("exited-garbage", "garbage")):
+            try:
+                if pod.phase == "exited-garbage":
+                    # marked when it was renamed into exited-garbage/: the rename's ctime
+                    marked = os.stat(pod.path).st_ctime
+                    if now - marked < grace_period:
+                        report(GcEvent("within-grace", pod.uuid))
                         continue
-                    report(GcEvent("collecting", pod.uuid))
-                    _release_pod(pods, pod, stage1_backend)
-                except FileNotFoundError:
-                    continue
-                except RktError as exc:
-                    report(GcEvent("failed", pod.uuid, exc))
-                    result.failed.append(pod.uuid)
-                    continue
-                removing.append((pod, removers.submit(pods.delete, pod)))
-                if len(removing) >= _IN_FLIGHT:
-                    finish_oldest()
-            while removing:
-                finish_oldest()
+                if not pod.lock():
+                    continue  # someone works on it
+            except FileNotFoundError:
+                continue  # another gc or rm won the race
+            try:
+                report(GcEvent("collecting", pod.uuid))
+                _release_pod(pods, pod, stage1_backend)
+                remover.add(pods.discard(pod))
+                result.removed.append(pod.uuid)
+            except FileNotFoundError:
+                continue
+            except RktError as exc:
+                report(GcEvent("failed", pod.uuid, exc))
+                result.failed.append(pod.uuid)
+            finally:
+                pod.release()
     finally:
-        for pod, _ in removing:
-            pod.release()
+        remover.finish()
     return result
 
 
