@@ -140,7 +140,6 @@ def _iso(when: float | None) -> str:
 
 
 def _list(options: GlobalOptions, args: argparse.Namespace) -> int:
-    from rkt.cli.image import humanize_time, print_table
     from rkt.pod.status import AppStatus, api_v1_record, networks_summary, pod_status
 
     statuses = [pod_status(pod) for pod in _pods(options).iter_pods()]
@@ -148,6 +147,8 @@ def _list(options: GlobalOptions, args: argparse.Namespace) -> int:
         out = [api_v1_record(s) for s in statuses]
         print(_go_json(out, pretty=args.format == "json-pretty"), file=options.stdout)
         return 0
+    from rkt.cli.image import humanize_time, print_table  # the table's (shutil, datetime)
+
     rows: list[list[str]] = []
     if not args.no_legend:
         rows.append(["UUID", "APP", "IMAGE NAME", *(["IMAGE ID"] if args.full else []),

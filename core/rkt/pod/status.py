@@ -8,14 +8,20 @@ listing stays fast with thousands of pods.
 from __future__ import annotations
 
 import json
+import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from rkt.errors import PodError
-from rkt.pod.contract import NetAttachment
 from rkt.pod.dirs import NET_INFO_FILE, Pod, PodStore
+
+# Neither typing nor dataclasses at run time: `rkt status` is what schedulers poll,
+# and those two (with the inspect, ast and dis that dataclasses imports) cost more
+# than the rest of it (see rkt.context). Type checkers treat this name like typing's.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from rkt.pod.contract import NetAttachment
 
 #: phases whose pods have started (and may have exit codes)
 _STARTED_PHASES = ("run", "exited-garbage")
@@ -25,38 +31,104 @@ _POLL_INTERVAL = 0.1
 PREPARED_PATIENCE = 3.0
 
 
-@dataclass(frozen=True)
-class AppMountStatus:
+class _Record:
+    """A read-only record with keyword construction, equality and a repr (what the
+    frozen dataclasses these were gave, without importing dataclasses)."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._values() == self._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def _set(self, **values: object) -> None:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+
+class AppMountStatus(_Record):
     """A volume mounted into an app, as rkt's api/v1 ``Mount`` describes it."""
 
+    __slots__ = ("container_path", "host_path", "read_only", "volume")
     volume: str
     container_path: str
     #: the host path of a host volume; "" for an empty volume (rkt's convention)
     host_path: str
     read_only: bool
 
+    def __init__(self, volume: str, container_path: str, host_path: str,
+                 read_only: bool) -> None:
+        self._set(volume=volume, container_path=container_path, host_path=host_path,
+                  read_only=read_only)
 
-@dataclass(frozen=True)
-class AppStatus:
+
+class AppStatus(_Record):
+    __slots__ = (
+        "created",
+        "exit_code",
+        "finished",
+        "image_id",
+        "image_name",
+        "mounts",
+        "name",
+        "oom_killed",
+        "started",
+        "state",
+        "user_annotations",
+        "user_labels",
+    )
     name: str | None
     image_name: str
     image_id: str
     #: rkt's app states: unknown, created, running, exited (api/v1 ``AppState``)
     state: str
-    exit_code: int | None = None
+    exit_code: int | None
     #: the kernel's OOM killer ended it (its memory limit, the pod's, or the host's)
-    oom_killed: bool = False
+    oom_killed: bool
     #: seconds since the epoch
-    created: float | None = None
-    started: float | None = None
-    finished: float | None = None
-    mounts: tuple[AppMountStatus, ...] = ()
-    user_annotations: tuple[tuple[str, str], ...] = ()
-    user_labels: tuple[tuple[str, str], ...] = ()
+    created: float | None
+    started: float | None
+    finished: float | None
+    mounts: tuple[AppMountStatus, ...]
+    user_annotations: tuple[tuple[str, str], ...]
+    user_labels: tuple[tuple[str, str], ...]
+
+    def __init__(self, name: str | None, image_name: str, image_id: str, state: str,
+                 exit_code: int | None = None, oom_killed: bool = False,
+                 created: float | None = None, started: float | None = None,
+                 finished: float | None = None, mounts: tuple[AppMountStatus, ...] = (),
+                 user_annotations: tuple[tuple[str, str], ...] = (),
+                 user_labels: tuple[tuple[str, str], ...] = ()) -> None:
+        self._set(name=name, image_name=image_name, image_id=image_id, state=state,
+                  exit_code=exit_code, oom_killed=oom_killed, created=created,
+                  started=started, finished=finished, mounts=mounts,
+                  user_annotations=user_annotations, user_labels=user_labels)
 
 
-@dataclass(frozen=True)
-class PodStatus:
+class PodStatus(_Record):
+    __slots__ = (
+        "apps",
+        "created",
+        "error",
+        "networks",
+        "started",
+        "state",
+        "user_annotations",
+        "user_labels",
+        "uuid",
+    )
     uuid: str
     #: rkt's state words (:meth:`rkt.pod.dirs.Pod.state`)
     state: str
@@ -65,11 +137,21 @@ class PodStatus:
     created: float | None
     started: float | None
     #: the CNI networks the pod was attached to (``net-info.json``)
-    networks: tuple[NetAttachment, ...] = ()
-    user_annotations: tuple[tuple[str, str], ...] = ()
-    user_labels: tuple[tuple[str, str], ...] = ()
+    networks: tuple[NetAttachment, ...]
+    user_annotations: tuple[tuple[str, str], ...]
+    user_labels: tuple[tuple[str, str], ...]
     #: what stage0 recorded about the stage1 failing the pod (``rkt.pod.lifecycle``)
-    error: str | None = None
+    error: str | None
+
+    def __init__(self, uuid: str, state: str, apps: tuple[AppStatus, ...],
+                 created: float | None, started: float | None,
+                 networks: tuple[NetAttachment, ...] = (),
+                 user_annotations: tuple[tuple[str, str], ...] = (),
+                 user_labels: tuple[tuple[str, str], ...] = (),
+                 error: str | None = None) -> None:
+        self._set(uuid=uuid, state=state, apps=apps, created=created, started=started,
+                  networks=networks, user_annotations=user_annotations,
+                  user_labels=user_labels, error=error)
 
     @property
     def app_names(self) -> list[str | None]:
@@ -91,9 +173,9 @@ def _app_state(pod_state: str, exit_code: int | None, *, unknown: bool = False) 
         else "exited")
 
 
-def _mtime(path: Path) -> float | None:
+def _mtime(path: str) -> float | None:
     try:
-        return path.stat().st_mtime
+        return os.stat(path).st_mtime
     except OSError:
         return None
 
@@ -117,19 +199,54 @@ def _mounts(app: dict[str, Any], volumes: dict[str, dict[str, Any]]) -> tuple[Ap
     return tuple(mounts)
 
 
-def pod_status(pod: Pod) -> PodStatus:
+def _recorded_exits(status_dir: str) -> tuple[dict[str, int], set[str], dict[str, float]]:
+    """What the supervisor recorded in ``rkt/status``, in one pass over it: each
+    app's exit code, the apps the OOM killer ended, and each file's mtime (for
+    when an app started and finished)."""
+    codes: dict[str, int] = {}
+    oom: set[str] = set()
+    mtimes: dict[str, float] = {}
     try:
-        manifest: dict[str, Any] = pod.manifest_json()
-    except PodError:
+        entries = sorted(os.scandir(status_dir), key=lambda entry: entry.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return codes, oom, mtimes
+    for entry in entries:
+        name = entry.name
+        try:
+            mtimes[name] = entry.stat().st_mtime
+        except OSError:
+            continue
+        suffix = name.rsplit("-", 1)[1] if "-" in name else ""
+        if suffix == "oom":
+            oom.add(name[:-len("-oom")])
+        if suffix in ("created", "started", "oom"):
+            continue
+        try:
+            with open(entry.path, "rb") as file:
+                codes[name] = int(file.read().strip())
+        except (OSError, ValueError):
+            continue
+    return codes, oom, mtimes
+
+
+def pod_status(pod: Pod) -> PodStatus:
+    # plain strings rather than pathlib's joins: `rkt list` does this for every pod
+    path = f"{pod.pods_dir}/{pod.phase}/{pod.uuid}"
+    try:
+        with open(f"{path}/pod", "rb") as file:
+            manifest: dict[str, Any] = json.loads(file.read())
+    except FileNotFoundError:
         manifest = {}
     state = pod.state()
     started = pod.phase in _STARTED_PHASES
-    codes = pod.app_exit_codes() if started else {}
-    oom_killed = pod.oom_killed_apps() if started else set()
-    created = pod.created()
-    pod_started = pod.started() if started else None
+    codes: dict[str, int] = {}
+    oom_killed: set[str] = set()
+    mtimes: dict[str, float] = {}
+    if started:
+        codes, oom_killed, mtimes = _recorded_exits(f"{path}/stage1/rootfs/rkt/status")
+    created = _mtime(f"{path}/pod-created")
+    pod_started = _started(path) if started else None
     error = pod.stage1_error() if started else None
-    status_dir = pod.stage1_rootfs() / "rkt" / "status"
     volumes = {v.get("name", ""): v for v in manifest.get("volumes") or []}
     apps = []
     for app in manifest.get("apps") or []:
@@ -141,13 +258,14 @@ def pod_status(pod: Pod) -> PodStatus:
             name=name,
             image_name=image.get("name", ""),
             image_id=image.get("id", ""),
+            # an exit code file that holds no number counts as garbage too
             state=_app_state(state, code, unknown=error is not None
-                             or (started and (status_dir / str(name)).exists())),
+                             or (started and str(name) in mtimes)),
             exit_code=code,
             oom_killed=name in oom_killed,
             created=created,
-            started=(_mtime(status_dir / f"{name}-started") or pod_started) if started else None,
-            finished=_mtime(status_dir / str(name)) if code is not None else None,
+            started=(mtimes.get(f"{name}-started") or pod_started) if started else None,
+            finished=mtimes.get(str(name)) if code is not None else None,
             mounts=_mounts(app, volumes),
             user_annotations=_pairs(runtime_app.get("userAnnotations")),
             user_labels=_pairs(runtime_app.get("userLabels")),
@@ -160,9 +278,18 @@ def pod_status(pod: Pod) -> PodStatus:
         started=pod_started,
         user_annotations=_pairs(manifest.get("userAnnotations")),
         user_labels=_pairs(manifest.get("userLabels")),
-        networks=pod_networks(pod),
+        networks=_networks(f"{path}/{NET_INFO_FILE}"),
         error=error,
     )
+
+
+def _started(path: str) -> float | None:
+    """:meth:`Pod.started` on a path string."""
+    for name in ("pod-started", "pid", "ppid"):
+        when = _mtime(f"{path}/{name}")
+        if when is not None:
+            return when
+    return None
 
 
 def _nanoseconds(when: float | None) -> int | None:
@@ -227,8 +354,17 @@ def api_v1_record(status: PodStatus, *, pid: int | None = None) -> dict[str, Any
 
 def pod_networks(pod: Pod) -> tuple[NetAttachment, ...]:
     """The attachments ``net-info.json`` records: none for host networking or ``none``."""
+    return _networks(str(pod.path / NET_INFO_FILE))
+
+
+def _networks(path: str) -> tuple[NetAttachment, ...]:
     try:
-        document = json.loads((pod.path / NET_INFO_FILE).read_text())
+        with open(path, "rb") as file:
+            document = json.loads(file.read())
+        if not document:
+            return ()  # --net=host or none: no need for the contract module (and typing)
+        from rkt.pod.contract import NetAttachment
+
         return tuple(NetAttachment.from_json(entry) for entry in document)
     except (OSError, ValueError, KeyError, TypeError):
         return ()
