@@ -39,13 +39,16 @@ RUN = (*ALWAYS, "logging", "hashlib", "_hashlib", "tempfile", "shutil", "rkt.key
        "rkt.pod.status", "rkt.pod.export", "rkt_plugins.file_fetcher",
        "rkt_plugins.https_fetcher", "rkt_plugins.name_fetcher", "rkt_plugins.discovery",
        "rkt_plugins.openpgp", "rkt_plugins.docker")
-#: `rkt status` and `rkt list` read pod directories only: no plugins, no store
-#: (their records, rkt.pod.status's dataclasses, still import typing, dataclasses
-#: and inspect: about 10 ms here)
-POLLED = (*ALWAYS, "rkt_plugins", "rkt.facade", "rkt.store", "sqlite3", "logging")
+#: `rkt status` and `rkt list` read pod directories only: no plugins, no store, and
+#: plain records (typing, dataclasses and the inspect it imports were 10-15 ms here);
+#: shutil is what argparse imports to measure the terminal unless told its width.
+#: (A pod with CNI networks still imports the stage1 contract, and so typing, for its
+#: attachments; the pods here have none.)
+POLLED = (*ALWAYS, "rkt_plugins", "rkt.facade", "rkt.store", "sqlite3", "logging", "typing",
+          "dataclasses", "inspect", "shutil", "rkt.pod.contract", "rkt.cli.image",
+          "datetime")
 #: a plain `rkt version`: the standard library's cheapest
-VERSION = (*POLLED, "argparse", "re", "enum", "pathlib", "json", "typing", "dataclasses",
-           "inspect")
+VERSION = (*POLLED, "argparse", "re", "enum", "pathlib", "json")
 
 GUARD = r"""
 import sys

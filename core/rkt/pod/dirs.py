@@ -86,10 +86,15 @@ class Pod:
     def path(self) -> Path:
         return self.pods_dir / self.phase / self.uuid
 
+    @property
+    def path_text(self) -> str:
+        """:attr:`path` as a string, without pathlib's joins (for what runs per pod)."""
+        return f"{self.pods_dir}/{self.phase}/{self.uuid}"
+
     # -- locking -------------------------------------------------------------------
     def lock(self, *, shared: bool = False, blocking: bool = False) -> bool:
         """Take the pod lock; False if someone else holds it (non-blocking)."""
-        fd = _try_flock(self.path, shared=shared, blocking=blocking)
+        fd = _try_flock(self.path_text, shared=shared, blocking=blocking)
         if fd is None:
             return False
         self.release()
@@ -106,7 +111,7 @@ class Pod:
         if self.lock_fd is not None:
             return False
         try:
-            fd = _try_flock(self.path, shared=True, blocking=False)
+            fd = _try_flock(self.path_text, shared=True, blocking=False)
         except FileNotFoundError:
             return False
         if fd is None:
@@ -300,7 +305,7 @@ class PodStore:
         return f"{self.pods_dir}/{TRASH}"
 
 
-def _try_flock(path: Path, *, shared: bool, blocking: bool) -> int | None:
+def _try_flock(path: str, *, shared: bool, blocking: bool) -> int | None:
     """An fd holding the flock of a pod directory, or None if someone else holds it.
 
     (:class:`rkt.locks.FileLock` without its ``stat``: polled commands lock or

@@ -231,7 +231,7 @@ def _recorded_exits(status_dir: str) -> tuple[dict[str, int], set[str], dict[str
 
 def pod_status(pod: Pod) -> PodStatus:
     # plain strings rather than pathlib's joins: `rkt list` does this for every pod
-    path = f"{pod.pods_dir}/{pod.phase}/{pod.uuid}"
+    path = pod.path_text
     try:
         with open(f"{path}/pod", "rb") as file:
             manifest: dict[str, Any] = json.loads(file.read())
