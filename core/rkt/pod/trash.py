@@ -51,15 +51,19 @@ class Remover:
             self._start_batches()
 
     def finish(self) -> None:
+        # what is left is shared among the free slots: a gc of a few pods still
+        # deletes them side by side
+        free = max(1, _PROCESSES - len(self._running))
+        self._start_batches(size=max(1, -(-len(self._pending) // free)))
         while self._pending or self._running:
             self._start_batches()
             if self._running:
                 self._reap(self._running[0])
             self._reap_finished()
 
-    def _start_batches(self) -> None:
+    def _start_batches(self, size: int = _BATCH) -> None:
         while self._pending and len(self._running) < _PROCESSES:
-            batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
+            batch, self._pending = self._pending[:size], self._pending[size:]
             try:
                 process = subprocess.Popen([*_RM, *batch], stdin=subprocess.DEVNULL,
                                            stdout=subprocess.DEVNULL,
