@@ -91,6 +91,17 @@ PODS: dict[str, tuple[str, bool, dict[str, object] | None, dict[str, tuple[str, 
     "garbage": ("garbage", False, manifest(app("app")), {"pod-created": ("", 21)}),
     "deleting": ("garbage", True, manifest(app("app")), {"pod-created": ("", 22)}),
     "no-apps": ("prepared", False, manifest(), {"pod-created": ("", 23)}),
+    # the stage1 failed the pod (stage0's record), and wrote garbage for one app
+    "stage1-failed": ("run", False, manifest(app("app"), app("side", OTHER), app("never")), {
+        "pod-created": ("", 24), "pod-started": ("", 25),
+        "stage1-error": ("stage1 backend raised: boom\n", 26),
+        "stage1/rootfs/rkt/status/app": ("0\n", 26),
+        "stage1/rootfs/rkt/status/side": ("garbage\n", 26),
+    }),
+    "garbage-exit-code": ("exited-garbage", False, manifest(app("app")), {
+        "pod-created": ("", 27), "pod-started": ("", 28),
+        "stage1/rootfs/rkt/status/app": ("x\n", 29),
+    }),
 }
 UUIDS = {name: f"{index:08x}-0000-4000-8000-{index:012x}"
          for index, name in enumerate(PODS, 1)}
