@@ -156,7 +156,8 @@ class RktEnv:
         "cas", "cas/blob", "cas/blob/sha512", "cas/imageManifest", "cas/imageManifest/sha512",
         "cas/tree", "cas/tmp", "cas/imagelocks",
         "cas/treestorelocks", "cas/db", "pods", "locks", *(f"pods/{phase}" for phase in (
-            "embryo", "prepare", "prepared", "run", "exited-garbage", "garbage")),
+            "embryo", "prepare", "prepared", "run", "exited-garbage", "garbage",
+            "trash")),  # trash: where gc and rm delete pods (made by the first one)
     })
 
     def store_snapshot(self) -> list[str]:
