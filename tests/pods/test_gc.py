@@ -135,3 +135,48 @@ def test_references_are_the_trees_of_pods_that_are_not_garbage(tmp_path: Path) -
     references = pod_references(pods)
     assert references.trees == {"deps-stage1", "deps-app"}
     assert references.images == {}
+
+
+def test_what_a_cut_short_removal_left_in_the_trash_goes_with_the_next_gc(
+    tmp_path: Path,
+) -> None:
+    pods = PodStore(tmp_path)
+    # a gc killed while deleting: half a pod in the trash, invisible to everyone
+    left = pods.pods_dir / "trash" / UUIDS["old"]
+    (left / "stage1" / "rootfs").mkdir(parents=True)
+    (left / "stage1" / "rootfs" / "file").write_text("x")
+    assert [p.uuid for p in pods.iter_pods()] == []
+    result = collect_pods(pods, grace_period=0, expire_prepared=0,
+                          stage1_backend=lambda pod: RecordingBackend(), report=lambda e: None)
+    assert result.removed == []
+    assert not left.exists()
+
+
+def test_many_pods_are_deleted_side_by_side_and_nothing_is_left(tmp_path: Path) -> None:
+    pods = PodStore(tmp_path)
+    uuids = [f"{index:08x}-0000-4000-8000-{index:012x}" for index in range(70)]
+    for uuid in uuids:  # more than one rm process takes at once
+        pod = make_pod(pods, "garbage", uuid)
+        (pod.path / "stage1" / "rootfs" / "rkt").mkdir(parents=True)
+        (pod.path / "stage1" / "rootfs" / "rkt" / "apps.json").write_text("{}")
+    backend = RecordingBackend()
+    result = collect_pods(pods, grace_period=0, expire_prepared=0,
+                          stage1_backend=lambda pod: backend, report=lambda e: None)
+    assert result.removed == uuids == backend.collected
+    assert not any(pods.pods_dir.glob("*/*"))
+
+
+def test_a_pod_in_use_is_not_collected(tmp_path: Path) -> None:
+    pods = PodStore(tmp_path)
+    pod = make_pod(pods, "garbage", UUIDS["garbage"])
+    holder = Pod(pods.pods_dir, pod.uuid, "garbage")
+    assert holder.lock()  # as a concurrent rm holds it
+    try:
+        events: list[GcEvent] = []
+        result = collect_pods(pods, grace_period=0, expire_prepared=0,
+                              stage1_backend=lambda p: RecordingBackend(),
+                              report=events.append)
+    finally:
+        holder.release()
+    assert events == [] and result.removed == [] and result.failed == []
+    assert pod.path.is_dir()
