@@ -65,7 +65,11 @@ GcReport = Callable[[GcEvent], None]
 
 @dataclass
 class GcResult:
-    """The UUIDs of the pods ``collect_pods`` removed, and of those it failed to remove."""
+    """The UUIDs of the pods ``collect_pods`` removed, and of those it failed to remove.
+
+    A removed pod is out of every phase; should deleting its files in the trash
+    fail, that is a debug line and the next gc tries again (:mod:`rkt.pod.trash`).
+    """
 
     removed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
