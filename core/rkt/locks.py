@@ -17,6 +17,25 @@ class LockBusy(Exception):
     """A non-blocking lock attempt found the lock held by someone else."""
 
 
+def try_flock(path: str, *, shared: bool = False, blocking: bool = False) -> int | None:
+    """An fd holding the flock of ``path`` (a file or directory that exists), or
+    None if someone else holds it; FileNotFoundError when it is gone.
+
+    :class:`FileLock` without its ``stat`` and object: polled commands lock or
+    probe every pod, and the store probes every scratch directory.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
+    try:
+        fcntl.flock(fd, operation)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        raise
+    return fd
+
+
 class FileLock:
     """An exclusive or shared flock on ``path``: a file (created if missing, unless
     ``create`` is false) or a directory (a pod's lock is on its directory)."""

@@ -21,8 +21,6 @@ crashed process releases its lock. Losing a rename race (ENOENT) is normal.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import re
@@ -32,6 +30,7 @@ from pathlib import Path
 from rkt import faults
 from rkt.datadir import private_dir
 from rkt.errors import PodError, PodNotFoundError
+from rkt.locks import try_flock
 
 PHASES = ("embryo", "prepare", "prepared", "run", "exited-garbage", "garbage")
 _UUID_PREFIX = re.compile(r"^[0-9a-f-]{1,36}$")
@@ -94,7 +93,7 @@ class Pod:
     # -- locking -------------------------------------------------------------------
     def lock(self, *, shared: bool = False, blocking: bool = False) -> bool:
         """Take the pod lock; False if someone else holds it (non-blocking)."""
-        fd = _try_flock(self.path_text, shared=shared, blocking=blocking)
+        fd = try_flock(self.path_text, shared=shared, blocking=blocking)
         if fd is None:
             return False
         self.release()
@@ -111,7 +110,7 @@ class Pod:
         if self.lock_fd is not None:
             return False
         try:
-            fd = _try_flock(self.path_text, shared=True, blocking=False)
+            fd = try_flock(self.path_text, shared=True, blocking=False)
         except FileNotFoundError:
             return False
         if fd is None:
@@ -303,24 +302,6 @@ class PodStore:
         from rkt.pod.trash import TRASH
 
         return f"{self.pods_dir}/{TRASH}"
-
-
-def _try_flock(path: str, *, shared: bool, blocking: bool) -> int | None:
-    """An fd holding the flock of a pod directory, or None if someone else holds it.
-
-    (:class:`rkt.locks.FileLock` without its ``stat``: polled commands lock or
-    probe every pod.) FileNotFoundError when the pod is gone.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
-    try:
-        fcntl.flock(fd, operation)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return None
-        raise
-    return fd
 
 
 def uuid_from_file(path: str) -> str:

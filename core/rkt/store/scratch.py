@@ -15,13 +15,13 @@ lock file, or with a lock nobody holds, is a leftover.
 from __future__ import annotations
 
 import atexit
-import errno
 import fcntl
 import os
 from pathlib import Path
 from typing import ClassVar
 
 from rkt.datadir import FILE_MODE
+from rkt.locks import try_flock
 
 LOCK_SUFFIX = ".lock"
 
@@ -29,17 +29,9 @@ LOCK_SUFFIX = ".lock"
 def _try_lock(path: Path) -> int | None:
     """An fd holding the exclusive lock on ``path``; None if it is held or gone."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return try_flock(str(path))
     except FileNotFoundError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return None
-        raise
-    return fd
 
 
 def _remove(path: Path) -> None:
