@@ -7,10 +7,12 @@ VENV := $(PREFIX)/venv
 BIN := /usr/local/bin
 export PATH := $(VENV)/bin:$(PATH)
 
-# Debian packages rkt needs at run time, and the extra ones its tests drive for real.
+# Debian packages rkt needs at run time (runc is the oci stage1's OCI runtime,
+# docs/oci.md), and the extra ones its tests drive for real.
 RUNTIME_PACKAGES := gnupg busybox-static systemd-container xz-utils bzip2 zstd \
 	qemu-system-x86 linux-image-amd64 kmod \
-	python3-venv iproute2 util-linux containernetworking-plugins iptables libseccomp2
+	python3-venv iproute2 util-linux containernetworking-plugins iptables libseccomp2 \
+	runc
 # gcc and libc6-dev build the tests' static syscall probes; libcap2-bin has setcap;
 # strace lists the syscalls a retain-set test allows; podman and runc are baselines
 # of the pod benchmarks
@@ -31,8 +33,9 @@ install-python:
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
 	@# setuptools builds in the source tree and never empties build/: a module that
 	@# was moved or removed would otherwise still be installed from an old build
-	rm -rf build stage1_nspawn/build stage1_kvm/build testing/build
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check . ./stage1_nspawn ./stage1_kvm
+	rm -rf build stage1_nspawn/build stage1_kvm/build stage1_oci/build testing/build
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check . ./stage1_nspawn ./stage1_kvm \
+		./stage1_oci
 	for tool in rkt actool docker2aci; do ln -sf $(VENV)/bin/$$tool $(BIN)/$$tool; done
 	$(VENV)/bin/rkt install
 
@@ -47,7 +50,7 @@ test: install-test
 	scripts/run-tests
 
 check: install-test
-	$(VENV)/bin/ruff check core plugins stage1_nspawn stage1_kvm testing tests bench
+	$(VENV)/bin/ruff check core plugins stage1_nspawn stage1_kvm stage1_oci testing tests bench
 	$(VENV)/bin/mypy
 
 bench: install-test

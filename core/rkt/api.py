@@ -81,6 +81,7 @@ if TYPE_CHECKING:
         volume_host_path,
         write_job,
     )
+    from rkt.pod.seccomp import oci_seccomp
     from rkt.pod.supervisor import run_supervisor
     from rkt.progress import ProgressBar
     from rkt.registry import (
@@ -142,6 +143,8 @@ _HOMES: dict[str, str] = {
                      "host_resolv_conf"), "rkt.pod.runtime"),
     **dict.fromkeys(("enter", "children", "host_pid_of", "namespace_pids"), "rkt.pod.enter"),
     "run_with_console": "rkt.console",
+    # the app's seccomp filter as a rule list, for backends that hand apps to an OCI runtime
+    "oci_seccomp": "rkt.pod.seccomp",
     # the pod lives exactly as long as the rkt process (docs/stage1.md)
     **dict.fromkeys(("spawn_stage1", "ForkedStage1"), "rkt.pod.lifetime"),
     # the supervisor in rkt's own process, for a stage1 that forks rather than execs it
@@ -233,6 +236,7 @@ __all__ = [
     "host_pid_of",
     "host_resolv_conf",
     "namespace_pids",
+    "oci_seccomp",
     "overlay_on_host",
     "private_dir",
     "private_file",

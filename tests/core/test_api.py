@@ -13,7 +13,7 @@ import rkt.api
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "core" / "rkt"
 PLUGIN_TREES = [ROOT / "plugins", ROOT / "stage1_nspawn", ROOT / "stage1_kvm",
-                ROOT / "tests" / "dists"]
+                ROOT / "stage1_oci", ROOT / "tests" / "dists"]
 
 
 def test_every_public_name_resolves_to_its_home_module() -> None:
@@ -88,10 +88,12 @@ def test_plugins_import_no_private_core_names() -> None:
 
 
 def test_stage1_backends_packaged_as_third_parties_use_only_the_api() -> None:
-    """stage1_nspawn and the test distributions are packaged exactly as a third party
-    would package them: from the core they import rkt.api and nothing else."""
+    """stage1_nspawn, stage1_kvm, stage1_oci and the test distributions are packaged
+    exactly as a third party would package them: from the core they import rkt.api and
+    nothing else."""
     offenders = []
-    for tree in [ROOT / "stage1_nspawn", ROOT / "stage1_kvm", ROOT / "tests" / "dists"]:
+    for tree in [ROOT / "stage1_nspawn", ROOT / "stage1_kvm", ROOT / "stage1_oci",
+                 ROOT / "tests" / "dists"]:
         for path in _sources(tree):
             offenders += [f"{path.relative_to(ROOT)}: {module}"
                           for module, _ in _imports(path)

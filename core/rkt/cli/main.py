@@ -138,7 +138,8 @@ def _log_to_stderr() -> None:
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("rkt: debug: %(name)s: %(message)s"))
-    for name in ("rkt", "rkt_plugins", "rkt_stage1_nspawn", "rkt_stage1_kvm"):
+    for name in ("rkt", "rkt_plugins", "rkt_stage1_nspawn", "rkt_stage1_kvm",
+                 "rkt_stage1_oci"):
         logger = logging.getLogger(name)
         logger.setLevel(logging.DEBUG)
         logger.addHandler(handler)

@@ -298,3 +298,55 @@ def compile_filter(mode: str, names: tuple[str, ...], errno_name: str) -> Seccom
                 rules.append((lib.errno_action(errno_codes.ENOSYS), clone3, None))
     program = lib.compile(default_action, rules)
     return SeccompFilter(mode, names, errno_name, base64.b64encode(program).decode())
+
+
+#: ``platform.machine()`` -> the OCI runtime-spec's name of that architecture
+_OCI_ARCHITECTURES = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64",
+                      "ppc64le": "SCMP_ARCH_PPC64LE", "s390x": "SCMP_ARCH_S390X",
+                      "riscv64": "SCMP_ARCH_RISCV64"}
+
+
+def oci_seccomp(seccomp: SeccompFilter | None) -> dict[str, Any] | None:
+    """The app's filter as an OCI runtime-spec ``linux.seccomp`` object, or ``None``.
+
+    The same rules :func:`compile_filter` compiles, for a stage1 that hands apps
+    to an OCI runtime (which takes rule lists, not BPF programs): the sets
+    expanded, :data:`ALWAYS_ALLOWED` never filtered, and, with rkt's default
+    group, namespace-making ``clone`` flags refused and ``clone3`` failing with
+    ``ENOSYS``. Syscalls this architecture lacks are left to the runtime, which
+    skips names its libseccomp does not know (runc does).
+    """
+    if seccomp is None or (seccomp.mode == "retain" and ALL in seccomp.set):
+        return None
+    import platform
+
+    if seccomp.errno:
+        deny: dict[str, Any] = {"action": "SCMP_ACT_ERRNO",
+                                "errnoRet": errno_number(seccomp.errno)}
+    else:
+        deny = {"action": "SCMP_ACT_KILL_PROCESS"}
+    architecture = _OCI_ARCHITECTURES.get(platform.machine())
+    profile: dict[str, Any] = {"architectures": [architecture] if architecture else []}
+    if ALL in seccomp.set or seccomp.mode == "retain":
+        syscalls, _ = _expand(tuple(n for n in seccomp.set if n != ALL))
+        allowed = [] if ALL in seccomp.set else syscalls
+        names = sorted({*allowed, *ALWAYS_ALLOWED})
+        profile["defaultAction"] = deny["action"]
+        if "errnoRet" in deny:
+            profile["defaultErrnoRet"] = deny["errnoRet"]
+        profile["syscalls"] = [{"names": names, "action": "SCMP_ACT_ALLOW"}]
+        return profile
+    syscalls, with_default = _expand(seccomp.set)
+    names = sorted(set(syscalls) - set(ALWAYS_ALLOWED))
+    rules: list[dict[str, Any]] = [{"names": names, **deny}] if names else []
+    if with_default:
+        rules += [{"names": ["clone"], **deny,
+                   "args": [{"index": 0, "value": flag, "valueTwo": flag,
+                             "op": "SCMP_CMP_MASKED_EQ"}]}
+                  for flag in CLONE_NAMESPACE_FLAGS]
+        if "clone3" not in names:
+            rules.append({"names": ["clone3"], "action": "SCMP_ACT_ERRNO",
+                          "errnoRet": errno_codes.ENOSYS})
+    profile["defaultAction"] = "SCMP_ACT_ALLOW"
+    profile["syscalls"] = rules
+    return profile
