@@ -23,13 +23,17 @@ import contextlib
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import termios
 import time
+import tty
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from rkt.api import (
     INTERFACE_VERSION,
@@ -49,6 +53,7 @@ from rkt.api import (
     enter,
     host_resolv_conf,
     overlay_on_host,
+    run_with_console,
     spawn_stage1,
     volume_host_path,
 )
@@ -78,6 +83,7 @@ while True:
 STOP_TIMEOUT = 10.0
 #: ``<pod>/oci/cgroup``: the pod's cgroup path, and the directories stage0 made
 CGROUP_RECORD = "cgroup"
+PRE_START, POST_STOP = "pre-start", "post-stop"
 #: an app whose runtime never started it (a bad exec, a mount that failed)
 SETUP_FAILED = 254
 
@@ -109,7 +115,6 @@ class OciStage1:
 
     # -- running -------------------------------------------------------------------------
     def run(self, pod: Pod, resolved: ResolvedPod, runtime: PodRuntime) -> int:
-        _refuse_what_is_not_done(resolved, runtime)
         oci = OciRuntime(find_runtime(runtime_name(pod)), pod.path)
         for tool in ("unshare", "nsenter"):
             if shutil.which(tool) is None:
@@ -145,7 +150,7 @@ class OciStage1:
             for placed in job.apps:
                 if placed.overlay is not None:
                     _mount_overlay(init, placed)
-            return self._run_apps(pod, oci, job.apps, init, holder)
+            return self._run_apps(pod, oci, job.apps, init, holder, runtime.interactive)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 holder.kill()  # unshare's --kill-child takes the holder's PID 1 along
@@ -155,15 +160,15 @@ class OciStage1:
 
     def _write_bundle(self, pod: Pod, placed: PlacedApp, hostname: str,
                       runtime: PodRuntime) -> None:
+        """The app's bundle, and one per event handler: the same container with the
+        handler's command (``<app>.pre-start``, ``<app>.post-stop``)."""
         app = placed.app
-        bundle = pod.path / POD_DIR / app.name
-        bundle.mkdir(parents=True, exist_ok=True)
-        _write_etc_files(pod, placed)
-        etc_dir = bundle / "etc"
-        etc_dir.mkdir(exist_ok=True)
+        etc_dir = pod.path / POD_DIR / app.name / "etc"
+        etc_dir.mkdir(parents=True, exist_ok=True)
+        _write_etc_files(placed)
         for name, content in placed.etc_overrides:
             (etc_dir / name).write_text(content)
-        # the holder's namespaces, by its PID 1; the path is filled in at start
+        # the holder's namespaces, by its PID 1; the paths are filled in at start
         namespaces: dict[str, str | None] = {"pid": "@pid", "ipc": "@ipc", "uts": "@uts",
                                              "mount": None}
         if runtime.network.netns is not None:
@@ -173,8 +178,16 @@ class OciStage1:
             cgroups_path=_cgroups_path(runtime.cgroups, app),
             protect_kernel_paths="paths" not in runtime.insecure,
             etc_override_dir=str(etc_dir),
+            terminal=runtime.interactive and sys.stdin.isatty(),
         )
-        (bundle / "config.json").write_text(json.dumps(config, indent=1))
+        for kind, command in (("app", app.exec), (PRE_START, app.pre_start),
+                              (POST_STOP, app.post_stop)):
+            if command:
+                bundle = pod.path / POD_DIR / _container_id(app.name, kind)
+                bundle.mkdir(exist_ok=True)
+                config["process"]["args"] = list(command)
+                (bundle / "config.json").write_text(json.dumps(config, indent=1))
+                config["process"]["terminal"] = False  # only the app gets the terminal
 
     def _start_holder(self, pod: Pod) -> subprocess.Popen[bytes]:
         command = ["unshare", "--mount", "--propagation=private", "--pid", "--fork",
@@ -202,32 +215,82 @@ class OciStage1:
             for container in oci.containers():
                 oci.kill(container, "TERM")
 
+    def _start(self, pod: Pod, oci: OciRuntime, init: int,
+               container: str) -> subprocess.Popen[bytes]:
+        command = _run_command(pod, oci, init, container)
+        try:
+            return spawn_stage1(command, helper=True, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            raise Stage1Error(f"cannot start {oci.binary}: {exc.strerror}") from exc
+
+    def _run_interactive(self, pod: Pod, oci: OciRuntime, app: ResolvedApp, init: int) -> int:
+        """The pod's one app with the user's terminal: rkt's console relays it and
+        watches for Ctrl+]; the runtime gives the app a terminal of its own."""
+        if app.pre_start:
+            container = _container_id(app.name, PRE_START)
+            code = self._container_ended(
+                pod, oci, container, self._start(pod, oci, init, container).wait())
+            oci.delete(container)
+            if code != 0:
+                print(f'rkt: app "{app.name}": pre-start handler failed with exit code '
+                      f"{code}", file=sys.stderr, flush=True)
+                return code
+        def kill(process: subprocess.Popen[bytes]) -> None:
+            del process  # the runtime: the app dies with the pod's PID namespace
+            _kill(init, signal.SIGKILL)
+
+        code = run_with_console(
+            _run_command(pod, oci, init, app.name), interactive=True, kill=kill,
+            stop=lambda: self._stop_apps(pod))
+        return self._container_ended(pod, oci, app.name, code)
+
     def _run_apps(self, pod: Pod, oci: OciRuntime, apps: tuple[PlacedApp, ...], init: int,
-                  holder: subprocess.Popen[bytes]) -> int:
-        running: dict[str, subprocess.Popen[bytes]] = {}
+                  holder: subprocess.Popen[bytes], interactive: bool) -> int:
+        if interactive:
+            [placed] = apps  # stage0 gives the terminal to a pod of one app only
+            code = self._record(pod, placed.app.name,
+                                self._run_interactive(pod, oci, placed.app, init))
+            oci.delete(placed.app.name)
+            self._run_post_stop(pod, oci, apps, init, holder)
+            return code
+        with _EscapeWatch() as escape:
+            code = self._run_containers(pod, oci, apps, init, holder, escape)
+        self._run_post_stop(pod, oci, apps, init, holder)
+        return code
+
+    def _run_containers(self, pod: Pod, oci: OciRuntime, apps: tuple[PlacedApp, ...],
+                        init: int, holder: subprocess.Popen[bytes],
+                        escape: _EscapeWatch) -> int:
+        running: dict[str, tuple[str, str, subprocess.Popen[bytes]]] = {}
+
+        def start(app: ResolvedApp, kind: str) -> None:
+            container = _container_id(app.name, kind)
+            running[container] = (app.name, kind, self._start(pod, oci, init, container))
+
+        by_name = {placed.app.name: placed.app for placed in apps}
         for placed in apps:
-            name = placed.app.name
-            bundle = pod.path / POD_DIR / name
-            _fill_namespace_paths(bundle / "config.json", init)
-            run = ["run", "--bundle", str(bundle), "--pid-file", str(bundle / "pid")]
-            if oci.is_runc:
-                run.append("--keep")  # its cgroup stays until the OOM count is read
-            command = ["nsenter", f"--target={init}", "--mount", "--",
-                       *oci.command(*run, name, log=bundle / "runtime.log")]
-            LOG.debug("running %s", " ".join(command))
-            try:
-                running[name] = spawn_stage1(command, helper=True, stdin=subprocess.DEVNULL)
-            except OSError as exc:
-                raise Stage1Error(f"cannot start {oci.binary}: {exc.strerror}") from exc
+            start(placed.app, PRE_START if placed.app.pre_start else "app")
         pod_code = 0
         kill_at: float | None = None
         while running:
-            for name, process in list(running.items()):
+            for container, (name, kind, process) in list(running.items()):
                 code = process.poll()
                 if code is None:
                     continue
-                del running[name]
-                code = self._finish_app(pod, oci, name, code)
+                del running[container]
+                code = self._container_ended(pod, oci, container, code)
+                if kind == PRE_START:
+                    oci.delete(container)  # the app's container takes its cgroup
+                    if code == 0 and not self._stopping:
+                        start(by_name[name], "app")
+                        continue
+                    if code == 0:
+                        code = 128 + signal.SIGTERM  # stopped before it started
+                    else:
+                        print(f'rkt: app "{name}": pre-start handler failed with exit code '
+                              f"{code}", file=sys.stderr, flush=True)
+                code = self._record(pod, name, code)
+                oci.delete(container)
                 if code != 0 and not self._stopping and pod_code == 0:
                     pod_code = code
                     # one app failed: the others are stopped, as the supervisor does
@@ -239,28 +302,46 @@ class OciStage1:
                           STOP_TIMEOUT)
                 _kill(init, signal.SIGKILL)
                 kill_at = float("inf")
-            time.sleep(0.02)
+            if escape.pressed(0.02):
+                print("\r\nrkt: pod killed (Ctrl+] pressed three times)", file=sys.stderr)
+                _kill(init, signal.SIGKILL)
         return pod_code
 
-    def _finish_app(self, pod: Pod, oci: OciRuntime, name: str, code: int) -> int:
-        """Record an app's exit code (and an OOM kill); returns the code recorded."""
-        bundle = pod.path / POD_DIR / name
+    def _run_post_stop(self, pod: Pod, oci: OciRuntime, apps: tuple[PlacedApp, ...],
+                       init: int, holder: subprocess.Popen[bytes]) -> None:
+        """Each app's post-stop handler, one after the other, once every app ended
+        (best effort: not when the pod was killed, since its namespaces are gone)."""
+        for placed in apps:
+            if not placed.app.post_stop or holder.poll() is not None:
+                continue
+            container = _container_id(placed.app.name, POST_STOP)
+            code = self._start(pod, oci, init, container).wait()
+            self._container_ended(pod, oci, container, code)
+            oci.delete(container)
+
+    def _container_ended(self, pod: Pod, oci: OciRuntime, container: str, code: int) -> int:
+        """A container's exit code (254 when the runtime never started it; it says
+        why), read as the kernel reports it, before the runtime deletes it."""
+        bundle = pod.path / POD_DIR / container
         if code < 0:
             code = 128 - code  # the runtime itself was killed
         if code != 0 and not (bundle / "pid").exists():
-            # the runtime never started the app
             error = oci.logged_error(bundle / "runtime.log") or (
                 f"exit status {code} (its own message is above)")
-            print(f'rkt: app "{name}": {os.path.basename(oci.binary)} could not start it: '
-                  f"{error}", file=sys.stderr, flush=True)
+            print(f'rkt: app "{container}": {os.path.basename(oci.binary)} could not start '
+                  f"it: {error}", file=sys.stderr, flush=True)
             code = SETUP_FAILED
+        return code
+
+    def _record(self, pod: Pod, name: str, code: int) -> int:
+        """Write an app's exit code (and an OOM kill); delete its container."""
         status_dir = pod.stage1_rootfs() / "rkt" / "status"
         if code == 128 + signal.SIGKILL:
             kills = _oom_kills(self._cgroups, name)
             if kills:
+                # before the exit code, so whoever sees the code sees this too
                 (status_dir / f"{name}-oom").write_text(str(kills))
         _write_atomically(status_dir / name, str(code))
-        oci.delete(name)
         return code
 
     # -- other commands ------------------------------------------------------------------
@@ -289,15 +370,6 @@ class OciStage1:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(pod.path / POD_DIR / "state")
         _remove_runtime_cgroups(pod)
-
-
-def _refuse_what_is_not_done(resolved: ResolvedPod, runtime: PodRuntime) -> None:
-    if runtime.interactive:
-        raise UsageError("the oci stage1 does not support --interactive")
-    for app in resolved.apps:
-        if app.pre_start is not None or app.post_stop is not None:
-            raise UsageError(f'app "{app.name}": the oci stage1 does not run pre-start and '
-                             "post-stop event handlers")
 
 
 def _cgroups_path(cgroups: PodCgroups | None, app: ResolvedApp) -> str | None:
@@ -363,11 +435,74 @@ def _oom_kills(cgroups: PodCgroups | None, name: str) -> int:
     return 0
 
 
-def _write_etc_files(pod: Pod, placed: PlacedApp) -> None:
+class _EscapeWatch:
+    """Ctrl+] three times within a second on rkt's terminal kills the pod, as on every
+    stage1 (``rkt.console`` does it for a pod with the terminal; here no app reads it)."""
+
+    ESCAPE, COUNT, WINDOW = 0x1D, 3, 1.0
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.saved: list[Any] | None = None
+        self.presses: list[float] = []
+
+    def __enter__(self) -> _EscapeWatch:
+        with contextlib.suppress(OSError, ValueError):
+            if sys.stdin.isatty():
+                self.fd = sys.stdin.fileno()
+                self.saved = termios.tcgetattr(self.fd)
+                tty.setcbreak(self.fd)  # no echo, no line buffering
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None and self.saved is not None:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+    def pressed(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for input; True once the escape was typed."""
+        if self.fd is None:
+            time.sleep(timeout)
+            return False
+        try:
+            ready, _, _ = select.select([self.fd], [], [], timeout)
+        except InterruptedError:
+            return False
+        data = os.read(self.fd, 1024) if ready else b""
+        if ready and not data:
+            self.fd = None  # end of input: nothing more to watch
+        now = time.monotonic()
+        for byte in data:
+            if byte == self.ESCAPE:
+                self.presses = [t for t in self.presses if now - t < self.WINDOW] + [now]
+                if len(self.presses) >= self.COUNT:
+                    return True
+            else:
+                self.presses.clear()
+        return False
+
+
+def _run_command(pod: Pod, oci: OciRuntime, init: int, container: str) -> list[str]:
+    """``<runtime> run`` of a bundle, in the holder's mount namespace (the overlays)."""
+    bundle = pod.path / POD_DIR / container
+    _fill_namespace_paths(bundle / "config.json", init)
+    run = ["run", "--bundle", str(bundle), "--pid-file", str(bundle / "pid")]
+    if oci.is_runc:
+        run.append("--keep")  # its cgroup stays until the OOM count is read
+    command = ["nsenter", f"--target={init}", "--mount", "--",
+               *oci.command(*run, container, log=bundle / "runtime.log")]
+    LOG.debug("running %s", " ".join(command))
+    return command
+
+
+def _container_id(app_name: str, kind: str) -> str:
+    """The runtime's name of an app's container (AC Names never hold a dot)."""
+    return app_name if kind == "app" else f"{app_name}.{kind}"
+
+
+def _write_etc_files(placed: PlacedApp) -> None:
     """``/etc/hosts`` (and ``resolv.conf``) into the app's rootfs where its image has
     none, before anything is mounted, as the supervisor writes them: into the
     overlay's upper directory, or into the copy of ``--no-overlay``."""
-    app = placed.app
     if placed.overlay is not None:
         lower_etc = Path(placed.overlay.lower) / "etc"
         target = Path(placed.overlay.upper) / "etc"
@@ -383,7 +518,6 @@ def _write_etc_files(pod: Pod, placed: PlacedApp) -> None:
             target.mkdir(mode=0o755, parents=True)
         (target / name).write_text(content)
         os.chmod(target / name, 0o644)
-    del app, pod
 
 
 def _mount_overlay(init: int, placed: PlacedApp) -> None:

@@ -38,9 +38,9 @@ MASKED_PATHS = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/timer_st
 CPU_PERIOD = 100_000
 
 
-def _kernel_file_systems() -> list[dict[str, Any]]:
+def _kernel_file_systems(terminal: bool) -> list[dict[str, Any]]:
     """OS-SPEC.md's file systems and devices, as runc's own default bundle has them."""
-    return [
+    mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc",
          "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -56,11 +56,14 @@ def _kernel_file_systems() -> list[dict[str, Any]]:
          "options": ["nosuid", "noexec", "nodev", "ro"]},
         {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
          "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
-        # the spec asks for the node; with no terminal it is the null device, as on
-        # the other stage1s (docs/executor-checklist.md)
-        {"destination": "/dev/console", "type": "bind", "source": "/dev/null",
-         "options": ["bind"]},
     ]
+    if not terminal:
+        # the spec asks for the node; with no terminal it is the null device, as on
+        # the other stage1s (docs/executor-checklist.md); with one the runtime makes
+        # it the app's terminal
+        mounts.append({"destination": "/dev/console", "type": "bind", "source": "/dev/null",
+                       "options": ["bind"]})
+    return mounts
 
 
 def _resources(placed: PlacedApp) -> dict[str, Any]:
@@ -86,13 +89,15 @@ def app_config(
     cgroups_path: str | None,
     protect_kernel_paths: bool,
     etc_override_dir: str,
+    terminal: bool = False,
 ) -> dict[str, Any]:
     """The app's ``config.json``.
 
     ``namespaces`` maps each OCI namespace type the app has to the path of the one
     it joins (``None``: a new one); ``cgroups_path`` is its cgroup below the
     hierarchies' roots; ``etc_override_dir`` holds the files bound over its
-    ``/etc`` ones (written by the caller).
+    ``/etc`` ones (written by the caller); ``terminal`` gives the app a terminal of
+    its own, which the runtime relays to its own standard input and output.
     """
     app = placed.app
     capabilities = list(ALL_CAPABILITIES if app.capabilities is None else app.capabilities)
@@ -100,7 +105,7 @@ def app_config(
     # only bounds what it can gain by exec
     held = capabilities if app.uid == 0 else []
     process: dict[str, Any] = {
-        "terminal": False,
+        "terminal": terminal,
         "user": {"uid": app.uid, "gid": app.gid,
                  "additionalGids": list(app.supplementary_gids)},
         "args": list(app.exec),
@@ -112,7 +117,7 @@ def app_config(
     }
     if app.oom_score_adj is not None:
         process["oomScoreAdj"] = app.oom_score_adj
-    mounts = _kernel_file_systems()
+    mounts = _kernel_file_systems(terminal)
     for mount, source in zip(app.mounts, placed.mount_sources, strict=True):
         options = ["rbind" if mount.recursive else "bind"]
         if mount.read_only:

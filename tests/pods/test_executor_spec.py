@@ -30,9 +30,10 @@ pytestmark = [
 FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
 NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
 KVM = "--stage1-name=coreos.com/rkt/stage1-kvm"
+OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
 STAGE1S = pytest.mark.parametrize("stage1", [
-    NSPAWN, FLY, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]),
-], ids=["nspawn", "fly", "kvm"])
+    NSPAWN, FLY, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]), OCI,
+], ids=["nspawn", "fly", "kvm", "oci"])
 
 #: what one process reports; run as ``/bin/sh /probe PHASE``
 PROBE = r"""

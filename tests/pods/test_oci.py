@@ -250,9 +250,32 @@ def test_a_runtime_failure_is_one_line_with_the_runtimes_message(
                           status=254)
 
 
-def test_event_handlers_are_refused(rkt_env: RktEnv, aci_builder: AciBuilder) -> None:
-    manifest = image_manifest("example.com/handled", exec_=["/bin/true"], app={
-        "eventHandlers": [{"name": "pre-start", "exec": ["/bin/true"]}]})
-    image = aci_builder.build("handled.aci", manifest=manifest, busybox=True)
-    result = run(rkt_env, "run", OCI, "--net=none", image)
-    assert_one_line_error(result, "oci stage1 does not run pre-start and post-stop")
+def test_event_handlers_run_in_order_around_the_app(
+    rkt_env: RktEnv, aci_builder: AciBuilder, tmp_path: Path
+) -> None:
+    """pre-start and post-stop run as containers of their own on the app's rootfs."""
+    log = tmp_path / "log"
+    log.mkdir()
+
+    def image(name: str, pre_start: str) -> Path:
+        manifest = image_manifest(
+            f"example.com/{name}", exec_=["/bin/sh", "-c", "cat /pre >> /log/order; "
+                                          "echo app >> /log/order; exit 3"],
+            app={"eventHandlers": [
+                {"name": "pre-start", "exec": ["/bin/sh", "-c", pre_start]},
+                {"name": "post-stop", "exec": ["/bin/sh", "-c", "echo post >> /log/order"]}],
+                "mountPoints": [{"name": "log", "path": "/log"}]})
+        return aci_builder.build(f"{name}.aci", manifest=manifest, busybox=True)
+
+    volume = f"--volume=log,kind=host,source={log}"
+    result = run(rkt_env, "run", OCI, "--net=none", volume,
+                 image("handled", "echo pre > /pre"))
+    assert result.returncode == 3, result.stderr
+    assert (log / "order").read_text().splitlines() == ["pre", "app", "post"]
+
+    (log / "order").unlink()
+    failed = run(rkt_env, "run", OCI, "--net=none", volume, image("refused", "exit 5"))
+    assert failed.returncode == 5
+    assert 'rkt: app "refused": pre-start handler failed with exit code 5' in \
+        failed.stderr.splitlines()
+    assert (log / "order").read_text().splitlines() == ["post"]  # the app never ran

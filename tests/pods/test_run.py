@@ -45,13 +45,14 @@ pytestmark = [
 FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
 NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
 KVM = "--stage1-name=coreos.com/rkt/stage1-kvm"
+OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
 STAGE1S = pytest.mark.parametrize("stage1", [
-    NSPAWN, FLY, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]),
-], ids=["nspawn", "fly", "kvm"])
+    NSPAWN, FLY, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]), OCI,
+], ids=["nspawn", "fly", "kvm", "oci"])
 #: the behaviour fly does not have (the list in this module's docstring)
 CONTAINED = pytest.mark.parametrize("stage1", [
-    NSPAWN, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]),
-], ids=["nspawn", "kvm"])
+    NSPAWN, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]), OCI,
+], ids=["nspawn", "kvm", "oci"])
 
 
 def mounts_mentioning(path: Path) -> list[str]:
