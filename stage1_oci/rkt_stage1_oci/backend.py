@@ -115,6 +115,7 @@ class OciStage1:
 
     # -- running -------------------------------------------------------------------------
     def run(self, pod: Pod, resolved: ResolvedPod, runtime: PodRuntime) -> int:
+        _refuse_what_is_not_done(resolved)
         oci = OciRuntime(find_runtime(runtime_name(pod)), pod.path)
         for tool in ("unshare", "nsenter"):
             if shutil.which(tool) is None:
@@ -156,7 +157,7 @@ class OciStage1:
                 holder.kill()  # unshare's --kill-child takes the holder's PID 1 along
             holder.wait()
             for container in oci.containers():
-                oci.delete(container)
+                oci.forget(container)
 
     def _write_bundle(self, pod: Pod, placed: PlacedApp, hostname: str,
                       runtime: PodRuntime) -> None:
@@ -230,7 +231,7 @@ class OciStage1:
             container = _container_id(app.name, PRE_START)
             code = self._container_ended(
                 pod, oci, container, self._start(pod, oci, init, container).wait())
-            oci.delete(container)
+            oci.forget(container)
             if code != 0:
                 print(f'rkt: app "{app.name}": pre-start handler failed with exit code '
                       f"{code}", file=sys.stderr, flush=True)
@@ -250,7 +251,7 @@ class OciStage1:
             [placed] = apps  # stage0 gives the terminal to a pod of one app only
             code = self._record(pod, placed.app.name,
                                 self._run_interactive(pod, oci, placed.app, init))
-            oci.delete(placed.app.name)
+            oci.forget(placed.app.name)
             self._run_post_stop(pod, oci, apps, init, holder)
             return code
         with _EscapeWatch() as escape:
@@ -280,7 +281,7 @@ class OciStage1:
                 del running[container]
                 code = self._container_ended(pod, oci, container, code)
                 if kind == PRE_START:
-                    oci.delete(container)  # the app's container takes its cgroup
+                    oci.forget(container)
                     if code == 0 and not self._stopping:
                         start(by_name[name], "app")
                         continue
@@ -290,7 +291,7 @@ class OciStage1:
                         print(f'rkt: app "{name}": pre-start handler failed with exit code '
                               f"{code}", file=sys.stderr, flush=True)
                 code = self._record(pod, name, code)
-                oci.delete(container)
+                oci.forget(container)
                 if code != 0 and not self._stopping and pod_code == 0:
                     pod_code = code
                     # one app failed: the others are stopped, as the supervisor does
@@ -317,7 +318,7 @@ class OciStage1:
             container = _container_id(placed.app.name, POST_STOP)
             code = self._start(pod, oci, init, container).wait()
             self._container_ended(pod, oci, container, code)
-            oci.delete(container)
+            oci.forget(container)
 
     def _container_ended(self, pod: Pod, oci: OciRuntime, container: str, code: int) -> int:
         """A container's exit code (254 when the runtime never started it; it says
@@ -370,6 +371,17 @@ class OciStage1:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(pod.path / POD_DIR / "state")
         _remove_runtime_cgroups(pod)
+
+
+def _refuse_what_is_not_done(resolved: ResolvedPod) -> None:
+    """A seccomp retain-set cannot hold exactly under an OCI runtime: runc installs
+    the filter, then makes syscalls of its own (closing fds, its exec fifo, the Go
+    runtime's) before it execs the app, which a retain-set would have to allow."""
+    for app in resolved.apps:
+        if app.seccomp is not None and app.seccomp.mode == "retain" and app.seccomp.program:
+            raise UsageError(f'app "{app.name}": the oci stage1 does not support seccomp '
+                             "retain-sets (the OCI runtime makes syscalls of its own after "
+                             "the filter is in); use a remove-set or another stage1")
 
 
 def _cgroups_path(cgroups: PodCgroups | None, app: ResolvedApp) -> str | None:
@@ -487,7 +499,7 @@ def _run_command(pod: Pod, oci: OciRuntime, init: int, container: str) -> list[s
     _fill_namespace_paths(bundle / "config.json", init)
     run = ["run", "--bundle", str(bundle), "--pid-file", str(bundle / "pid")]
     if oci.is_runc:
-        run.append("--keep")  # its cgroup stays until the OOM count is read
+        run.append("--keep")  # else runc removes the app's cgroup, which is stage0's
     command = ["nsenter", f"--target={init}", "--mount", "--",
                *oci.command(*run, container, log=bundle / "runtime.log")]
     LOG.debug("running %s", " ".join(command))

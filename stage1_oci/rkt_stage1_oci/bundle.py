@@ -13,8 +13,7 @@ from rkt.api import PlacedApp, oci_seccomp
 
 OCI_VERSION = "1.0.2"
 
-#: every capability Linux 6.x knows, for an app whose set is ``None``
-#: (``--insecure-options=capabilities``); a runtime skips names its kernel lacks
+#: every capability Linux 6.x knows, in the kernel's order (bit 0 first)
 ALL_CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
     "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
@@ -36,6 +35,19 @@ MASKED_PATHS = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/timer_st
 
 #: CPU quota period (µs): rkt's ``cpu_millis`` is thousandths of a CPU
 CPU_PERIOD = 100_000
+
+
+def held_capabilities() -> list[str]:
+    """The capabilities this process holds: an app whose set is ``None``
+    (``--insecure-options=capabilities``) gets every capability the stage1 has,
+    as on the other stage1s, and no more (the runtime could not give it more)."""
+    try:
+        with open("/proc/self/status") as status:
+            fields = dict(line.split(":", 1) for line in status if line.startswith("Cap"))
+        held = int(fields["CapBnd"], 16) & int(fields["CapPrm"], 16)
+    except (OSError, KeyError, ValueError):
+        return list(ALL_CAPABILITIES)
+    return [name for bit, name in enumerate(ALL_CAPABILITIES) if held & (1 << bit)]
 
 
 def _kernel_file_systems(terminal: bool) -> list[dict[str, Any]]:
@@ -100,7 +112,7 @@ def app_config(
     its own, which the runtime relays to its own standard input and output.
     """
     app = placed.app
-    capabilities = list(ALL_CAPABILITIES if app.capabilities is None else app.capabilities)
+    capabilities = held_capabilities() if app.capabilities is None else list(app.capabilities)
     # rkt's rule (docs/isolators.md): a non-root app holds no capability, its set
     # only bounds what it can gain by exec
     held = capabilities if app.uid == 0 else []

@@ -132,3 +132,16 @@ class OciRuntime:
 
     def delete(self, container: str) -> None:
         self._call("delete", "--force", container)
+
+    def forget(self, container: str) -> None:
+        """Drop an ended container from the state root, leaving its cgroup alone.
+
+        ``runc delete`` would also remove the app's cgroup, which stage0 made and
+        removes at ``gc`` (its limits and counters stay readable until then, as on
+        every stage1); runc keeps nothing else of a stopped container but its
+        state directory. Other runtimes' state is theirs to delete.
+        """
+        if self.is_runc:
+            shutil.rmtree(self.state_root / container, ignore_errors=True)
+        else:
+            self.delete(container)

@@ -34,7 +34,8 @@ pytestmark = [
 
 FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
 NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
-STAGE1S = pytest.mark.parametrize("stage1", [NSPAWN, FLY], ids=["nspawn", "fly"])
+OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
+STAGE1S = pytest.mark.parametrize("stage1", [NSPAWN, FLY, OCI], ids=["nspawn", "fly", "oci"])
 
 #: appc-spec/ace.md's default set: CAP_AUDIT_WRITE, CAP_CHOWN, CAP_DAC_OVERRIDE,
 #: CAP_FSETID, CAP_FOWNER, CAP_KILL, CAP_MKNOD, CAP_NET_RAW, CAP_NET_BIND_SERVICE,

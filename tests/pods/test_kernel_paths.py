@@ -28,7 +28,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="needs systemd-nspawn"),
 ]
 
-STAGE1S = pytest.mark.parametrize("stage1", ["nspawn", "fly"])
+STAGE1S = pytest.mark.parametrize("stage1", ["nspawn", "fly", "oci"])
 
 PROBE = """
 for f in /proc/sys/kernel/core_pattern /proc/sysrq-trigger /proc/sys/vm/drop_caches; do

@@ -28,7 +28,8 @@ pytestmark = [needs_root, pytest.mark.root, pytest.mark.slow]
 
 FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
 NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
-STAGE1S = pytest.mark.parametrize("stage1", [NSPAWN, FLY], ids=["nspawn", "fly"])
+OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
+STAGE1S = pytest.mark.parametrize("stage1", [NSPAWN, FLY, OCI], ids=["nspawn", "fly", "oci"])
 SIGNALS = pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
                                   ids=["SIGINT", "SIGTERM", "SIGKILL"])
 #: the supervisor's stop timeout (SupervisorJob.stop_timeout) and some slack

@@ -171,6 +171,21 @@ def test_the_default_seccomp_filter_holds(rkt_env: RktEnv, aci_builder: AciBuild
     assert open_.returncode == 0, open_.stderr
 
 
+def test_a_seccomp_retain_set_is_refused_and_a_remove_set_holds(
+    rkt_env: RktEnv, aci_builder: AciBuilder, tmp_path: Path
+) -> None:
+    image = aci_builder.build("t.aci", name="example.com/t", busybox=True,
+                              exec_=["/bin/busybox", "mkdir", "/made"])
+    refused = run(rkt_env, "run", OCI, "--net=none", image,
+                  "--seccomp=mode=retain,errno=ENOSYS,read,write,exit_group")
+    assert_one_line_error(refused, 'app "t": the oci stage1 does not support seccomp '
+                                   "retain-sets")
+    removed = run(rkt_env, "run", OCI, "--net=none", image,
+                  "--seccomp=mode=remove,errno=EACCES,mkdir,mkdirat")
+    assert removed.returncode == 1
+    assert "Permission denied" in removed.stderr  # EACCES, the set's errno
+
+
 @pytest.fixture
 def cgroup_parent(rkt_env: RktEnv) -> Iterator[str]:
     parent = f"rkt-test-{uuid.uuid4().hex[:12]}"
