@@ -347,9 +347,12 @@ class OciStage1:
 
     # -- other commands ------------------------------------------------------------------
     def enter(self, pod: Pod, app: ResolvedApp, command: list[str]) -> int:
-        app_pid = _app_pid(pod, app.name)
-        if app_pid is None:
-            raise PodError(f'app "{app.name}" is not running')
+        # rkt's contract: enter waits while a running pod is still starting its apps
+        deadline = time.monotonic() + 10
+        while (app_pid := _app_pid(pod, app.name)) is None:
+            if time.monotonic() > deadline or not pod.is_locked_by_other():
+                raise PodError(f'app "{app.name}" is not running')
+            time.sleep(0.05)
         return enter(app_pid, app, command)
 
     def stop(self, pod: Pod, *, force: bool) -> None:

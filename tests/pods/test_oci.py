@@ -226,6 +226,45 @@ def test_an_app_over_its_memory_limit_is_oom_killed(
     assert roomy.returncode == 0, roomy.stderr
 
 
+def test_gc_cleans_up_after_rkt_was_killed(
+    rkt_env: RktEnv, aci_builder: AciBuilder, tmp_path: Path, cgroup_parent: str
+) -> None:
+    """SIGKILL to rkt ends the pod (the apps die with the pod's PID namespace);
+    gc then deletes what runc left in the pod's state root and the cgroups runc
+    made beside stage0's (the fixture checks every hierarchy)."""
+    image = aci_builder.build("sleeper.aci", name="example.com/sleeper", busybox=True,
+                              exec_=["/bin/sleep", "600"])
+    uuid_file = tmp_path / "uuid"
+    process = subprocess.Popen(
+        [rkt_env.rkt_binary(), *rkt_env.global_flags(), "--insecure-options=image", "run",
+         OCI, "--net=none", f"--uuid-file-save={uuid_file}", "--memory=64M", str(image)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **rkt_env.env})
+    try:
+        pod = wait_running(rkt_env, uuid_file, process)
+        pid_file = pod_dir(rkt_env, pod) / "oci" / "sleeper" / "pid"
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        app_pid = int(pid_file.read_text())
+        process.kill()
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{app_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{app_pid}").exists()  # the app died with rkt
+    assert "state=exited" in rkt_env.run("status", pod).stdout.splitlines()
+    assert (pod_dir(rkt_env, pod) / "oci" / "state" / "sleeper").is_dir()  # runc's record
+
+    collected = rkt_env.run("gc", "--grace-period=0s")
+    assert collected.returncode == 0, collected.stderr
+    assert list((rkt_env.data_dir / "pods").glob(f"*/{pod}")) == []
+
+
 def test_two_apps_share_the_pods_hostname_ipc_and_volume(
     rkt_env: RktEnv, aci_builder: AciBuilder, tmp_path: Path
 ) -> None:
