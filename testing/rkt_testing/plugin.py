@@ -11,7 +11,8 @@ a plugin author's tests get:
   (:class:`rkt_testing.gpg.GpgHome`), shared by the session;
 - ``signing_key``: (fingerprint, armored public key file) of a key in ``gpg``;
 - ``needs_root``: a mark that skips a test unless it runs as root;
-- ``needs_kvm_stage1``: a mark that skips a test unless the kvm stage1 can boot VMs.
+- ``needs_kvm_stage1``: a mark that skips a test unless the kvm stage1 can boot VMs;
+- ``needs_oci_stage1``: a mark that skips a test unless the oci stage1 can run pods.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ needs_kvm_stage1 = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("qemu-system-x86_64") is None
     or not stage1_image_path("kvm").exists(),
     reason="needs root, qemu-system-x86_64 and the kvm stage1 image (rkt install)",
+)
+
+#: mark for tests that run pods on the oci stage1 (runc, and its image built: it is
+#: its own distribution, rkt-stage1-oci, which a development venv may lack)
+needs_oci_stage1 = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("runc") is None or not stage1_image_path("oci").exists(),
+    reason="needs root, runc and the oci stage1 image (pip install ./stage1_oci; rkt install)",
 )
 
 

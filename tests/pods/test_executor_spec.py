@@ -20,7 +20,7 @@ import pytest
 
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.aci import image_manifest
-from rkt_testing.plugin import needs_kvm_stage1, needs_root
+from rkt_testing.plugin import needs_kvm_stage1, needs_oci_stage1, needs_root
 
 pytestmark = [
     needs_root,
@@ -32,7 +32,8 @@ NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
 KVM = "--stage1-name=coreos.com/rkt/stage1-kvm"
 OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
 STAGE1S = pytest.mark.parametrize("stage1", [
-    NSPAWN, FLY, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]), OCI,
+    NSPAWN, FLY, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]),
+    pytest.param(OCI, marks=needs_oci_stage1),
 ], ids=["nspawn", "fly", "kvm", "oci"])
 
 #: what one process reports; run as ``/bin/sh /probe PHASE``

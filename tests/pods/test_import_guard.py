@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from rkt_testing import AciBuilder, RktEnv
-from rkt_testing.plugin import needs_root
+from rkt_testing.plugin import needs_oci_stage1, needs_root
 
 #: heavy on every path: the plugin manager and entry-point scans, the schema library,
 #: the signature and TLS stacks
@@ -115,12 +115,15 @@ def test_version_imports_nothing_heavy(rkt_env: RktEnv, tmp_path: Path) -> None:
 
 FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
 NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
+OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
 
 
 @needs_root
 @pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="needs systemd-nspawn")
-@pytest.mark.parametrize(("stage1", "net"), [(NSPAWN, "--net=none"), (FLY, "--net=host")],
-                         ids=["nspawn", "fly"])
+@pytest.mark.parametrize(("stage1", "net"), [
+    (NSPAWN, "--net=none"), (FLY, "--net=host"),
+    pytest.param(OCI, "--net=none", marks=needs_oci_stage1),
+], ids=["nspawn", "fly", "oci"])
 def test_a_cached_run_and_the_polled_commands_stay_lean(
     rkt_env: RktEnv, aci_builder: AciBuilder, tmp_path: Path, stage1: str, net: str
 ) -> None:

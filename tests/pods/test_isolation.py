@@ -23,7 +23,7 @@ import pytest
 
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.aci import image_manifest
-from rkt_testing.plugin import needs_root, stage1_image_path
+from rkt_testing.plugin import needs_oci_stage1, needs_root, stage1_image_path
 
 pytestmark = [
     needs_root,
@@ -35,7 +35,8 @@ pytestmark = [
 FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
 NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
 OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
-STAGE1S = pytest.mark.parametrize("stage1", [NSPAWN, FLY, OCI], ids=["nspawn", "fly", "oci"])
+STAGE1S = pytest.mark.parametrize("stage1", [
+    NSPAWN, FLY, pytest.param(OCI, marks=needs_oci_stage1)], ids=["nspawn", "fly", "oci"])
 
 #: appc-spec/ace.md's default set: CAP_AUDIT_WRITE, CAP_CHOWN, CAP_DAC_OVERRIDE,
 #: CAP_FSETID, CAP_FOWNER, CAP_KILL, CAP_MKNOD, CAP_NET_RAW, CAP_NET_BIND_SERVICE,

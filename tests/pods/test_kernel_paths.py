@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from rkt_testing import AciBuilder, RktEnv
-from rkt_testing.plugin import needs_root
+from rkt_testing.plugin import needs_oci_stage1, needs_root
 
 pytestmark = [
     needs_root,
@@ -28,7 +28,8 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="needs systemd-nspawn"),
 ]
 
-STAGE1S = pytest.mark.parametrize("stage1", ["nspawn", "fly", "oci"])
+STAGE1S = pytest.mark.parametrize(
+    "stage1", ["nspawn", "fly", pytest.param("oci", marks=needs_oci_stage1)])
 
 PROBE = """
 for f in /proc/sys/kernel/core_pattern /proc/sysrq-trigger /proc/sys/vm/drop_caches; do

@@ -23,18 +23,11 @@ import pytest
 from rkt.pod.cgroups import detect_host
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.aci import image_manifest
-from rkt_testing.plugin import needs_root, stage1_image_path
+from rkt_testing.plugin import needs_oci_stage1
 
 HOST = detect_host()
 
-pytestmark = [
-    needs_root,
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc"),
-    pytest.mark.skipif(not stage1_image_path("oci").exists(),
-                       reason="the oci stage1 image is not built (pip install stage1_oci; "
-                              "rkt install)"),
-]
+pytestmark = [needs_oci_stage1, pytest.mark.root, pytest.mark.slow]
 
 OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
 #: busybox has no allocator: dd's 200M block is one buffer, filled from /dev/zero

@@ -12,6 +12,9 @@ import pytest
 from rkt.api import AppMount, PlacedApp, ResolvedApp, UsageError, oci_seccomp
 from rkt.pod.dirs import Pod
 from rkt.pod.seccomp import compile_filter, default_filter
+
+# its own distribution (./stage1_oci), which a development venv may lack
+pytest.importorskip("rkt_stage1_oci")
 from rkt_stage1_oci.backend import OciStage1
 from rkt_stage1_oci.bundle import app_config, held_capabilities
 from rkt_stage1_oci.runtime import RUNTIME_ENV, runtime_name

@@ -33,7 +33,12 @@ import pytest
 
 from rkt.stage1 import INTERFACE_VERSION
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
-from rkt_testing.plugin import needs_kvm_stage1, needs_root, stage1_image_path
+from rkt_testing.plugin import (
+    needs_kvm_stage1,
+    needs_oci_stage1,
+    needs_root,
+    stage1_image_path,
+)
 
 pytestmark = [
     needs_root,
@@ -47,11 +52,13 @@ NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
 KVM = "--stage1-name=coreos.com/rkt/stage1-kvm"
 OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
 STAGE1S = pytest.mark.parametrize("stage1", [
-    NSPAWN, FLY, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]), OCI,
+    NSPAWN, FLY, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]),
+    pytest.param(OCI, marks=needs_oci_stage1),
 ], ids=["nspawn", "fly", "kvm", "oci"])
 #: the behaviour fly does not have (the list in this module's docstring)
 CONTAINED = pytest.mark.parametrize("stage1", [
-    NSPAWN, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]), OCI,
+    NSPAWN, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]),
+    pytest.param(OCI, marks=needs_oci_stage1),
 ], ids=["nspawn", "kvm", "oci"])
 
 
