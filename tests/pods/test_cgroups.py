@@ -70,8 +70,8 @@ def env(rkt_env: RktEnv) -> Iterator[RktEnv]:
     rkt_env.run("gc", "--grace-period=0s")
     assert HOST is not None
     leftovers = []
-    for h in HOST.hierarchies:
-        top = Path(h.path) / parent
+    # every hierarchy: the oci stage1's runc makes the app's cgroup in all of them
+    for top in Path("/sys/fs/cgroup").glob(f"*/{parent}"):
         if top.is_dir():
             leftovers += [p.name for p in top.iterdir() if p.is_dir()]
             if not leftovers:
