@@ -23,7 +23,12 @@ from rkt.conformance.checks import CHECKS
 from rkt.conformance.suite import Claims, read_claims
 from rkt.errors import Stage1Error
 from rkt.stage1 import STAGE1_FEATURES, unsupported_features
-from rkt_testing.plugin import needs_kvm_stage1, needs_root, stage1_image_path
+from rkt_testing.plugin import (
+    needs_kvm_stage1,
+    needs_oci_stage1,
+    needs_root,
+    stage1_image_path,
+)
 
 
 def conformance(*args: str, timeout: float = 600,
@@ -57,6 +62,7 @@ def expected_rows(claims: Claims) -> dict[str, str]:
     pytest.param("fly", marks=pytest.mark.skipif(
         not stage1_image_path("fly").exists(), reason="needs the fly stage1 image")),
     pytest.param("kvm", marks=[needs_kvm_stage1, pytest.mark.slow, pytest.mark.timeout(1200)]),
+    pytest.param("oci", marks=needs_oci_stage1),
 ])
 def test_every_builtin_stage1_passes_all_it_claims(flavor: str) -> None:
     name = f"coreos.com/rkt/stage1-{flavor}"
