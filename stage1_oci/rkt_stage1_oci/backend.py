@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +49,7 @@ from rkt.api import (
     build_job,
     children,
     enter,
+    get_logger,
     host_resolv_conf,
     overlay_on_host,
     run_with_console,
@@ -63,10 +62,12 @@ from rkt_stage1_oci.runtime import (
     POD_DIR,
     OciRuntime,
     find_runtime,
+    remove_tree,
     runtime_name,
+    which,
 )
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 #: PID 1 of the pod's PID namespace: it only reaps the orphans it inherits
 HOLDER = """
@@ -118,7 +119,7 @@ class OciStage1:
         _refuse_what_is_not_done(resolved)
         oci = OciRuntime(find_runtime(runtime_name(pod)), pod.path)
         for tool in ("unshare", "nsenter"):
-            if shutil.which(tool) is None:
+            if which(tool) is None:
                 raise Stage1Error(f"{tool} is not installed (Debian package util-linux)")
         (pod.path / POD_DIR).mkdir(exist_ok=True)
         oci.state_root.mkdir(exist_ok=True)
@@ -371,8 +372,7 @@ class OciStage1:
         if oci is not None and os.path.exists(oci.binary):
             for container in oci.containers():
                 oci.delete(container)
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(pod.path / POD_DIR / "state")
+        remove_tree(pod.path / POD_DIR / "state")
         _remove_runtime_cgroups(pod)
 
 

@@ -7,9 +7,9 @@ crashed pod left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,30 @@ IMAGE_RUNTIME_FILE = "rkt/oci-runtime"
 POD_DIR = "oci"
 
 
+def which(name: str) -> str | None:
+    """``shutil.which`` without importing shutil on the pod-start path (issue 14)."""
+    if "/" in name:
+        return name if os.access(name, os.X_OK) else None
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return None
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory of the runtime's state (files and directories only)."""
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(root, name))
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(root, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
 def runtime_name(pod: Pod) -> str:
     """The runtime a pod is to run with: the environment's, the image's, or runc."""
     chosen = os.environ.get(RUNTIME_ENV, "").strip()
@@ -40,7 +64,7 @@ def runtime_name(pod: Pod) -> str:
 
 def find_runtime(name: str) -> str:
     """The runtime's absolute path; a one-line error when it is not installed."""
-    found = shutil.which(name)
+    found = which(name)
     if found is None:
         raise Stage1Error(f'the OCI runtime "{name}" is not installed (set {RUNTIME_ENV} or '
                           f"stage1.d options.oci.runtime to one that is; runc is Debian's "
@@ -142,6 +166,6 @@ class OciRuntime:
         state directory. Other runtimes' state is theirs to delete.
         """
         if self.is_runc:
-            shutil.rmtree(self.state_root / container, ignore_errors=True)
+            remove_tree(self.state_root / container)
         else:
             self.delete(container)
