@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from rkt.conformance.network import free_subnet
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.aci import image_manifest
 from rkt_testing.plugin import needs_root
@@ -109,22 +110,6 @@ def pod_uuid(env: RktEnv) -> str:
 
 def collect(env: RktEnv) -> None:
     env.run("gc", "--grace-period=0s", check=True)
-
-
-def free_subnet() -> ipaddress.IPv4Network:
-    """A /24 in 10.0.0.0/8 that no route on the host touches."""
-    routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True,
-                            text=True).stdout
-    used = []
-    for line in routes.splitlines():
-        word = line.split()[0] if line.split() else ""
-        if word[:1].isdigit():
-            used.append(ipaddress.ip_network(word, strict=False))
-    while True:
-        candidate = ipaddress.ip_network(f"10.{random.randint(100, 250)}."
-                                         f"{random.randint(0, 255)}.0/24")
-        if not any(candidate.overlaps(u) for u in used):
-            return candidate
 
 
 @pytest.fixture

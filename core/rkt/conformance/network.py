@@ -19,6 +19,7 @@ from rkt.conformance.world import World
 
 
 def free_subnet() -> ipaddress.IPv4Network:
+    """A /24 in 10.0.0.0/8 that no route on the host touches."""
     routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True,
                             text=True).stdout
     used = []
