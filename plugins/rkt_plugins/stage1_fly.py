@@ -60,7 +60,8 @@ class FlyStage1:
                              "be honoured")
         rootfs = pod.stage1_rootfs()
         job = build_job(
-            pod, resolved, runtime, mode="fly",
+            # the app sees the host's hostname: /etc/hosts names that one, not rkt-<uuid>
+            pod, resolved, runtime._replace(hostname=os.uname().nodename), mode="fly",
             app_root=lambda app: str(rootfs / "opt" / "stage2" / app.name / "rootfs"),
             volume_source=lambda volume: volume_host_path(pod, volume),
             overlay=overlay_on_host(pod),

@@ -702,6 +702,14 @@ def test_fly_refuses_a_hostname_it_cannot_give(env: RktEnv, busybox_image: Path)
     assert list(env.data_dir.glob("pods/*/*")) == []  # refused before the pod ran
 
 
+def test_fly_hosts_file_names_the_hosts_hostname(env: RktEnv, busybox_image: Path) -> None:
+    """fly's app has the host's hostname, so its /etc/hosts resolves that name."""
+    result = run(env, "run", FLY, busybox_image, "--exec=/bin/sh", "--", "-c",
+                 "grep -w $(hostname) /etc/hosts")
+    assert result.returncode == 0, result.stderr
+    assert os.uname().nodename in result.stdout
+
+
 def test_a_feature_a_stage1_declares_unsupported_is_refused_before_the_pod_runs(
         env: RktEnv, busybox_image: Path) -> None:
     """stage0 refuses what the backend's ``unsupported`` names (docs/stage1.md),
