@@ -85,6 +85,30 @@ def _row_to_info(
     )
 
 
+#: waits between attempts to switch a new index to WAL mode (about 10 s in all)
+_WAL_RETRY_DELAYS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0)
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while the database is locked.
+
+    The switch needs the database to itself, and SQLite reports "database is
+    locked" at once, without waiting out the busy timeout, when other
+    processes open the same new store at that moment (a dozen ``rkt fetch``
+    started together on a fresh data dir). Once switched the mode is kept in
+    the file, and the pragma succeeds the first time.
+    """
+    for delay in _WAL_RETRY_DELAYS:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            time.sleep(delay)
+    db.execute("PRAGMA journal_mode=WAL")
+
+
 class ImageIndex:
     def __init__(self, path: Path) -> None:
         private_dir(path.parent)
@@ -93,7 +117,7 @@ class ImageIndex:
                 # SQLite gives its -wal and -shm files the database file's mode
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
             self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _use_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
