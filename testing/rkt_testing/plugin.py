@@ -12,7 +12,9 @@ a plugin author's tests get:
 - ``signing_key``: (fingerprint, armored public key file) of a key in ``gpg``;
 - ``needs_root``: a mark that skips a test unless it runs as root;
 - ``needs_kvm_stage1``: a mark that skips a test unless the kvm stage1 can boot VMs;
-- ``needs_oci_stage1``: a mark that skips a test unless the oci stage1 can run pods.
+- ``needs_oci_stage1``: a mark that skips a test unless the oci stage1 can run pods;
+- ``NSPAWN``, ``FLY``, ``KVM``, ``OCI``: the ``rkt run`` flags choosing rkt's stage1s, and
+  ``EVERY_STAGE1``: a ``stage1`` parametrization over all four.
 """
 
 from __future__ import annotations
@@ -52,6 +54,20 @@ needs_oci_stage1 = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("runc") is None or not stage1_image_path("oci").exists(),
     reason="needs root, runc and the oci stage1 image (pip install ./stage1_oci; rkt install)",
 )
+
+
+#: ``rkt run`` flags choosing each of rkt's own stage1s
+NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
+FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
+KVM = "--stage1-name=coreos.com/rkt/stage1-kvm"
+OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
+
+#: a test's ``stage1`` argument, once per stage1; kvm (slow) and oci run where
+#: their stage1 can
+EVERY_STAGE1 = pytest.mark.parametrize("stage1", [
+    NSPAWN, FLY, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]),
+    pytest.param(OCI, marks=needs_oci_stage1),
+], ids=["nspawn", "fly", "kvm", "oci"])
 
 
 @pytest.fixture

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
-from rkt_testing.plugin import needs_root
+from rkt_testing.plugin import FLY, needs_root
 
 pytestmark = [needs_root, pytest.mark.root]
 
-FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
 
 
 @pytest.fixture

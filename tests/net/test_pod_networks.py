@@ -31,7 +31,7 @@ import pytest
 from rkt.conformance.network import free_subnet
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.aci import image_manifest
-from rkt_testing.plugin import needs_root
+from rkt_testing.plugin import FLY, needs_root
 from rkt_testing.ports import free_port, http_get
 
 pytestmark = [
@@ -43,7 +43,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("iptables") is None, reason="needs iptables"),
 ]
 
-FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
 LEASES = Path("/var/lib/cni/networks")
 PASSWD = {"etc/passwd": "root:x:0:0::/:/bin/sh\n", "etc/group": "root:x:0:\n"}
 

@@ -25,7 +25,7 @@ import pytest
 from rkt.pod.cgroups import detect_host
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.aci import image_manifest
-from rkt_testing.plugin import needs_kvm_stage1, needs_oci_stage1, needs_root
+from rkt_testing.plugin import FLY, KVM, NSPAWN, OCI, needs_kvm_stage1, needs_oci_stage1, needs_root
 
 HOST = detect_host()
 
@@ -37,12 +37,8 @@ pytestmark = [
                        reason="needs the cgroup v1 memory and cpu controllers"),
 ]
 
-FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
-NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
-OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
 STAGE1S = pytest.mark.parametrize("stage1", [
     NSPAWN, FLY, pytest.param(OCI, marks=needs_oci_stage1)], ids=["nspawn", "fly", "oci"])
-KVM = "--stage1-name=coreos.com/rkt/stage1-kvm"
 #: kvm: the limit holds in the guest's own cgroup of the app (docs/kvm.md); the
 #: host's app cgroups are made and hold no process, so the CPU test's host-side
 #: accounting does not apply to it

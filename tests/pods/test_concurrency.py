@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from rkt_testing import AciBuilder, RktEnv
-from rkt_testing.plugin import needs_root
+from rkt_testing.plugin import FLY, needs_root
 
 pytestmark = [
     needs_root,
@@ -34,7 +34,6 @@ pytestmark = [
 ]
 
 SECONDS = float(os.environ.get("RKT_TEST_CONCURRENCY_SECONDS", "25"))
-FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
 NAMES = ("alpha", "beta", "gamma", "delta")
 
 

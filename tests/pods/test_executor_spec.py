@@ -20,21 +20,18 @@ import pytest
 
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.aci import image_manifest
-from rkt_testing.plugin import needs_kvm_stage1, needs_oci_stage1, needs_root
+from rkt_testing.plugin import (
+    EVERY_STAGE1,
+    FLY,
+    NSPAWN,
+    needs_root,
+)
 
 pytestmark = [
     needs_root,
     pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="needs systemd-nspawn"),
 ]
 
-FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
-NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
-KVM = "--stage1-name=coreos.com/rkt/stage1-kvm"
-OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
-STAGE1S = pytest.mark.parametrize("stage1", [
-    NSPAWN, FLY, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]),
-    pytest.param(OCI, marks=needs_oci_stage1),
-], ids=["nspawn", "fly", "kvm", "oci"])
 
 #: what one process reports; run as ``/bin/sh /probe PHASE``
 PROBE = r"""
@@ -140,7 +137,7 @@ def _run_pod(env: RktEnv, stage1: str, image: Path, reports: Path, uuid_file: Pa
     assert result.returncode == 0, result.stderr
 
 
-@STAGE1S
+@EVERY_STAGE1
 def test_two_app_pod_passes_the_executor_checklist(env: RktEnv, probe_image: Path,
                                                    reports: Path, tmp_path: Path,
                                                    stage1: str) -> None:
@@ -199,7 +196,7 @@ def test_every_execution_starts_from_a_clean_rootfs(env: RktEnv, probe_image: Pa
     assert not list(reports.glob("*.stale"))
 
 
-@STAGE1S
+@EVERY_STAGE1
 def test_event_handlers_run_in_order_around_the_app(env: RktEnv, aci_builder: AciBuilder,
                                                     tmp_path: Path, stage1: str) -> None:
     """A4: pre-start ends before the app starts; post-stop runs after it, even when it fails."""
@@ -218,7 +215,7 @@ def test_event_handlers_run_in_order_around_the_app(env: RktEnv, aci_builder: Ac
     assert (out / "log").read_text().split() == ["pre", "main", "post"]
 
 
-@STAGE1S
+@EVERY_STAGE1
 def test_an_images_own_etc_hosts_is_left_alone(env: RktEnv, aci_builder: AciBuilder,
                                                stage1: str) -> None:
     """L3: an /etc/hosts from the image (or from a volume) is not modified."""
@@ -230,7 +227,7 @@ def test_an_images_own_etc_hosts_is_left_alone(env: RktEnv, aci_builder: AciBuil
     assert result.stdout == "10.1.2.3 from-the-image\n"
 
 
-@STAGE1S
+@EVERY_STAGE1
 def test_generated_etc_files_are_never_written_into_a_host_volume(
         env: RktEnv, aci_builder: AciBuilder, tmp_path: Path, stage1: str) -> None:
     """L3, V5: a host directory mounted at /etc gets no hosts or resolv.conf from rkt."""

@@ -18,7 +18,7 @@ import pytest
 
 from rkt.faults import ENV, POINTS
 from rkt_testing import AciBuilder, RktEnv
-from rkt_testing.plugin import needs_root
+from rkt_testing.plugin import FLY, needs_root
 
 pytestmark = [
     needs_root,
@@ -27,7 +27,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="needs systemd-nspawn"),
 ]
 
-FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
 
 
 def image(builder: AciBuilder, name: str) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from rkt_testing import AciBuilder, RktEnv
-from rkt_testing.plugin import needs_root
+from rkt_testing.plugin import FLY, NSPAWN, needs_root
 
 pytestmark = [
     needs_root,
@@ -26,8 +26,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="needs systemd-nspawn"),
 ]
 
-FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
-NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
 #: rounds of the prepare/image-gc race; RKT_TEST_RACE_ROUNDS overrides (CI keeps 200)
 RACE_ROUNDS = int(os.environ.get("RKT_TEST_RACE_ROUNDS", "200"))
 

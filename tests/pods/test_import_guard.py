@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from rkt_testing import AciBuilder, RktEnv
-from rkt_testing.plugin import needs_oci_stage1, needs_root
+from rkt_testing.plugin import FLY, NSPAWN, OCI, needs_oci_stage1, needs_root
 
 #: heavy on every path: the plugin manager and entry-point scans, the schema library,
 #: the signature and TLS stacks
@@ -113,9 +113,6 @@ def test_version_imports_nothing_heavy(rkt_env: RktEnv, tmp_path: Path) -> None:
     assert seen == []
 
 
-FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
-NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
-OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
 
 
 @needs_root

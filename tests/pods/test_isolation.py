@@ -23,7 +23,7 @@ import pytest
 
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.aci import image_manifest
-from rkt_testing.plugin import needs_oci_stage1, needs_root, stage1_image_path
+from rkt_testing.plugin import FLY, NSPAWN, OCI, needs_oci_stage1, needs_root, stage1_image_path
 
 pytestmark = [
     needs_root,
@@ -32,9 +32,6 @@ pytestmark = [
                        reason="stage1 images not installed (run rkt install)"),
 ]
 
-FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
-NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
-OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
 STAGE1S = pytest.mark.parametrize("stage1", [
     NSPAWN, FLY, pytest.param(OCI, marks=needs_oci_stage1)], ids=["nspawn", "fly", "oci"])
 

@@ -24,11 +24,10 @@ import pytest
 
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.aci import image_manifest
-from rkt_testing.plugin import needs_kvm_stage1, needs_root, stage1_image_path
+from rkt_testing.plugin import KVM, needs_kvm_stage1, needs_root, stage1_image_path
 
 pytestmark = [needs_kvm_stage1, pytest.mark.slow]
 
-KVM = "--stage1-name=coreos.com/rkt/stage1-kvm"
 
 
 def qemu_processes(data_dir: Path) -> list[int]:

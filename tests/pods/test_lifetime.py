@@ -22,13 +22,10 @@ from pathlib import Path
 import pytest
 
 from rkt_testing import AciBuilder, RktEnv
-from rkt_testing.plugin import needs_oci_stage1, needs_root
+from rkt_testing.plugin import FLY, NSPAWN, OCI, needs_oci_stage1, needs_root
 
 pytestmark = [needs_root, pytest.mark.root, pytest.mark.slow]
 
-FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
-NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
-OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
 STAGE1S = pytest.mark.parametrize("stage1", [
     NSPAWN, FLY, pytest.param(OCI, marks=needs_oci_stage1)], ids=["nspawn", "fly", "oci"])
 SIGNALS = pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],

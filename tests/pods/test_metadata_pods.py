@@ -18,7 +18,7 @@ import pytest
 
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.metadata import MetadataServiceProcess
-from rkt_testing.plugin import needs_root
+from rkt_testing.plugin import FLY, NSPAWN, needs_root
 
 pytestmark = [
     needs_root,
@@ -26,8 +26,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="needs systemd-nspawn"),
 ]
 
-NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
-FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
 V1 = "$AC_METADATA_URL/acMetadata/v1"
 
 

@@ -23,13 +23,12 @@ import pytest
 from rkt.pod.cgroups import detect_host
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.aci import image_manifest
-from rkt_testing.plugin import needs_oci_stage1
+from rkt_testing.plugin import OCI, needs_oci_stage1
 
 HOST = detect_host()
 
 pytestmark = [needs_oci_stage1, pytest.mark.root, pytest.mark.slow]
 
-OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
 #: busybox has no allocator: dd's 200M block is one buffer, filled from /dev/zero
 ALLOCATE_200M = ["/bin/busybox", "dd", "if=/dev/zero", "bs=200M", "count=1", "of=/dev/null"]
 

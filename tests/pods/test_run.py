@@ -4,7 +4,7 @@ Images carry the host's static busybox. Every test checks what a user sees: the
 app's output, exit codes, the state commands, and that nothing (no pod
 directory, no mount) is left behind.
 
-The tests parametrized with ``STAGE1S`` are the pod behaviour matrix: they run
+The tests parametrized with ``EVERY_STAGE1`` are the pod behaviour matrix: they run
 on every stage1 that claims the behaviour. kvm runs boot a real qemu VM (under
 TCG where KVM is unusable), once per test, and are marked slow. What fly does
 not do, and so is tested on nspawn (and kvm) only:
@@ -34,6 +34,11 @@ import pytest
 from rkt.stage1 import INTERFACE_VERSION
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
 from rkt_testing.plugin import (
+    EVERY_STAGE1,
+    FLY,
+    KVM,
+    NSPAWN,
+    OCI,
     needs_kvm_stage1,
     needs_oci_stage1,
     needs_root,
@@ -47,14 +52,6 @@ pytestmark = [
                        reason="stage1 images not installed (run rkt install)"),
 ]
 
-FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
-NSPAWN = "--stage1-name=coreos.com/rkt/stage1-nspawn"
-KVM = "--stage1-name=coreos.com/rkt/stage1-kvm"
-OCI = "--stage1-name=coreos.com/rkt/stage1-oci"
-STAGE1S = pytest.mark.parametrize("stage1", [
-    NSPAWN, FLY, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]),
-    pytest.param(OCI, marks=needs_oci_stage1),
-], ids=["nspawn", "fly", "kvm", "oci"])
 #: the behaviour fly does not have (the list in this module's docstring)
 CONTAINED = pytest.mark.parametrize("stage1", [
     NSPAWN, pytest.param(KVM, marks=[pytest.mark.slow, needs_kvm_stage1]),
@@ -110,7 +107,7 @@ def pod_dirs(env: RktEnv) -> list[Path]:
 
 
 # -- acceptance 1: run, exit codes, signatures, hash, env, volumes -----------------------
-@STAGE1S
+@EVERY_STAGE1
 def test_run_prints_output_and_exits_with_the_app_code(env: RktEnv, aci_builder: AciBuilder,
                                                        stage1: str) -> None:
     image = aci_builder.build(busybox=True, exec_=["/bin/sh", "-c", "echo out; exit 3"])
@@ -139,7 +136,7 @@ def test_signed_image_runs_and_signature_flag_works(
     assert by_name.stdout == "signed hello\n"
 
 
-@STAGE1S
+@EVERY_STAGE1
 def test_environment_precedence(env: RktEnv, aci_builder: AciBuilder, tmp_path: Path,
                                 stage1: str) -> None:
     image = aci_builder.build(busybox=True, manifest=_env_manifest())
@@ -163,7 +160,7 @@ def _env_manifest() -> dict[str, object]:
     )
 
 
-@STAGE1S
+@EVERY_STAGE1
 def test_host_volume_read_write_and_read_only(env: RktEnv, aci_builder: AciBuilder,
                                               tmp_path: Path, stage1: str) -> None:
     shared = tmp_path / "shared"
@@ -183,7 +180,7 @@ def test_host_volume_read_write_and_read_only(env: RktEnv, aci_builder: AciBuild
     assert "Read-only file system" in read_only.stderr
 
 
-@STAGE1S
+@EVERY_STAGE1
 def test_user_group_and_working_dir(env: RktEnv, busybox_image: Path, stage1: str) -> None:
     result = run(env, "run", stage1, busybox_image, "--user=user", "--group=extra",
                  "--working-dir=/data", "--exec=/bin/sh", "--", "-c", "id -u; id -g; pwd")
@@ -249,7 +246,7 @@ def _wait(pid: int, timeout: float) -> int | None:
     return None
 
 
-@STAGE1S
+@EVERY_STAGE1
 def test_interactive_shell_gives_a_prompt_and_exit_code(env: RktEnv, busybox_image: Path,
                                                         stage1: str) -> None:
     pid, fd = _spawn(env, "run", stage1, "--interactive", busybox_image, "--exec=/bin/sh",
@@ -264,7 +261,7 @@ def test_interactive_shell_gives_a_prompt_and_exit_code(env: RktEnv, busybox_ima
         os.close(fd)
 
 
-@STAGE1S
+@EVERY_STAGE1
 def test_ctrl_bracket_three_times_kills_the_pod(env: RktEnv, busybox_image: Path,
                                                 stage1: str) -> None:
     pid, fd = _spawn(env, "run", stage1, busybox_image, "--exec=/bin/sh", "--", "-c",
@@ -318,7 +315,7 @@ def test_failing_app_code_wins_and_status_shows_each_app(env: RktEnv, busybox_im
 
 
 # -- acceptance 4: prepare, run-prepared, list, status, enter, stop, gc --------------------
-@STAGE1S
+@EVERY_STAGE1
 def test_prepare_run_prepared_enter_stop_gc(env: RktEnv, busybox_image: Path,
                                             stage1: str) -> None:
     uuid = run(env, "prepare", "--quiet", stage1, busybox_image, "--exec=/bin/sleep", "--",
@@ -671,7 +668,7 @@ def test_default_stage1_from_stage1_d_config(env: RktEnv, busybox_image: Path) -
     assert json.loads(pod_manifest.read_text())["name"] == "coreos.com/rkt/stage1-fly"
 
 
-@STAGE1S
+@EVERY_STAGE1
 def test_event_handlers_and_implicit_empty_volume(env: RktEnv, aci_builder: AciBuilder,
                                                   tmp_path: Path, stage1: str) -> None:
     from rkt_testing.aci import image_manifest
@@ -752,7 +749,7 @@ def test_enter_has_the_apps_isolation_not_more(env: RktEnv, busybox_image: Path,
             pod.kill()
 
 
-@STAGE1S
+@EVERY_STAGE1
 def test_readonly_rootfs_and_etc_files(env: RktEnv, busybox_image: Path, stage1: str) -> None:
     # the host's resolv.conf comes with the host's network (--net=host); a kvm
     # guest cannot share it, and has loopback only, so no resolver

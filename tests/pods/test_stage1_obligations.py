@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from rkt_testing import AciBuilder, RktEnv, assert_one_line_error, pythonpath_with
-from rkt_testing.plugin import needs_root, stage1_image_path
+from rkt_testing.plugin import FLY, needs_root, stage1_image_path
 
 pytestmark = [needs_root]
 
-FLY = "--stage1-name=coreos.com/rkt/stage1-fly"
 
 
 @pytest.fixture
