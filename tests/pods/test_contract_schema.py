@@ -105,8 +105,12 @@ def test_a_real_nspawn_pods_documents_validate(
     host.mkdir()
     first = aci_builder.build("one.aci", name="example.com/one", busybox=True,
                               exec_=["/bin/sh", "-c", "echo one > /data/one"])
+    # a failing app stops the others: "two" dies only once "one" has finished its
+    # work, or "one" may be stopped (143) first on a loaded machine
     second = aci_builder.build("two.aci", name="example.com/two", busybox=True,
-                               exec_=["/bin/sh", "-c", "kill -9 $$"])
+                               exec_=["/bin/sh", "-c", "i=0; while [ ! -e /data/one ]; do "
+                                      "i=$((i+1)); [ $i -gt 200 ] && exit 9; sleep 0.05; "
+                                      "done; sleep 1; kill -9 $$"])
     result = rkt_env.run(
         "--insecure-options=image", "run", "--stage1-name=coreos.com/rkt/stage1-nspawn",
         "--net=none", "--dns=192.0.2.53", f"--volume=data,kind=host,source={host}",
