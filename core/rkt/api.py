@@ -72,7 +72,7 @@ if TYPE_CHECKING:
         SupervisorJob,
     )
     from rkt.pod.dirs import PID_FILE, PPID_FILE, Pod
-    from rkt.pod.enter import children, enter, host_pid_of, namespace_pids
+    from rkt.pod.enter import children, enter, host_pid_of, namespace_pids, running_app_pid
     from rkt.pod.lifetime import ForkedStage1, spawn_stage1
     from rkt.pod.runtime import (
         build_job,
@@ -141,7 +141,8 @@ _HOMES: dict[str, str] = {
     # helpers a backend uses to start, enter and clean up a pod
     **dict.fromkeys(("build_job", "write_job", "volume_host_path", "overlay_on_host",
                      "host_resolv_conf"), "rkt.pod.runtime"),
-    **dict.fromkeys(("enter", "children", "host_pid_of", "namespace_pids"), "rkt.pod.enter"),
+    **dict.fromkeys(("enter", "running_app_pid", "children", "host_pid_of", "namespace_pids"),
+                    "rkt.pod.enter"),
     "run_with_console": "rkt.console",
     # the app's seccomp filter as a rule list, for backends that hand apps to an OCI runtime
     "oci_seccomp": "rkt.pod.seccomp",
@@ -242,6 +243,7 @@ __all__ = [
     "private_file",
     "run_supervisor",
     "run_with_console",
+    "running_app_pid",
     "session_for",
     "spawn_stage1",
     "volume_host_path",

@@ -19,14 +19,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
-from contextlib import suppress
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rkt import APPC_VERSION, __version__
-from rkt.errors import ConfigError, ImageError, ImageNotFoundError, Stage1Error, UsageError
+from rkt.errors import (
+    ConfigError,
+    ImageError,
+    ImageNotFoundError,
+    RktError,
+    Stage1Error,
+    UsageError,
+)
 from rkt.pod.contract import CONTRACT_VERSION, PodRuntime, ResolvedApp, ResolvedPod
 
 if TYPE_CHECKING:
@@ -38,6 +45,18 @@ if TYPE_CHECKING:
 #: typed contract of ``rkt.pod.contract`` (version 1 was untyped dicts).
 INTERFACE_VERSION = CONTRACT_VERSION
 DEFAULT_STAGE1_DIR = Path("/usr/lib/rkt/stage1-images")
+
+
+@contextmanager
+def backend_faults(name: str) -> Iterator[None]:
+    """A backend's own bug (any exception but an rkt error) becomes one line that
+    names the backend; ``--debug`` still shows its traceback (the cause)."""
+    try:
+        yield
+    except RktError:
+        raise
+    except Exception as exc:
+        raise Stage1Error(f'stage1 "{name}" failed: {type(exc).__name__}: {exc}') from exc
 DEFAULT_BACKEND = "nspawn"
 STAGE1_NAME_PREFIX = "coreos.com/rkt/stage1-"
 BACKEND_ANNOTATION = "coreos.com/rkt/stage1/backend"

@@ -18,7 +18,6 @@ from rkt.api import (
     PID_FILE,
     ForkedStage1,
     Pod,
-    PodError,
     PodRuntime,
     ResolvedApp,
     ResolvedPod,
@@ -30,6 +29,7 @@ from rkt.api import (
     overlay_on_host,
     run_supervisor,
     run_with_console,
+    running_app_pid,
     volume_host_path,
     write_job,
 )
@@ -110,11 +110,7 @@ class FlyStage1:
                 os.kill(pid, signal.SIGKILL)
 
     def enter(self, pod: Pod, app: ResolvedApp, command: list[str]) -> int:
-        try:
-            app_pid = int((pod.stage1_rootfs() / "rkt" / "pids" / app.name).read_text())
-        except (OSError, ValueError) as exc:
-            raise PodError(f'app "{app.name}" has not started') from exc
-        return enter(app_pid, app, command)
+        return enter(running_app_pid(pod, app.name), app, command)
 
     def stop(self, pod: Pod, *, force: bool) -> None:
         supervisor = pod.pid()

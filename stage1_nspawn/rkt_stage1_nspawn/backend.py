@@ -34,7 +34,6 @@ from rkt.api import (
     SUPERVISOR_PATH,
     Pod,
     PodCgroups,
-    PodError,
     PodRuntime,
     ResolvedApp,
     ResolvedPod,
@@ -43,9 +42,9 @@ from rkt.api import (
     children,
     enter,
     get_logger,
-    host_pid_of,
     host_resolv_conf,
     namespace_pids,
+    running_app_pid,
     spawn_stage1,
     volume_host_path,
     write_job,
@@ -205,16 +204,7 @@ class NspawnStage1:
             time.sleep(0.005)
 
     def enter(self, pod: Pod, app: ResolvedApp, command: list[str]) -> int:
-        pid1 = _wait_for_pid(pod)
-        pid_file = pod.stage1_rootfs() / "rkt" / "pids" / app.name
-        try:
-            inner = int(pid_file.read_text())
-        except (OSError, ValueError) as exc:
-            raise PodError(f'app "{app.name}" has not started') from exc
-        app_pid = host_pid_of(inner, pid1)
-        if app_pid is None:
-            raise PodError(f'app "{app.name}" is not running')
-        return enter(app_pid, app, command)
+        return enter(running_app_pid(pod, app.name), app, command)
 
     def stop(self, pod: Pod, *, force: bool) -> None:
         if force:
@@ -271,16 +261,3 @@ def _find_namespace_init(root: int, depth: int = 3) -> int | None:
 def _kill(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-
-
-def _wait_for_pid(pod: Pod, timeout: float = 10) -> int:
-    """rkt's contract: enter waits (polling) until the stage1 has written ``pid``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid = pod.pid()
-        if pid is not None:
-            return pid
-        if not pod.is_locked_by_other():
-            raise PodError(f'pod "{pod.uuid}" is not running')
-        time.sleep(0.1)
-    raise PodError(f'pod "{pod.uuid}" did not start in time')

@@ -259,12 +259,13 @@ def _enter(options: GlobalOptions, args: argparse.Namespace) -> int:
     if not command:
         print('No command specified, assuming "/bin/bash"', file=options.stderr)
         command = ["/bin/bash"]
-    from rkt.stage1 import refuse_unsupported
+    from rkt.stage1 import backend_faults, refuse_unsupported
 
     backend = backend_of(options, pod)
     refuse_unsupported(backend, ["enter"])
     sys.stdout.flush()
-    return backend.enter(pod, app, command)
+    with backend_faults(backend.name):
+        return backend.enter(pod, app, command)
 
 
 def _uuids(args: argparse.Namespace) -> list[str]:

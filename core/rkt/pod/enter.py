@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rkt.errors import PodError
 from rkt.pod import supervisor
 from rkt.pod.contract import ResolvedApp
+
+if TYPE_CHECKING:
+    from rkt.pod.dirs import Pod
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -53,6 +58,44 @@ def host_pid_of(container_pid: int, parent_host_pid: int) -> int | None:
         if pids and pids[-1] == container_pid:
             return child
     return None
+
+
+def running_app_pid(pod: Pod, app_name: str, *, timeout: float = 10,
+                    poll: float = 0.05) -> int:
+    """The host PID of a running app of ``pod``, for ``enter``.
+
+    rkt's contract: ``enter`` on a pod that is still starting waits for it. So this
+    waits (at most ``timeout`` seconds, and only while something holds the pod's
+    lock) for ``<pod>/pid`` and for the supervisor's ``rkt/pids/<app>`` in the
+    stage1 rootfs, which hold the PID as the pod's PID namespace sees it, and maps
+    that PID to the host's below the pod's PID 1. Every way it can fail is a
+    one-line :class:`PodError`.
+    """
+    pid_file = pod.stage1_rootfs() / "rkt" / "pids" / app_name
+    deadline = time.monotonic() + timeout
+    while True:
+        pid1 = pod.pid()
+        inner = _read_pid(pid_file)
+        if pid1 is not None and inner is not None:
+            # the supervisor writes the file after the fork: the app exists by now
+            host = pid1 if inner == 1 else host_pid_of(inner, pid1)
+            if host is None:
+                raise PodError(f'app "{app_name}" is not running (it has exited)')
+            return host
+        if not pod.is_locked_by_other():
+            raise PodError(f'pod "{pod.uuid}" is not running')
+        if time.monotonic() >= deadline:
+            what = "pod" if pid1 is None else f'app "{app_name}"'
+            raise PodError(f"{what} has not started within {timeout:g} s")
+        time.sleep(poll)
+
+
+def _read_pid(path: Path) -> int | None:
+    """The PID in ``path``; None while it is missing or still being written."""
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _join_cgroups(pid: int) -> None:

@@ -34,6 +34,7 @@ from rkt.pod.prepare import (
 from rkt.stage1 import (
     Stage1Backend,
     Stage1Choice,
+    backend_faults,
     check_interface_version,
     features_used,
     refuse_unsupported,
@@ -222,15 +223,9 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
         (pod.path / STARTED_FILE).touch()
         cgroups = setup_pod_cgroups(pod, resolved, runtime.config.paths.get(PARENT_KEY))
         with stage1_cgroup(cgroups, move_back=not exits_after), \
-                start_deadline(pod.path / PID_FILE, backend.name, time_limit):
-            try:
-                code = backend.run(pod, resolved, pod_runtime._replace(cgroups=cgroups))
-            except RktError:
-                raise
-            except Exception as exc:
-                # a third party's bug: one line naming it, its traceback under --debug
-                raise Stage1Error(
-                    f'stage1 "{backend.name}" failed: {type(exc).__name__}: {exc}') from exc
+                start_deadline(pod.path / PID_FILE, backend.name, time_limit), \
+                backend_faults(backend.name):
+            code = backend.run(pod, resolved, pod_runtime._replace(cgroups=cgroups))
         check_obligations(pod, resolved, backend.name, code,
                           stopped=lifetime is not None and lifetime.received is not None)
         return code
@@ -452,7 +447,8 @@ def stop_pod(pod: Pod, stage1_backend: Stage1Lookup, *, force: bool) -> bool:
         return False
     backend = stage1_backend(pod)
     refuse_unsupported(backend, ["stop"])
-    backend.stop(pod, force=force)
+    with backend_faults(backend.name):
+        backend.stop(pod, force=force)
     forget_pod(pod.path, pod.uuid)
     return True
 

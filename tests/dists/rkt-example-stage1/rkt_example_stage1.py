@@ -19,16 +19,15 @@ from rkt.api import (
     PPID_FILE,
     SUPERVISOR_PATH,
     Pod,
-    PodError,
     PodRuntime,
     ResolvedApp,
     ResolvedPod,
     build_job,
     children,
     enter,
-    host_pid_of,
     overlay_on_host,
     run_with_console,
+    running_app_pid,
     volume_host_path,
     write_job,
 )
@@ -78,12 +77,8 @@ class UnshareStage1:
         )
 
     def enter(self, pod: Pod, app: ResolvedApp, command: list[str]) -> int:
-        inner = int((pod.stage1_rootfs() / "rkt" / "pids" / app.name).read_text())
-        pid1 = pod.pid()
-        app_pid = host_pid_of(inner, pid1) if pid1 else None
-        if app_pid is None:
-            raise PodError(f'app "{app.name}" is not running')
-        return enter(app_pid, app, command)
+        # waits while the pod is still starting the app, as rkt's contract says
+        return enter(running_app_pid(pod, app.name), app, command)
 
     def stop(self, pod: Pod, *, force: bool) -> None:
         pid1 = pod.pid()
