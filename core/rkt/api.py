@@ -82,7 +82,13 @@ if TYPE_CHECKING:
         write_job,
     )
     from rkt.pod.seccomp import oci_seccomp
-    from rkt.pod.supervisor import run_supervisor
+    from rkt.pod.supervisor import (
+        CAPABILITIES,
+        MASKED_KERNEL_PATHS,
+        READ_ONLY_KERNEL_PATHS,
+        oom_kill_count,
+        run_supervisor,
+    )
     from rkt.progress import ProgressBar
     from rkt.registry import (
         DiscoveryRegistry,
@@ -150,6 +156,11 @@ _HOMES: dict[str, str] = {
     **dict.fromkeys(("spawn_stage1", "ForkedStage1"), "rkt.pod.lifetime"),
     # the supervisor in rkt's own process, for a stage1 that forks rather than execs it
     "run_supervisor": "rkt.pod.supervisor",
+    # what the supervisor does to every app, for a stage1 that hands apps to another
+    # runtime: capability numbers, the kernel paths made read-only or hidden, and the
+    # OOM killer's count for an app's cgroups
+    **dict.fromkeys(("CAPABILITIES", "READ_ONLY_KERNEL_PATHS", "MASKED_KERNEL_PATHS",
+                     "oom_kill_count"), "rkt.pod.supervisor"),
     # user output, and log lines that cost nothing until logging is configured
     "ProgressBar": "rkt.progress",
     "get_logger": "rkt.log",
@@ -164,9 +175,12 @@ _HOMES: dict[str, str] = {
 }
 
 __all__ = [
+    "CAPABILITIES",
     "INTERFACE_VERSION",
+    "MASKED_KERNEL_PATHS",
     "PID_FILE",
     "PPID_FILE",
+    "READ_ONLY_KERNEL_PATHS",
     "STAGE1_FEATURES",
     "SUPERVISOR_PATH",
     "AppMount",
@@ -238,6 +252,7 @@ __all__ = [
     "host_resolv_conf",
     "namespace_pids",
     "oci_seccomp",
+    "oom_kill_count",
     "overlay_on_host",
     "private_dir",
     "private_file",

@@ -51,6 +51,7 @@ from rkt.api import (
     enter,
     get_logger,
     host_resolv_conf,
+    oom_kill_count,
     overlay_on_host,
     run_with_console,
     spawn_stage1,
@@ -435,19 +436,8 @@ def _remove_runtime_cgroups(pod: Pod) -> None:
 
 
 def _oom_kills(cgroups: PodCgroups | None, name: str) -> int:
-    """How many of the app's processes the OOM killer ended (``oom_kill`` in v2's
-    ``memory.events`` or v1's ``memory.oom_control``; read before ``delete``)."""
-    for directory in cgroups.app_dirs(name) if cgroups is not None else ():
-        for file_name in ("memory.events", "memory.oom_control"):
-            try:
-                text = Path(directory, file_name).read_text()
-            except OSError:
-                continue
-            for line in text.splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill" and value.strip().isdigit():
-                    return int(value)
-    return 0
+    """The OOM killer's count for the app (read before ``delete``)."""
+    return oom_kill_count(cgroups.app_dirs(name) if cgroups is not None else ())
 
 
 class _EscapeWatch:

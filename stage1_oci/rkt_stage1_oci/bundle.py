@@ -9,29 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from rkt.api import PlacedApp, oci_seccomp
-
-OCI_VERSION = "1.0.2"
-
-#: every capability Linux 6.x knows, in the kernel's order (bit 0 first)
-ALL_CAPABILITIES = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
-    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
-    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
-    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
-    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+from rkt.api import (
+    CAPABILITIES,
+    MASKED_KERNEL_PATHS,
+    READ_ONLY_KERNEL_PATHS,
+    PlacedApp,
+    oci_seccomp,
 )
 
-#: the kernel paths rkt's supervisor makes read-only or hides in every app
-#: (docs/security.md); ``--insecure-options=paths`` keeps them
-READ_ONLY_PATHS = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
-MASKED_PATHS = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/timer_stats",
-                "/proc/sched_debug", "/proc/latency_stats", "/proc/acpi", "/proc/scsi",
-                "/proc/asound", "/sys/firmware", "/sys/devices/virtual/powercap")
+OCI_VERSION = "1.0.2"
 
 #: CPU quota period (µs): rkt's ``cpu_millis`` is thousandths of a CPU
 CPU_PERIOD = 100_000
@@ -46,8 +32,8 @@ def held_capabilities() -> list[str]:
             fields = dict(line.split(":", 1) for line in status if line.startswith("Cap"))
         held = int(fields["CapBnd"], 16) & int(fields["CapPrm"], 16)
     except (OSError, KeyError, ValueError):
-        return list(ALL_CAPABILITIES)
-    return [name for bit, name in enumerate(ALL_CAPABILITIES) if held & (1 << bit)]
+        return list(CAPABILITIES)
+    return [name for name, bit in CAPABILITIES.items() if held & (1 << bit)]
 
 
 def _kernel_file_systems(terminal: bool) -> list[dict[str, Any]]:
@@ -148,8 +134,8 @@ def app_config(
     if cgroups_path is not None:
         linux["cgroupsPath"] = cgroups_path
     if protect_kernel_paths:
-        linux["maskedPaths"] = list(MASKED_PATHS)
-        linux["readonlyPaths"] = list(READ_ONLY_PATHS)
+        linux["maskedPaths"] = list(MASKED_KERNEL_PATHS)
+        linux["readonlyPaths"] = list(READ_ONLY_KERNEL_PATHS)
     seccomp = oci_seccomp(app.seccomp)
     if seccomp is not None:
         linux["seccomp"] = seccomp

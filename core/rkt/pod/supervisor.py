@@ -36,6 +36,7 @@ import time
 # typing costs milliseconds at every pod start; the annotations need it only for mypy
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any
 
 RUNTIME = "/rkt/runtime.json"
@@ -103,6 +104,10 @@ READ_ONLY_PATHS = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 MASKED_PROC_PATHS = ("kcore", "keys", "timer_list", "timer_stats", "sched_debug",
                      "latency_stats", "acpi", "scsi", "asound")
 MASKED_SYS_PATHS = ("firmware", "devices/virtual/powercap")
+#: the same lists as absolute paths, for a stage1 that hands them to another runtime
+READ_ONLY_KERNEL_PATHS = tuple(f"/proc/{name}" for name in READ_ONLY_PATHS)
+MASKED_KERNEL_PATHS = (*(f"/proc/{name}" for name in MASKED_PROC_PATHS),
+                       *(f"/sys/{name}" for name in MASKED_SYS_PATHS))
 
 #: OS-SPEC.md: the device nodes every app must see
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -356,9 +361,15 @@ def _join_cgroups(fds: list[int]) -> None:
 
 
 def oom_kills(app: dict[str, Any]) -> int:
-    """How many of the app's processes the kernel's OOM killer ended (``oom_kill``
-    in v2's ``memory.events`` or v1's ``memory.oom_control``)."""
-    for directory in app.get("cgroups") or ():
+    """How many of the app's processes the kernel's OOM killer ended."""
+    return oom_kill_count(app.get("cgroups") or ())
+
+
+def oom_kill_count(cgroup_dirs: Iterable[str]) -> int:
+    """The ``oom_kill`` count of the first of ``cgroup_dirs`` that keeps one (v2's
+    ``memory.events``, v1's ``memory.oom_control``); 0 if none does. Read it
+    before the cgroup is removed."""
+    for directory in cgroup_dirs:
         for name in ("memory.events", "memory.oom_control"):
             try:
                 with open(os.path.join(directory, name)) as handle:
