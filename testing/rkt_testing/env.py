@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +83,33 @@ class RktEnv:
                 f"stdout: {result.stdout}\nstderr: {result.stderr}"
             )
         return result
+
+    @contextmanager
+    def running_pod(self, *args: str | os.PathLike[str], timeout: float = 30
+                    ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+        """``rkt run ARGS`` in the background: the process and the pod's UUID once
+        it is known. Whatever the block does, the pod is killed at its end."""
+        uuid_dir = self.data_dir.parent / "running-pods"
+        uuid_dir.mkdir(exist_ok=True)
+        uuid_file = uuid_dir / f"{time.monotonic_ns()}"
+        process = subprocess.Popen(
+            [self.rkt_binary(), *self.global_flags(), "run", f"--uuid-file-save={uuid_file}",
+             *map(str, args)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **self.env},
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            # the file may exist before its content is written
+            while not (uuid_file.exists() and uuid_file.read_text()):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"rkt run {' '.join(map(str, args))} gave no UUID: "
+                                         f"{process.communicate()[1].decode()}")
+                time.sleep(0.05)
+            yield process, uuid_file.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
 
     def run_on_terminal(
         self,

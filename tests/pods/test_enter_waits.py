@@ -43,18 +43,9 @@ def _wait_for(path: Path, timeout: float = 30) -> None:
 @pytest.mark.skipif(not stage1_image_path("nspawn").exists(), reason="run rkt install first")
 @pytest.mark.parametrize("stage1", [NSPAWN, FLY], ids=["nspawn", "fly"])
 def test_enter_waits_for_an_app_that_has_not_started_yet(rkt_env: RktEnv, busybox_image: Path,
-                                                          tmp_path: Path, stage1: str) -> None:
-    uuid_file = tmp_path / "uuid"
-    pod = subprocess.Popen(
-        [rkt_env.rkt_binary(), *rkt_env.global_flags(), "--insecure-options=image", "run",
-         "--net=host", f"--uuid-file-save={uuid_file}", stage1, str(busybox_image)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        _wait_for(uuid_file)
-        while not uuid_file.read_text():
-            time.sleep(0.05)
-        uuid = uuid_file.read_text()
+                                                          stage1: str) -> None:
+    with rkt_env.running_pod("--insecure-options=image", "--net=host", stage1,
+                             busybox_image) as (pod, uuid):
         pid_file = rkt_env.data_dir / "pods" / "run" / uuid / "stage1/rootfs/rkt/pids/busybox"
         _wait_for(pid_file)
         # as if the supervisor had not got to writing it yet
@@ -72,10 +63,6 @@ def test_enter_waits_for_an_app_that_has_not_started_yet(rkt_env: RktEnv, busybo
         assert (entering.returncode, out, err) == (0, "in\n", "")
         rkt_env.run("stop", "--force", uuid, check=True)
         pod.wait(timeout=30)
-    finally:
-        if pod.poll() is None:
-            pod.kill()
-            pod.wait()
 
 
 # -- the helper's one-line failures ---------------------------------------------------------
