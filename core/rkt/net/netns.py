@@ -9,13 +9,21 @@ Making and removing one takes three system calls (unshare, mount, umount) and an
 ioctl for the loopback, made here through ctypes. pyroute2 did this first, but
 importing it pulls in asyncio and ssl (about 80 ms), more than a ``--net=none``
 pod start costs, and the CNI plugins do all the rest of the network's setup.
+
+The namespace is made by a short-lived thread of rkt, not a forked child: a
+network namespace belongs to a thread, so the thread can enter a new one and
+bind it while the rest of rkt stays in the host's; forking rkt (and the child's
+exit) cost several times as much on a pod start (issue 14).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 from rkt.errors import NetworkError
 
@@ -40,28 +48,30 @@ def create(path: Path) -> None:
     except OSError as exc:
         raise NetworkError(f"cannot create network namespace {path}: "
                            f"{exc.strerror or exc}") from exc
-    # A child leaves this process's namespace alone: it unshares, binds its new
-    # namespace to ``path`` (which keeps it alive), brings up lo and exits.
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the child reports through the pipe
-        os.close(read_end)
-        message = b""
-        try:
-            _libc_call("unshare", _CLONE_NEWNET)
-            _libc_call("mount", b"/proc/self/ns/net", os.fsencode(path), b"none", _MS_BIND, None)
-            _loopback_up()
-        except Exception as exc:  # anything: the parent reports it
-            message = str(exc).encode(errors="replace") or b"failed"
-        os.write(write_end, message)
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        error = pipe.read().decode(errors="replace")
-    os.waitpid(child, 0)
-    if error:
+    # A thread of its own enters the new namespace, binds it to ``path`` (which
+    # keeps it alive once the thread is gone) and brings up lo; every other thread
+    # of rkt stays in the host's namespace.
+    errors: list[str] = []
+    worker = threading.Thread(target=_make_bound_namespace, args=(path, errors),
+                              name="rkt-netns")
+    worker.start()
+    worker.join()
+    if errors:
         remove(path)
-        raise NetworkError(f"cannot create network namespace {path}: {error}")
+        raise NetworkError(f"cannot create network namespace {path}: {errors[0]}")
+
+
+def _make_bound_namespace(path: Path, errors: list[str]) -> None:
+    """In a thread that ends afterwards: unshare its network namespace and bind it
+    to ``path``; an error goes into ``errors`` for the caller to report."""
+    try:
+        _libc_call("unshare", _CLONE_NEWNET)
+        # thread-self: /proc/self/ns/net is the main thread's, the host's namespace
+        _libc_call("mount", b"/proc/thread-self/ns/net", os.fsencode(path), b"none",
+                   _MS_BIND, None)
+        _loopback_up()
+    except Exception as exc:  # anything: the caller reports it
+        errors.append(str(exc) or type(exc).__name__)
 
 
 def remove(path: Path) -> None:
@@ -89,13 +99,22 @@ _MNT_DETACH = 2
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
+_AF_INET = 2
+_SOCK_DGRAM = 2
+_SOCK_CLOEXEC = 0o2000000
+
+
+@functools.cache
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _libc_call(name: str, *args: object) -> None:
     import ctypes
 
-    function = getattr(ctypes.CDLL(None, use_errno=True), name)
-    if function(*args) != 0:
+    if getattr(_libc(), name)(*args) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"{name}: {os.strerror(code)}")
 
@@ -115,11 +134,20 @@ def _share(directory: Path) -> None:
 
 
 def _loopback_up() -> None:
+    """``ip link set lo up`` in the calling thread's network namespace: the
+    interface's flags through a datagram socket's ioctls (the socket made with
+    libc, not Python's socket module, whose import alone cost more than this)."""
+    import ctypes
     import fcntl
-    import socket
     import struct
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    fd = _libc().socket(_AF_INET, _SOCK_DGRAM | _SOCK_CLOEXEC, 0)
+    if fd < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"socket: {os.strerror(code)}")
+    try:
         request = struct.pack("16sh22x", b"lo", 0)
-        flags = struct.unpack("16sh22x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | _IFF_UP))
+        flags = struct.unpack("16sh22x", fcntl.ioctl(fd, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(fd, _SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | _IFF_UP))
+    finally:
+        os.close(fd)
