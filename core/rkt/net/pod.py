@@ -15,6 +15,10 @@ CNI DEL for it and removes the namespace:
   ``CNI_ARGS``, plugin path and ADD result (null while the ADD runs);
 - ``net-info.json``: rkt 1.x's list of attachments, which ``rkt list`` and
   ``rkt status`` show.
+
+The CNI modules (``rkt.net.cni``, ``rkt.net.config``) are imported only for a pod
+with CNI networks: a ``--net=none`` or ``--net=host`` pod start does without them
+(issue 14).
 """
 
 from __future__ import annotations
@@ -23,15 +27,17 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rkt.errors import NetworkError
 from rkt.log import get_logger
-from rkt.net import cni, dns, netns
-from rkt.net.config import NetworkConfig, select_networks
+from rkt.net import dns, netns
 from rkt.net.request import HOST, NONE, NetworkRequest, PortRequest
 from rkt.pod.contract import NetAttachment, PodNetwork, ResolvedPod
 from rkt.pod.dirs import NET_INFO_FILE, Pod
+
+if TYPE_CHECKING:
+    from rkt.net.config import NetworkConfig
 
 LOG = get_logger(__name__)
 
@@ -43,6 +49,8 @@ PORTMAP = {"type": "portmap", "capabilities": {"portMappings": True}, "snat": Tr
 
 def plugin_path(local_config: Path, stage1_rootfs: Path) -> tuple[str, ...]:
     """rkt's plugin lookup order, then where distributions put the CNI plugins."""
+    from rkt.net import cni
+
     return (str(local_config / "net.d"), cni.SYSTEM_PLUGIN_DIRS[0],
             str(stage1_rootfs / "usr/lib/rkt/plugins/net"), *cni.SYSTEM_PLUGIN_DIRS[1:])
 
@@ -122,6 +130,8 @@ def _config_json(config: NetworkConfig) -> dict[str, Any]:
 
 
 def _config_from_json(data: dict[str, Any]) -> NetworkConfig:
+    from rkt.net.config import NetworkConfig
+
     return NetworkConfig(name=data["name"], path=data["path"], cni_version=data["cniVersion"],
                          plugins=tuple(data["plugins"]))
 
@@ -142,7 +152,11 @@ def setup_pod_network(pod: Pod, resolved: ResolvedPod, request: NetworkRequest, 
     if special == HOST:
         return PodNetwork(mode="host", resolv_conf=dns.pod_resolv_conf(request.dns, []),
                           hosts=hosts)
-    networks = [] if special == NONE else select_networks(request.nets, local_config)
+    networks: list[tuple[NetworkConfig, Any]] = []
+    if special != NONE:
+        from rkt.net.config import select_networks
+
+        networks = select_networks(request.nets, local_config)
     if mappings:
         _check_ports_free(mappings)
     if (pod.path / NETNS_FILE).exists():
@@ -155,8 +169,11 @@ def setup_pod_network(pod: Pod, resolved: ResolvedPod, request: NetworkRequest, 
     _write_json(pod.path / STATE_FILE, state)
     try:
         netns.create(path)
-        attachments, answers = _attach(pod, path, networks, mappings, state,
-                                       plugin_path(local_config, stage1_rootfs))
+        attachments: list[NetAttachment] = []
+        answers: list[dict[str, Any]] = []
+        if networks:
+            attachments, answers = _attach(pod, path, networks, mappings, state,
+                                           plugin_path(local_config, stage1_rootfs))
     except BaseException:
         errors = teardown_pod_network(pod)
         for error in errors:
@@ -171,6 +188,8 @@ def setup_pod_network(pod: Pod, resolved: ResolvedPod, request: NetworkRequest, 
 def _attach(pod: Pod, path: Path, networks: list[tuple[NetworkConfig, Any]],
             mappings: list[dict[str, Any]], state: dict[str, Any],
             search_path: tuple[str, ...]) -> tuple[list[NetAttachment], list[dict[str, Any]]]:
+    from rkt.net import cni
+
     runner = cni.PluginRunner(search_path)
     # rkt 1.x: ports go through the first masquerading network, else the last one
     forwarding = next((i for i, (c, _) in enumerate(networks) if c.masquerades),
@@ -235,6 +254,8 @@ def teardown_pod_network(pod: Pod) -> list[str]:
     errors: list[str] = []
     attachments: list[dict[str, Any]] = state.get("attachments") or []
     while attachments:
+        from rkt.net import cni  # only a pod with CNI attachments needs it
+
         record = attachments[-1]
         try:
             config = _config_from_json(record["network"])
@@ -253,6 +274,8 @@ def teardown_pod_network(pod: Pod) -> list[str]:
 
 def check_pod_network(pod: Pod) -> None:
     """CNI CHECK of every attachment of a running pod; NetworkError if one is broken."""
+    from rkt.net import cni
+
     state = json.loads((pod.path / STATE_FILE).read_text())
     for record in state["attachments"]:
         runner = cni.PluginRunner(tuple(record["plugin_path"]))
