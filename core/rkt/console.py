@@ -5,6 +5,9 @@ Ctrl+] is pressed three times within a second; this module does the same for
 the other stage1s. With ``--interactive`` the app gets a pty of its own that is
 relayed to the user's terminal; without it the app's output goes straight to
 rkt's, and the terminal is only watched for the escape sequence.
+
+The terminal modules (``pty``, ``tty``, ``termios``) are imported only when there
+is a terminal to look after, not on a pod start from a script (issue 14).
 """
 
 from __future__ import annotations
@@ -12,14 +15,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import pty
 import select
 import signal
 import subprocess
 import sys
-import termios
 import time
-import tty
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
 
@@ -50,6 +50,9 @@ class EscapeDetector:
 
 @contextlib.contextmanager
 def _terminal_mode(fd: int, raw: bool) -> Iterator[None]:
+    import termios
+    import tty
+
     saved = termios.tcgetattr(fd)
     try:
         if raw:
@@ -62,6 +65,8 @@ def _terminal_mode(fd: int, raw: bool) -> Iterator[None]:
 
 
 def _copy_size(source: int, target: int) -> None:
+    import termios
+
     with contextlib.suppress(OSError):
         size = fcntl.ioctl(source, termios.TIOCGWINSZ, b"\0" * 8)
         fcntl.ioctl(target, termios.TIOCSWINSZ, size)
@@ -155,6 +160,8 @@ def _run(
 
     master = slave = None
     if interactive:
+        import pty
+
         master, slave = pty.openpty()
         _copy_size(sys.stdin.fileno(), slave)
     process = spawn_stage1(

@@ -26,9 +26,7 @@ import select
 import signal
 import subprocess
 import sys
-import termios
 import time
-import tty
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -454,6 +452,9 @@ class _EscapeWatch:
     def __enter__(self) -> _EscapeWatch:
         with contextlib.suppress(OSError, ValueError):
             if sys.stdin.isatty():
+                import termios  # only with a terminal: a pod start from a script needs neither
+                import tty
+
                 self.fd = sys.stdin.fileno()
                 self.saved = termios.tcgetattr(self.fd)
                 tty.setcbreak(self.fd)  # no echo, no line buffering
@@ -461,6 +462,8 @@ class _EscapeWatch:
 
     def __exit__(self, *exc: object) -> None:
         if self.fd is not None and self.saved is not None:
+            import termios
+
             termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
 
     def pressed(self, timeout: float) -> bool:
