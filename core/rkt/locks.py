@@ -92,3 +92,11 @@ def key_lock(lock_dir: Path, key: str, *, shared: bool = False) -> FileLock:
 
     private_dir(lock_dir)
     return FileLock(lock_dir / key, shared=shared)
+
+
+def prepare_lock(data_dir: Path, *, shared: bool = False) -> FileLock:
+    """rkt's ``prepareLock``: ``rkt prepare``/``run`` hold it shared from choosing
+    their images until the pod records them; ``rkt image gc`` and ``rkt image rm``
+    hold it exclusively while deciding what no pod uses, so neither removes an image
+    or a tree that a pod being prepared is built from."""
+    return key_lock(data_dir / "locks", "prepareLock", shared=shared)

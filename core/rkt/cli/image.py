@@ -207,8 +207,9 @@ def print_table(rows: list[list[str]], options: GlobalOptions) -> None:
 
 # -- rm, cat-manifest ----------------------------------------------------------------
 def _rm(options: GlobalOptions, args: argparse.Namespace) -> int:
+    from rkt.locks import prepare_lock
     from rkt.pod.dirs import PodStore
-    from rkt.pod.gc import pod_references, prepare_lock
+    from rkt.pod.gc import pod_references
     from rkt.store.gc import remove_image
 
     store = options.store
@@ -320,8 +321,9 @@ def _fetch(options: GlobalOptions, args: argparse.Namespace) -> int:
 # -- gc, verify ------------------------------------------------------------------------
 def _gc(options: GlobalOptions, args: argparse.Namespace) -> int:
     from rkt.cli.pod_cmds import parse_duration
+    from rkt.locks import prepare_lock
     from rkt.pod.dirs import PodStore
-    from rkt.pod.gc import pod_references, prepare_lock
+    from rkt.pod.gc import pod_references
     from rkt.store.gc import collect_images
 
     grace = parse_duration(args.grace_period)
@@ -340,8 +342,9 @@ def _gc(options: GlobalOptions, args: argparse.Namespace) -> int:
 
 
 def _verify(options: GlobalOptions, args: argparse.Namespace) -> int:
+    from rkt.locks import prepare_lock
     from rkt.pod.dirs import PodStore
-    from rkt.pod.gc import pod_references, prepare_lock
+    from rkt.pod.gc import pod_references
 
     failed = 0
     # exclusively, as image gc does: no pod starts on a tree while it may be removed

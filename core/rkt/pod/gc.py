@@ -18,13 +18,10 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from rkt import faults
-from rkt.datadir import private_dir
 from rkt.errors import PodError, RktError
-from rkt.locks import FileLock
 from rkt.log import get_logger
 from rkt.metadata import forget_pod
 from rkt.pod.cgroups import remove_pod_cgroups
@@ -235,7 +232,7 @@ class PodReferences:
 
     A pod holds on to every image and rendered tree it uses from the moment it is
     prepared until it is collected: while it is being prepared through the shared
-    :func:`prepare_lock`, afterwards through what its directory records.
+    :func:`rkt.locks.prepare_lock`, afterwards through what its directory records.
     """
 
     #: rendered trees recorded by pods that are not garbage (``render`` directory names)
@@ -268,11 +265,3 @@ def pod_references(pods: PodStore) -> PodReferences:
                     users.append(pod.uuid)
     return PodReferences(frozenset(trees), {k: tuple(v) for k, v in images.items()})
 
-
-def prepare_lock(data_dir: Path, *, shared: bool = False) -> FileLock:
-    """rkt's ``prepareLock``: ``rkt prepare``/``run`` hold it shared from choosing
-    their images until the pod records them; ``rkt image gc`` and ``rkt image rm``
-    hold it exclusively while deciding what no pod uses, so neither removes an image
-    or a tree that a pod being prepared is built from."""
-    locks = private_dir(data_dir / "locks")
-    return FileLock(locks / "prepareLock", shared=shared)

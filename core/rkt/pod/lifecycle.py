@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from rkt import faults
 from rkt.errors import PodError, PodInterrupted, RktError, Stage1Error, UsageError
+from rkt.locks import prepare_lock
 from rkt.log import get_logger
 from rkt.metadata import forget_pod
 from rkt.pod.cgroups import PARENT_KEY, remove_pod_cgroups, setup_pod_cgroups, stage1_cgroup
@@ -89,8 +90,6 @@ def create_pod(
     The shared prepare lock, from choosing the images until the pod records them,
     keeps ``rkt image gc`` and ``rkt image rm`` from removing any of them meanwhile.
     """
-    from rkt.pod.gc import prepare_lock
-
     with prepare_lock(runtime.data_dir, shared=True):
         return _create_pod(runtime, request, stage1_choice, pull_policy=pull_policy, uuid=uuid)
 

@@ -4,7 +4,7 @@ Written against the :class:`rkt.store.ImageStore` protocol, so it collects
 whichever store is in use. The caller says what pods still need
 (:func:`rkt.pod.gc.pod_references`: every tree and image of every pod that is not
 garbage) and holds the lock that keeps a pod being prepared from choosing an image
-or a tree meanwhile (:func:`rkt.pod.gc.prepare_lock`).
+or a tree meanwhile (:func:`rkt.locks.prepare_lock`).
 """
 
 from __future__ import annotations
