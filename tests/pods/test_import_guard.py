@@ -13,7 +13,8 @@ named tuples, the image arguments), but not pluggy, stevedore or
 only ones, and a stage1 backend is imported from the cached entry points), no
 distribution's metadata is read, only the built-in plugin whose hook is called (the
 store's), and neither logging (rkt.log), OpenSSL's hashlib, tempfile, shutil nor
-the status and keystore modules.
+the status and keystore modules; nor pod gc, the CNI modules (for ``--net=none`` and
+``--net=host``), the terminal modules or socket.
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ ALWAYS = ("pluggy", "importlib.metadata", "stevedore", "pydantic", "pydantic_cor
 RUN = (*ALWAYS, "logging", "hashlib", "_hashlib", "tempfile", "shutil", "rkt.keystore",
        "rkt.pod.status", "rkt.pod.export", "rkt_plugins.file_fetcher",
        "rkt_plugins.https_fetcher", "rkt_plugins.name_fetcher", "rkt_plugins.discovery",
-       "rkt_plugins.openpgp", "rkt_plugins.docker")
+       "rkt_plugins.openpgp", "rkt_plugins.docker",
+       # the third pass: pod gc (the prepare lock is rkt.locks'), the CNI modules (none
+       # and host networks need neither), the terminal modules (no terminal here), and
+       # socket (the network namespace's loopback is brought up through libc)
+       "rkt.pod.gc", "rkt.net.cni", "rkt.net.config", "pty", "tty", "termios", "socket")
 #: `rkt status` and `rkt list` read pod directories only: no plugins, no store, and
 #: plain records (typing, dataclasses and the inspect it imports were 10-15 ms here);
 #: shutil is what argparse imports to measure the terminal unless told its width.
