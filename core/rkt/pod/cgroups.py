@@ -410,7 +410,8 @@ def setup_pod_cgroups(pod: Pod, resolved: ResolvedPod, parent: str | None,
 def recorded_pod_dirs(pod: Pod) -> list[str]:
     """The pod cgroup directories ``<pod>/cgroups`` records (only the pod's own names)."""
     try:
-        document = json.loads((pod.path / CGROUPS_FILE).read_text())
+        with open(f"{pod.path_text}/{CGROUPS_FILE}", "rb") as handle:
+            document = json.loads(handle.read())
         dirs = [str(d) for d in document["pod_dirs"]]
     except (OSError, ValueError, KeyError, TypeError):
         return []

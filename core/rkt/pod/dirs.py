@@ -70,6 +70,7 @@ class Pod:
         self.phase = phase
         #: an open fd holding this pod's flock, when we hold it
         self.lock_fd = lock_fd
+        self._path: tuple[str, Path] | None = None  # (phase, path): see path
 
     def __repr__(self) -> str:
         return f"Pod({self.pods_dir!r}, {self.uuid!r}, {self.phase!r})"
@@ -83,7 +84,12 @@ class Pod:
 
     @property
     def path(self) -> Path:
-        return self.pods_dir / self.phase / self.uuid
+        # kept while the phase is the same: pathlib's joins were a good part of
+        # what gc spends per pod (issue 14)
+        cached = self._path
+        if cached is None or cached[0] != self.phase:
+            cached = self._path = (self.phase, self.pods_dir / self.phase / self.uuid)
+        return cached[1]
 
     @property
     def path_text(self) -> str:
@@ -120,8 +126,7 @@ class Pod:
 
     def move(self, phase: str) -> None:
         """Atomically move the pod to another phase (the lock, on the dir, moves along)."""
-        target = self.pods_dir / phase / self.uuid
-        os.rename(self.path, target)
+        os.rename(self.path_text, f"{self.pods_dir}/{phase}/{self.uuid}")
         self.phase = phase
 
     # -- state ---------------------------------------------------------------------
@@ -287,14 +292,14 @@ class PodStore:
         trash = f"{self.pods_dir}/{TRASH}"
         target = f"{trash}/{pod.uuid}"
         try:
-            os.rename(pod.path, target)
+            os.rename(pod.path_text, target)
         except FileNotFoundError:
             if not os.path.isdir(trash):  # the first removal in this data dir
                 private_dir(Path(trash))
                 return self.discard(pod)
             raise
         except OSError:  # a pod of that UUID is in the trash already: delete it in place
-            return str(pod.path)
+            return pod.path_text
         pod.phase = TRASH
         return target
 
