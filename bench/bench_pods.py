@@ -9,14 +9,17 @@ A cached busybox image whose app is /bin/true, ``--net=none``:
 - ``rkt run ./file.aci`` of an image already in the store vs ``rkt run NAME``: <= 1.3
 - ``rkt version`` vs ``python -c pass``: <= 1.5
 - with 1,000 pods: ``rkt status --format=json UUID`` vs ``python -c pass`` (<= 3) and
-  ``rkt list --format=json`` (reported); ``rkt gc`` of 1,000 exited pods: <= 1 s
+  ``rkt list --format=json`` (reported); ``rkt gc`` of 1,000 exited pods: <= 1 s (and,
+  reported, when its detached deleter has deleted their files)
 
 Contained networks (the default ``--net``) are timed in bench_net.py.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -46,6 +49,18 @@ def podman_command(rootfs: Path) -> list[str] | None:
     return [podman, "--runtime", "runc", "--cgroup-manager=cgroupfs", "run", "--rm",
             "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
             "--rootfs", str(rootfs), "/bin/true"]
+
+
+def wait_for_trash(data: Path) -> float:
+    """When ``rkt gc``'s detached deleter is done (it holds the trash's lock until then)."""
+    trash = data / "pods" / "trash"
+    if trash.is_dir():
+        fd = os.open(trash, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        finally:
+            os.close(fd)
+    return time.perf_counter()
 
 
 def main() -> list[dict[str, object]]:
@@ -111,12 +126,14 @@ def main() -> list[dict[str, object]]:
         start = time.perf_counter()
         env.rkt("gc", "--grace-period=0s")
         gc_time = time.perf_counter() - start
-        remaining = sum(1 for _ in (env.data / "pods").glob("*/*"))
+        # what rkt sees: the phases (pods/trash is what the deleter has yet to delete)
+        remaining = sum(1 for p in (env.data / "pods").glob("*/*") if p.parent.name != "trash")
+        deleted = wait_for_trash(env.data) - start
         verdict = "  ok" if gc_time <= 1.0 else "  OVER 1 s"
-        print(f"{'rkt gc of 1000 exited pods':<44} rkt {gc_time:8.3f} s   ({remaining} left)"
-              f"{verdict}", flush=True)
+        print(f"{'rkt gc of 1000 exited pods':<44} rkt {gc_time:8.3f} s   ({remaining} left; "
+              f"files deleted after {deleted:.3f} s){verdict}", flush=True)
         results.append({"name": "rkt gc, 1000 exited pods", "rkt_s": round(gc_time, 3),
-                        "target": 1.0})
+                        "files_deleted_s": round(deleted, 3), "target": 1.0})
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return results

@@ -180,3 +180,71 @@ def test_a_pod_in_use_is_not_collected(tmp_path: Path) -> None:
         holder.release()
     assert events == [] and result.removed == [] and result.failed == []
     assert pod.path.is_dir()
+
+
+def test_the_trash_of_a_running_deleter_is_left_to_it(tmp_path: Path) -> None:
+    import fcntl
+
+    pods = PodStore(tmp_path)
+    trash = pods.pods_dir / "trash"
+    left = trash / UUIDS["old"]
+    left.mkdir(parents=True)
+    make_pod(pods, "garbage", UUIDS["garbage"])
+    # as a detached deleter holds it while it deletes (rkt.pod.trash)
+    deleter = os.open(trash, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(deleter, fcntl.LOCK_SH)
+    try:
+        result = collect_pods(pods, grace_period=0, expire_prepared=0,
+                              stage1_backend=lambda pod: RecordingBackend(),
+                              report=lambda e: None)
+    finally:
+        os.close(deleter)
+    assert result.removed == [UUIDS["garbage"]]
+    assert [p.name for p in trash.iterdir()] == [UUIDS["old"]]  # the deleter's
+    collect_pods(pods, grace_period=0, expire_prepared=0,
+                 stage1_backend=lambda pod: RecordingBackend(), report=lambda e: None)
+    assert list(trash.iterdir()) == []  # no deleter any more: a leftover, deleted
+
+
+def test_a_detached_deleter_holds_no_lock_of_its_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+    import shutil
+
+    pods = PodStore(tmp_path / "data")
+    for uuid in (UUIDS["garbage"], UUIDS["old"]):
+        make_pod(pods, "garbage", uuid)
+    # the deleter's rm waits for a gate file (a stand-in on PATH that only holds the
+    # deletion back), so it is surely still running when we look
+    gate = tmp_path / "gate"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "rm").write_text(
+        f"#!/bin/sh\nwhile [ ! -e {gate} ]; do sleep 0.05; done\n"
+        f'exec {shutil.which("rm")} "$@"\n')
+    (tmp_path / "bin" / "rm").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    held = tmp_path / "store.lock"  # a lock the caller holds across the gc
+    held_fd = os.open(held, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held_fd, fcntl.LOCK_EX)
+    trash = pods.pods_dir / "trash"
+    try:
+        result = collect_pods(pods, grace_period=0, expire_prepared=0, detach_above=1,
+                              stage1_backend=lambda pod: RecordingBackend(),
+                              report=lambda e: None)
+        assert sorted(result.removed) == sorted([UUIDS["garbage"], UUIDS["old"]])
+        assert sorted(p.name for p in trash.iterdir()) == sorted(result.removed)
+        os.close(held_fd)
+        other = os.open(held, os.O_RDWR)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: not the deleter's
+        finally:
+            os.close(other)
+    finally:
+        gate.touch()
+    waiter = os.open(trash, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(waiter, fcntl.LOCK_EX)  # the deleter holds it until it is done
+    finally:
+        os.close(waiter)
+    assert list(trash.iterdir()) == []

@@ -112,7 +112,7 @@ def _teardown_network(pod: Pod) -> None:
     A plugin's failed DEL does not keep the pod (what it held may be gone
     already); it is a warning. A namespace that cannot be removed does.
     """
-    if not (pod.path / "netns").exists():
+    if not os.path.exists(f"{pod.path_text}/netns"):
         return  # host networking: nothing to release (and no CNI code to import)
     from rkt.net.pod import teardown_pod_network
 
@@ -162,27 +162,39 @@ def mark_pods(pods: PodStore, *, expire_prepared: float, report: GcReport) -> No
             continue  # another gc or rm won the race
 
 
+#: a gc that collects more pods than this leaves deleting their files to a process
+#: of its own (:mod:`rkt.pod.trash`); fewer are deleted before it returns (their
+#: deletion takes milliseconds)
+DETACH_ABOVE = 64
+
+
 def sweep_pods(pods: PodStore, *, grace_period: float, stage1_backend: Stage1Lookup,
-               report: GcReport) -> GcResult:
+               report: GcReport, detach_above: int | None = None) -> GcResult:
     """Remove garbage pods, and exited ones marked longer ago than ``grace_period`` seconds.
 
     One pod at a time: lock it, release what it holds outside its directory, move
     it into the trash and unlock it. Its directory is deleted meanwhile, with many
-    others at once (:mod:`rkt.pod.trash`); the sweep returns when all are gone.
+    others at once (:mod:`rkt.pod.trash`); the sweep returns when all are gone, or,
+    when it moved more than ``detach_above`` pods into the trash, as soon as they
+    are all there, leaving their deletion to a detached process.
     """
-    from rkt.pod.trash import Remover, leftovers
+    from rkt.pod.trash import Remover, delete_detached, lock_trash
 
     result = GcResult()
     now = time.time()
+    lock_fd, trashed = lock_trash(pods.trash_dir())  # what earlier removals left
+    candidates = list(pods.iter_pods(("exited-garbage", "garbage")))
+    detach = detach_above is not None and len(candidates) + len(trashed) > detach_above
     remover = Remover()
-    for path in leftovers(pods.trash_dir()):  # a gc or rm cut short
-        remover.add(path)
+    if not detach:
+        for path in trashed:
+            remover.add(path)
     try:
-        for pod in pods.iter_pods(("exited-garbage", "garbage")):
+        for pod in candidates:
             try:
                 if pod.phase == "exited-garbage":
                     # marked when it was renamed into exited-garbage/: the rename's ctime
-                    marked = os.stat(pod.path).st_ctime
+                    marked = os.stat(pod.path_text).st_ctime
                     if now - marked < grace_period:
                         report(GcEvent("within-grace", pod.uuid))
                         continue
@@ -193,7 +205,11 @@ def sweep_pods(pods: PodStore, *, grace_period: float, stage1_backend: Stage1Loo
             try:
                 report(GcEvent("collecting", pod.uuid))
                 _release_pod(pods, pod, stage1_backend)
-                remover.add(pods.discard(pod))
+                path = pods.discard(pod)
+                if detach:
+                    trashed.append(path)
+                else:
+                    remover.add(path)
                 result.removed.append(pod.uuid)
             except FileNotFoundError:
                 continue
@@ -203,7 +219,15 @@ def sweep_pods(pods: PodStore, *, grace_period: float, stage1_backend: Stage1Loo
             finally:
                 pod.release()
     finally:
-        remover.finish()
+        try:
+            if detach:
+                pid = delete_detached(trashed, lock_fd)
+                LOG.debug("process %d deletes %d pod directories in %s", pid, len(trashed),
+                          pods.trash_dir())
+            else:
+                remover.finish()
+        finally:
+            os.close(lock_fd)
     return result
 
 
@@ -215,14 +239,18 @@ def collect_pods(
     stage1_backend: Stage1Lookup,
     report: GcReport,
     mark_only: bool = False,
+    detach_above: int | None = None,
 ) -> GcResult:
-    """``rkt gc``: mark, then (unless ``mark_only``) sweep; durations in seconds."""
+    """``rkt gc``: mark, then (unless ``mark_only``) sweep; durations in seconds.
+
+    ``detach_above``: see :func:`sweep_pods` (``rkt gc`` passes :data:`DETACH_ABOVE`).
+    """
     mark_pods(pods, expire_prepared=expire_prepared, report=report)
     faults.point("gc:marked")
     if mark_only:
         return GcResult()
     return sweep_pods(pods, grace_period=grace_period, stage1_backend=stage1_backend,
-                      report=report)
+                      report=report, detach_above=detach_above)
 
 
 # -- what pods hold on to in the image store -----------------------------------------------
