@@ -175,20 +175,25 @@ def sweep_pods(pods: PodStore, *, grace_period: float, stage1_backend: Stage1Loo
     One pod at a time: lock it, release what it holds outside its directory, move
     it into the trash and unlock it. Its directory is deleted meanwhile, with many
     others at once (:mod:`rkt.pod.trash`); the sweep returns when all are gone, or,
-    when it moved more than ``detach_above`` pods into the trash, as soon as they
-    are all there, leaving their deletion to a detached process.
+    when it collects more than ``detach_above`` pods, as soon as they are all in
+    the trash, leaving their deletion to a detached process. What earlier removals
+    left in the trash (unless a deleter is still at work on it) is deleted before
+    it returns, either way.
     """
     from rkt.pod.trash import Remover, delete_detached, lock_trash
 
     result = GcResult()
     now = time.time()
-    lock_fd, trashed = lock_trash(pods.trash_dir())  # what earlier removals left
+    lock_fd, leftovers = lock_trash(pods.trash_dir())
     candidates = list(pods.iter_pods(("exited-garbage", "garbage")))
-    detach = detach_above is not None and len(candidates) + len(trashed) > detach_above
+    detach = detach_above is not None and len(candidates) > detach_above
+    # What earlier removals left is deleted before we return, even when ours are
+    # not: a deleter that a service manager kills with its `rkt gc` unit (systemd's
+    # default) leaves trash behind every time, and this keeps it from piling up.
     remover = Remover()
-    if not detach:
-        for path in trashed:
-            remover.add(path)
+    for path in leftovers:
+        remover.add(path)
+    trashed: list[str] = []
     try:
         for pod in candidates:
             try:
@@ -220,12 +225,11 @@ def sweep_pods(pods: PodStore, *, grace_period: float, stage1_backend: Stage1Loo
                 pod.release()
     finally:
         try:
-            if detach:
+            if trashed:
                 pid = delete_detached(trashed, lock_fd)
                 LOG.debug("process %d deletes %d pod directories in %s", pid, len(trashed),
                           pods.trash_dir())
-            else:
-                remover.finish()
+            remover.finish()
         finally:
             os.close(lock_fd)
     return result

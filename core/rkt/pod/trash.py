@@ -20,7 +20,9 @@ everything it held outside its directory released), and a process of its own,
 in a session of its own, deletes them. Whoever deletes in the trash holds a
 shared flock on the trash directory meanwhile; a gc takes what it finds in the
 trash as left over (from a killed gc or deleter) only when it can lock the trash
-exclusively, so it does not delete again what a running deleter works on.
+exclusively, so it does not delete again what a running deleter works on, and
+deletes those leftovers before it returns (a deleter killed with its gc, as
+systemd kills what a oneshot unit leaves, must not make the trash grow).
 """
 
 from __future__ import annotations
