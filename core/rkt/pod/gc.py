@@ -226,9 +226,14 @@ def sweep_pods(pods: PodStore, *, grace_period: float, stage1_backend: Stage1Loo
     finally:
         try:
             if trashed:
-                pid = delete_detached(trashed, lock_fd)
-                LOG.debug("process %d deletes %d pod directories in %s", pid, len(trashed),
-                          pods.trash_dir())
+                try:
+                    pid = delete_detached(trashed, lock_fd)
+                    LOG.debug("process %d deletes %d pod directories in %s", pid,
+                              len(trashed), pods.trash_dir())
+                except OSError as exc:  # no process to spare: delete them ourselves
+                    LOG.debug("cannot start a deleter: %s", exc)
+                    for path in trashed:
+                        remover.add(path)
             remover.finish()
         finally:
             os.close(lock_fd)

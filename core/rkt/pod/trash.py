@@ -142,11 +142,12 @@ def delete_detached(paths: list[str], lock_fd: int) -> int:
     ``/dev/null``, with no other descriptor of ours than ``lock_fd`` (the trash's
     shared flock, which it holds until it is done): nothing waits for it (not a
     pipe reading our output, not a terminal's signals), and no lock of ours stays
-    held by it. The caller may close its ``lock_fd`` right after.
+    held by it. The caller may close its ``lock_fd`` right after. OSError if no
+    process could be made (nothing is deleted then).
     """
     read_end, write_end = os.pipe()
     child = os.fork()
-    if child == 0:  # pragma: no cover (a forked child; the tests see its effects)
+    if child == 0:
         try:
             os.close(read_end)
             os.setsid()
@@ -162,10 +163,12 @@ def delete_detached(paths: list[str], lock_fd: int) -> int:
     # the pipe's end comes when the deleter has let go of everything of ours
     with os.fdopen(read_end, "rb") as pipe:
         text = pipe.read()
-    return int(text) if text else 0
+    if not text:
+        raise OSError("the deleter could not be started")
+    return int(text)
 
 
-def _become_deleter(paths: list[str], lock_fd: int, pipe_fd: int) -> None:  # pragma: no cover
+def _become_deleter(paths: list[str], lock_fd: int, pipe_fd: int) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
