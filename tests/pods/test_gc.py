@@ -137,6 +137,31 @@ def test_references_are_the_trees_of_pods_that_are_not_garbage(tmp_path: Path) -
     assert references.images == {}
 
 
+def test_a_pod_that_moves_on_while_references_are_read_is_read_where_it_went(
+    tmp_path: Path,
+) -> None:
+    """``rkt image gc`` against ``rkt prepare``: a pod listed in ``prepare/`` may be in
+    ``prepared/`` by the time its files are read (the interleaving is made here by
+    moving the pod from inside the listing, since it cannot be timed)."""
+    pods = PodStore(tmp_path)
+    moving = make_pod(pods, "prepare", UUIDS["fresh"])
+    (moving.path / "stage1TreeStoreID").write_text("deps-stage1\n")
+    (moving.path / "appsinfo" / "app").mkdir(parents=True)
+    (moving.path / "appsinfo" / "app" / "treeStoreID").write_text("deps-app\n")
+    (tmp_path / "prepared").mkdir(exist_ok=True)
+    listed = pods.iter_pods
+
+    def listing_then_moving(*args: object, **kwargs: object) -> object:
+        for pod in listed(*args, **kwargs):  # type: ignore[arg-type]
+            if pod.phase == "prepare":
+                moving.move("prepared")
+            yield pod
+
+    pods.iter_pods = listing_then_moving  # type: ignore[method-assign,assignment]
+    references = pod_references(pods)
+    assert references.trees == {"deps-stage1", "deps-app"}
+
+
 def test_what_a_cut_short_removal_left_in_the_trash_goes_with_the_next_gc(
     tmp_path: Path,
 ) -> None:

@@ -278,18 +278,34 @@ class PodReferences:
     images: Mapping[str, tuple[str, ...]]
 
 
+def _tree_ids(pod_dir: str) -> list[str]:
+    """The tree store IDs a pod directory records (its stage1's, its apps').
+
+    The pod may move to its next phase while it is read (``prepare/`` to
+    ``prepared/``, say): what cannot be read here is read again where it went,
+    since :meth:`PodStore.iter_pods` lists the later phases afterwards.
+    """
+    try:
+        apps = os.listdir(f"{pod_dir}/appsinfo")
+    except OSError:
+        apps = []
+    found = []
+    for name in ["stage1TreeStoreID", *(f"appsinfo/{app}/treeStoreID" for app in apps)]:
+        try:
+            with open(f"{pod_dir}/{name}") as handle:
+                found.append(handle.read().strip())
+        except OSError:
+            continue
+    return found
+
+
 def pod_references(pods: PodStore) -> PodReferences:
     trees: set[str] = set()
     images: dict[str, list[str]] = {}
     for pod in pods.iter_pods():
         if pod.phase == "garbage":
             continue
-        for name in [pod.path / "stage1TreeStoreID",
-                     *(pod.path / "appsinfo").glob("*/treeStoreID")]:
-            try:
-                trees.add(name.read_text().strip())
-            except OSError:
-                continue
+        trees.update(_tree_ids(pod.path_text))
         try:
             apps = pod.manifest_json().get("apps") or []
         except (RktError, ValueError, OSError):
