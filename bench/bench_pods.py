@@ -17,9 +17,7 @@ Contained networks (the default ``--net``) are timed in bench_net.py.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -28,7 +26,16 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from common import RKT, Env, compare_all, report, run_and_save, sh, workdir
+from common import (
+    RKT,
+    Env,
+    compare_all,
+    report,
+    run_and_save,
+    sh,
+    wait_for_trash,
+    workdir,
+)
 
 from rkt_testing.aci import build_aci, image_manifest
 
@@ -49,18 +56,6 @@ def podman_command(rootfs: Path) -> list[str] | None:
     return [podman, "--runtime", "runc", "--cgroup-manager=cgroupfs", "run", "--rm",
             "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
             "--rootfs", str(rootfs), "/bin/true"]
-
-
-def wait_for_trash(data: Path) -> float:
-    """When ``rkt gc``'s detached deleter is done (it holds the trash's lock until then)."""
-    trash = data / "pods" / "trash"
-    if trash.is_dir():
-        fd = os.open(trash, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        finally:
-            os.close(fd)
-    return time.perf_counter()
 
 
 def main() -> list[dict[str, object]]:

@@ -6,6 +6,7 @@ and prints the ratio; absolute numbers vary by machine, ratios much less.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -166,3 +167,16 @@ def run_and_save(main: Callable[[], list[dict[str, object]]]) -> list[dict[str, 
     if len(sys.argv) > 1:
         Path(sys.argv[1]).write_text(json.dumps(out, indent=2))
     return out
+
+
+def wait_for_trash(data: Path) -> float:
+    """When ``rkt gc``'s detached deleter is done with ``data``'s pods (it holds the
+    trash's lock until then): the ``perf_counter`` time it was seen done."""
+    trash = data / "pods" / "trash"
+    if trash.is_dir():
+        fd = os.open(trash, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        finally:
+            os.close(fd)
+    return time.perf_counter()

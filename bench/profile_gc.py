@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import fcntl
 import functools
 import io
 import os
@@ -35,7 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from common import RKT, Env, workdir
+from common import RKT, Env, wait_for_trash, workdir
 
 from rkt_testing.aci import build_aci, image_manifest
 
@@ -227,18 +226,6 @@ def strace(env: Env) -> str:
     return f"under strace {total:.3f} s\n{out.read_text()}"
 
 
-def wait_for_deletion(env: Env) -> float:
-    """When a detached deleter (if any) is done: it holds the trash's lock until then."""
-    trash = env.data / "pods" / "trash"
-    if trash.is_dir():
-        fd = os.open(trash, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        finally:
-            os.close(fd)
-    return time.perf_counter()
-
-
 MODES: dict[str, Callable[[Env], str]] = {
     "wall": wall, "phases": phases, "cprofile": profile, "strace": strace,
 }
@@ -267,7 +254,7 @@ def main() -> None:
                 start = time.perf_counter()
                 result = MODES[mode](env)
                 left = sum(1 for _ in (env.data / "pods").glob("*/*"))
-                deleted = wait_for_deletion(env) - start
+                deleted = wait_for_trash(env.data) - start
                 print(f"round {round_ + 1} {mode}: {result}  ({left} left in pods/*/*, "
                       f"all deleted {deleted:.3f} s after the start)", flush=True)
     finally:
