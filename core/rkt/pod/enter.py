@@ -78,7 +78,7 @@ def running_app_pid(pod: Pod, app_name: str, *, timeout: float = 10,
         inner = _read_pid(pid_file)
         if pid1 is not None and inner is not None:
             # the supervisor writes the file after the fork: the app exists by now
-            host = pid1 if inner == 1 else host_pid_of(inner, pid1)
+            host = host_pid_of(inner, pid1)
             if host is None:
                 raise PodError(f'app "{app_name}" is not running (it has exited)')
             return host
