@@ -18,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rkt.console import run_with_console
+    from rkt.console import EscapeDetector, run_with_console
     from rkt.context import Reporter, Runtime, StreamReporter
     from rkt.datadir import private_dir, private_file
     from rkt.errors import (
@@ -149,7 +149,8 @@ _HOMES: dict[str, str] = {
                      "host_resolv_conf"), "rkt.pod.runtime"),
     **dict.fromkeys(("enter", "running_app_pid", "children", "host_pid_of", "namespace_pids"),
                     "rkt.pod.enter"),
-    "run_with_console": "rkt.console",
+    # the terminal: a pod attached to it, and Ctrl+] three times, which kills the pod
+    **dict.fromkeys(("run_with_console", "EscapeDetector"), "rkt.console"),
     # the app's seccomp filter as a rule list, for backends that hand apps to an OCI runtime
     "oci_seccomp": "rkt.pod.seccomp",
     # the pod lives exactly as long as the rkt process (docs/stage1.md)
@@ -190,6 +191,7 @@ __all__ = [
     "DiscoveredEndpoints",
     "Discoverer",
     "DiscoveryRegistry",
+    "EscapeDetector",
     "FetchError",
     "FetchSession",
     "FetchedImage",

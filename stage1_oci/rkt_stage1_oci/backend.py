@@ -35,6 +35,7 @@ from rkt.api import (
     INTERFACE_VERSION,
     PID_FILE,
     PPID_FILE,
+    EscapeDetector,
     PlacedApp,
     Pod,
     PodCgroups,
@@ -440,14 +441,13 @@ def _oom_kills(cgroups: PodCgroups | None, name: str) -> int:
 
 class _EscapeWatch:
     """Ctrl+] three times within a second on rkt's terminal kills the pod, as on every
-    stage1 (``rkt.console`` does it for a pod with the terminal; here no app reads it)."""
-
-    ESCAPE, COUNT, WINDOW = 0x1D, 3, 1.0
+    stage1 (``rkt.console`` does it for a pod with the terminal; here no app reads it,
+    so this only watches it, with the same :class:`rkt.api.EscapeDetector`)."""
 
     def __init__(self) -> None:
         self.fd: int | None = None
         self.saved: list[Any] | None = None
-        self.presses: list[float] = []
+        self.detector = EscapeDetector()
 
     def __enter__(self) -> _EscapeWatch:
         with contextlib.suppress(OSError, ValueError):
@@ -471,6 +471,14 @@ class _EscapeWatch:
         if self.fd is None:
             time.sleep(timeout)
             return False
+        try:
+            ready, _, _ = select.select([self.fd], [], [], timeout)
+        except InterruptedError:
+            return False
+        data = os.read(self.fd, 1024) if ready else b""
+        if ready and not data:
+            self.fd = None  # end of input: nothing more to watch
+        return self.detector.feed(data)
         try:
             ready, _, _ = select.select([self.fd], [], [], timeout)
         except InterruptedError:
