@@ -5,10 +5,12 @@ It imports no pytest, so scripts can drive ``rkt`` through :class:`RktEnv` too.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -110,6 +112,30 @@ class RktEnv:
             if process.poll() is None:
                 process.kill()
             process.wait()
+
+    @contextmanager
+    def cgroup_parent(self) -> Iterator[str]:
+        """A cgroup parent of this world's own (``paths.d``), so its pods' cgroups are
+        found by name. On leaving, ``gc`` runs and must have removed every pod's
+        cgroups, in every hierarchy (an OCI runtime makes the app's in all of them);
+        the parent is removed wherever it is empty."""
+        parent = f"rkt-test-{uuid.uuid4().hex[:12]}"
+        paths = self.local_config / "paths.d"
+        paths.mkdir(exist_ok=True)
+        (paths / "cgroup.json").write_text(json.dumps(
+            {"rktKind": "paths", "rktVersion": "v1", "cgroup-parent": parent}))
+        leftovers: list[str] = []
+        try:
+            yield parent
+        finally:
+            self.run("gc", "--grace-period=0s")
+            for top in Path("/sys/fs/cgroup").glob(f"*/{parent}"):
+                inside = [f"{top}/{p.name}" for p in top.iterdir() if p.is_dir()]
+                if inside:
+                    leftovers += inside
+                else:
+                    os.rmdir(top)
+        assert leftovers == [], f"gc left pod cgroups behind: {leftovers}"
 
     def run_on_terminal(
         self,

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,22 +56,9 @@ def hierarchy(controller: str) -> Path:
 
 @pytest.fixture
 def env(rkt_env: RktEnv) -> Iterator[RktEnv]:
-    parent = f"rkt-test-{uuid.uuid4().hex[:12]}"
-    (rkt_env.local_config / "paths.d").mkdir()
-    (rkt_env.local_config / "paths.d" / "cgroup.json").write_text(json.dumps(
-        {"rktKind": "paths", "rktVersion": "v1", "cgroup-parent": parent}))
-    rkt_env.env["TEST_CGROUP_PARENT"] = parent
-    yield rkt_env
-    rkt_env.run("gc", "--grace-period=0s")
-    assert HOST is not None
-    leftovers = []
-    # every hierarchy: the oci stage1's runc makes the app's cgroup in all of them
-    for top in Path("/sys/fs/cgroup").glob(f"*/{parent}"):
-        if top.is_dir():
-            leftovers += [p.name for p in top.iterdir() if p.is_dir()]
-            if not leftovers:
-                os.rmdir(top)
-    assert leftovers == []  # gc removed every pod's cgroups
+    with rkt_env.cgroup_parent() as parent:
+        rkt_env.env["TEST_CGROUP_PARENT"] = parent
+        yield rkt_env
 
 
 def parent_of(env: RktEnv) -> str:

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,20 +179,8 @@ def test_a_seccomp_retain_set_is_refused_and_a_remove_set_holds(
 
 @pytest.fixture
 def cgroup_parent(rkt_env: RktEnv) -> Iterator[str]:
-    parent = f"rkt-test-{uuid.uuid4().hex[:12]}"
-    (rkt_env.local_config / "paths.d").mkdir()
-    (rkt_env.local_config / "paths.d" / "cgroup.json").write_text(json.dumps(
-        {"rktKind": "paths", "rktVersion": "v1", "cgroup-parent": parent}))
-    yield parent
-    rkt_env.run("gc", "--grace-period=0s")
-    assert HOST is not None
-    leftovers = []
-    # runc makes the app's cgroup in every hierarchy, not only rkt's memory and cpu ones
-    for top in Path("/sys/fs/cgroup").glob(f"*/{parent}"):
-        leftovers += [f"{top}/{p.name}" for p in top.iterdir() if p.is_dir()]
-        if not leftovers:
-            os.rmdir(top)
-    assert leftovers == []  # gc removed every pod's cgroups
+    with rkt_env.cgroup_parent() as parent:
+        yield parent
 
 
 @pytest.mark.skipif(HOST is None or HOST.version != 1,
