@@ -479,22 +479,6 @@ class _EscapeWatch:
         if ready and not data:
             self.fd = None  # end of input: nothing more to watch
         return self.detector.feed(data)
-        try:
-            ready, _, _ = select.select([self.fd], [], [], timeout)
-        except InterruptedError:
-            return False
-        data = os.read(self.fd, 1024) if ready else b""
-        if ready and not data:
-            self.fd = None  # end of input: nothing more to watch
-        now = time.monotonic()
-        for byte in data:
-            if byte == self.ESCAPE:
-                self.presses = [t for t in self.presses if now - t < self.WINDOW] + [now]
-                if len(self.presses) >= self.COUNT:
-                    return True
-            else:
-                self.presses.clear()
-        return False
 
 
 def _run_command(pod: Pod, oci: OciRuntime, init: int, container: str) -> list[str]:
