@@ -45,6 +45,11 @@ if TYPE_CHECKING:
 #: typed contract of ``rkt.pod.contract`` (version 1 was untyped dicts).
 INTERFACE_VERSION = CONTRACT_VERSION
 DEFAULT_STAGE1_DIR = Path("/usr/lib/rkt/stage1-images")
+DEFAULT_BACKEND = "nspawn"
+STAGE1_NAME_PREFIX = "coreos.com/rkt/stage1-"
+BACKEND_ANNOTATION = "coreos.com/rkt/stage1/backend"
+INTERFACE_ANNOTATION = "coreos.com/rkt/stage1/interface-version"
+SUPERVISOR_PATH = "rkt/supervisor.py"
 
 
 @contextmanager
@@ -57,11 +62,6 @@ def backend_faults(name: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise Stage1Error(f'stage1 "{name}" failed: {type(exc).__name__}: {exc}') from exc
-DEFAULT_BACKEND = "nspawn"
-STAGE1_NAME_PREFIX = "coreos.com/rkt/stage1-"
-BACKEND_ANNOTATION = "coreos.com/rkt/stage1/backend"
-INTERFACE_ANNOTATION = "coreos.com/rkt/stage1/interface-version"
-SUPERVISOR_PATH = "rkt/supervisor.py"
 
 
 class Stage1Backend(Protocol):

@@ -71,11 +71,11 @@ def running_app_pid(pod: Pod, app_name: str, *, timeout: float = 10,
     that PID to the host's below the pod's PID 1. Every way it can fail is a
     one-line :class:`PodError`.
     """
-    pid_file = pod.stage1_rootfs() / "rkt" / "pids" / app_name
+    pid_file = f"stage1/rootfs/rkt/pids/{app_name}"
     deadline = time.monotonic() + timeout
     while True:
         pid1 = pod.pid()
-        inner = _read_pid(pid_file)
+        inner = pod.read_int(pid_file)  # None while missing or still being written
         if pid1 is not None and inner is not None:
             # the supervisor writes the file after the fork: the app exists by now
             host = host_pid_of(inner, pid1)
@@ -88,14 +88,6 @@ def running_app_pid(pod: Pod, app_name: str, *, timeout: float = 10,
             what = "pod" if pid1 is None else f'app "{app_name}"'
             raise PodError(f"{what} has not started within {timeout:g} s")
         time.sleep(poll)
-
-
-def _read_pid(path: Path) -> int | None:
-    """The PID in ``path``; None while it is missing or still being written."""
-    try:
-        return int(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _join_cgroups(pid: int) -> None:
