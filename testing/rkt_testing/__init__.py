@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from rkt_testing.aci import AciBuilder, build_aci, image_manifest
 from rkt_testing.checks import assert_one_line_error
-from rkt_testing.env import RktEnv, pythonpath_with, run_tool
+from rkt_testing.env import RktEnv, pythonpath_with, run_tool, wait_for_file
 
 __all__ = [
     "AciBuilder",
@@ -20,4 +20,5 @@ __all__ = [
     "image_manifest",
     "pythonpath_with",
     "run_tool",
+    "wait_for_file",
 ]

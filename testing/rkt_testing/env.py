@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 def pythonpath_with(*paths: Path) -> dict[str, str]:
@@ -28,6 +29,20 @@ def tool_binary(name: str) -> str:
     one next to this Python, else the one on PATH."""
     candidate = Path(sys.executable).with_name(name)
     return str(candidate) if candidate.exists() else name
+
+
+def wait_for_file(path: Path, *, timeout: float = 30,
+                  process: subprocess.Popen[Any] | None = None) -> Path:
+    """``path`` once it exists (a pod's output, a pid or UUID file); AssertionError
+    after ``timeout`` seconds, or as soon as ``process`` (the pod's rkt) has ended."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the pod ended before {path} appeared: "
+                                 f"{process.communicate()}")
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    return path
 
 
 def run_tool(name: str, *args: str | os.PathLike[str], env: Mapping[str, str] | None = None,

@@ -22,14 +22,13 @@ import random
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rkt.conformance.network import free_subnet
-from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
+from rkt_testing import AciBuilder, RktEnv, assert_one_line_error, wait_for_file
 from rkt_testing.aci import image_manifest
 from rkt_testing.plugin import FLY, needs_root
 from rkt_testing.ports import free_port, http_get
@@ -328,10 +327,7 @@ def test_all_networks_in_file_name_order(
 
 
 def _wait_for(path: Path) -> str:
-    deadline = time.monotonic() + 20
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return path.read_text()
+    return wait_for_file(path, timeout=20).read_text()
 
 
 # -- acceptance 4: kill -9 of rkt run ------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from rkt.api import Pod, PodError, running_app_pid
-from rkt_testing import AciBuilder, RktEnv
+from rkt_testing import AciBuilder, RktEnv, wait_for_file
 from rkt_testing.plugin import FLY, NSPAWN, needs_root, stage1_image_path
 
 pytestmark = needs_root
@@ -32,13 +32,6 @@ def busybox_image(aci_builder: AciBuilder) -> Path:
                              exec_=["/bin/sleep", "1000"])
 
 
-def _wait_for(path: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-
-
 @pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="needs systemd-nspawn")
 @pytest.mark.skipif(not stage1_image_path("nspawn").exists(), reason="run rkt install first")
 @pytest.mark.parametrize("stage1", [NSPAWN, FLY], ids=["nspawn", "fly"])
@@ -47,7 +40,7 @@ def test_enter_waits_for_an_app_that_has_not_started_yet(rkt_env: RktEnv, busybo
     with rkt_env.running_pod("--insecure-options=image", "--net=host", stage1,
                              busybox_image) as (pod, uuid):
         pid_file = rkt_env.data_dir / "pods" / "run" / uuid / "stage1/rootfs/rkt/pids/busybox"
-        _wait_for(pid_file)
+        wait_for_file(pid_file)
         # as if the supervisor had not got to writing it yet
         hidden = pid_file.with_name(".busybox")
         pid_file.rename(hidden)

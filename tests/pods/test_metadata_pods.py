@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
+from rkt_testing import AciBuilder, RktEnv, assert_one_line_error, wait_for_file
 from rkt_testing.metadata import MetadataServiceProcess
 from rkt_testing.plugin import FLY, NSPAWN, needs_root
 
@@ -55,12 +55,7 @@ def mds_run_args(service: MetadataServiceProcess, shared: Path, image: Path) -> 
 
 
 def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if process.poll() is not None:
-            raise AssertionError(f"the pod ended early: {process.communicate()}")
-        assert time.monotonic() < deadline, f"no {path.name} from the pod"
-        time.sleep(0.1)
+    wait_for_file(path, timeout=timeout, process=process)
     time.sleep(0.1)  # written with one echo: let it finish
     return path.read_text().strip()
 
