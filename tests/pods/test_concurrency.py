@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from rkt_testing import AciBuilder, RktEnv
+from rkt_testing import AciBuilder, RktEnv, wait_for_file
 from rkt_testing.plugin import FLY, needs_root
 
 pytestmark = [
@@ -116,3 +116,52 @@ def test_eight_processes_at_once(rkt_env: RktEnv, aci_builder: AciBuilder) -> No
         verified = rkt_env.run("image", "verify", *ids)
         assert verified.returncode == 0, verified.stderr
     assert list((rkt_env.data_dir / "cas" / "tmp").iterdir()) == []
+
+
+#: runs the ``rkt`` script with an exit handler that waits for a gate file: the
+#: moment between the pod's end and rkt's exit, held open
+HELD_EXIT = """\
+import atexit, os, runpy, sys, time
+script, reached, gate = sys.argv[1:4]
+def wait_at_exit():
+    open(reached, "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)
+atexit.register(wait_at_exit)
+sys.argv = [script, *sys.argv[4:]]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def test_gc_leaves_a_pod_whose_rkt_has_not_exited_yet(rkt_env: RktEnv, aci_builder: AciBuilder,
+                                                      tmp_path: Path) -> None:
+    """``rkt run`` stays in its pod's cgroups until it exits, so the pod is running
+    until then: ``gc --grace-period=0s`` in that moment neither collects it nor kills
+    rkt as a straggler of the pod (rkt used to exit -9, not with the app's code)."""
+    image = aci_builder.build("seven.aci", name="example.com/seven", busybox=True,
+                              exec_=["/bin/sh", "-c", "exit 7"])
+    rkt = rkt_env.rkt_binary()
+    interpreter = Path(rkt).read_text().splitlines()[0].removeprefix("#!").strip()
+    reached, gate = tmp_path / "reached", tmp_path / "gate"
+    process = subprocess.Popen(
+        [interpreter, "-c", HELD_EXIT, rkt, str(reached), str(gate), *rkt_env.global_flags(),
+         "--insecure-options=image", "run", FLY, str(image)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **rkt_env.env})
+    try:
+        wait_for_file(reached, process=process)
+        status = rkt_env.run("list", "--no-legend", check=True).stdout
+        assert "running" in status, status
+        rkt_env.run("gc", "--grace-period=0s", check=True)
+        gate.touch()
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 7, stderr
+        assert "exited" in rkt_env.run("list", "--no-legend", check=True).stdout
+    finally:
+        gate.touch()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    rkt_env.run("gc", "--grace-period=0s", check=True)
+    assert rkt_env.run("list", "--no-legend", check=True).stdout == ""

@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
+from rkt_testing import AciBuilder, RktEnv, assert_one_line_error, wait_for_file
 from rkt_testing.aci import image_manifest
 from rkt_testing.plugin import FLY, NSPAWN, OCI, needs_oci_stage1, needs_root, stage1_image_path
 
@@ -324,16 +323,13 @@ def test_insecure_options_at_run_prepared(env: RktEnv, aci_builder: AciBuilder,
     out.mkdir()
     uuid = run(env, "prepare", "--quiet", f"--volume=out,kind=host,source={out}",
                image(aci_builder), "--mount=volume=out,target=/out", "--exec=/bin/sh", "--",
-               "-c", "grep -E '^(CapEff|Seccomp):' /proc/self/status > /out/app; "
-               "exec sleep 1000").stdout.strip()
+               "-c", "grep -E '^(CapEff|Seccomp):' /proc/self/status > /out/app.tmp; "
+               "mv /out/app.tmp /out/app; exec sleep 1000").stdout.strip()
     pod = subprocess.Popen(
         [env.rkt_binary(), *env.global_flags(), "--insecure-options=seccomp,capabilities",
          "run-prepared", uuid], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while not (out / "app").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        app_fields = status_lines((out / "app").read_text())
+        app_fields = status_lines(wait_for_file(out / "app", process=pod).read_text())
         assert app_fields["Seccomp"] == "0"
         assert app_fields["CapEff"] != SPEC_DEFAULT  # every capability the stage1 has
         entered = env.run("enter", uuid, "/bin/grep", "-E", "^(CapEff|Seccomp):",
@@ -380,13 +376,11 @@ def test_enter_gets_exactly_the_apps_sets(env: RktEnv, aci_builder: AciBuilder,
          f"--uuid-file-save={uuid_file}", f"--volume=out,kind=host,source={out}", app,
          "--mount=volume=out,target=/out", "--user=user", "--caps-retain=CAP_NET_RAW",
          "--exec=/bin/sh", "--", "-c", "grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status "
-         "> /out/app; exec sleep 1000"],
+         "> /out/app.tmp; mv /out/app.tmp /out/app; exec sleep 1000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not (out / "app").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for_file(out / "app", process=pod)  # moved there once complete
         uuid = uuid_file.read_text()
         entered = env.run("enter", uuid, "/bin/grep", "-E", "^(Cap|NoNewPrivs|Seccomp)",
                           "/proc/self/status")

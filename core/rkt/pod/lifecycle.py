@@ -182,7 +182,8 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
     registered with the metadata service listening there once its network is
     up (and unregistered when it ends). ``exits_after``: the caller exits when
     this returns (the ``rkt`` command), so it need not leave the pod's stage1
-    cgroups (see :func:`rkt.pod.cgroups.stage1_cgroup`).
+    cgroups (see :func:`rkt.pod.cgroups.stage1_cgroup`); it keeps the pod locked
+    until it exits, so the pod reads as running as long as it is in them.
     The same holds when a stop signal (:mod:`rkt.pod.lifetime`) arrives before
     the stage1 process started: what was set up is undone.
     """
@@ -238,7 +239,11 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
         raise
     finally:
         forget_pod(pod.path, pod.uuid)
-        pod.release()
+        if not exits_after:
+            pod.release()
+        # else the lock goes when this process exits. It stays in the pod's stage1
+        # cgroups until then, and gc, free to collect an unlocked pod, would kill it
+        # there as a straggler: rkt would exit -9 instead of with the app's code.
 
 
 def check_obligations(pod: Pod, resolved: ResolvedPod, backend: str, code: int, *,
