@@ -33,16 +33,24 @@ def tool_binary(name: str) -> str:
 
 def wait_for_file(path: Path, *, timeout: float = 30,
                   process: subprocess.Popen[Any] | None = None) -> Path:
-    """``path`` once it exists (a pod's output, a pid or UUID file); AssertionError
-    after ``timeout`` seconds, or as soon as ``process`` (the pod's rkt) has ended."""
+    """``path`` once it exists and is not empty (a pod's output, a pid or UUID file:
+    a writer creates it before it writes); AssertionError after ``timeout`` seconds,
+    or as soon as ``process`` (the pod's rkt) has ended."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not _has_content(path):
         if process is not None and process.poll() is not None:
             raise AssertionError(f"the pod ended before {path} appeared: "
                                  f"{process.communicate()}")
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.05)
     return path
+
+
+def _has_content(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def run_tool(name: str, *args: str | os.PathLike[str], env: Mapping[str, str] | None = None,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
+from rkt_testing import AciBuilder, RktEnv, assert_one_line_error, wait_for_file
 from rkt_testing.aci import image_manifest
 from rkt_testing.plugin import KVM, needs_kvm_stage1, needs_root, stage1_image_path
 
@@ -122,10 +122,7 @@ def test_enter_relays_output_and_exit_code_and_stop_ends_the_vm(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not uuid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        uuid = uuid_file.read_text()
+        uuid = wait_for_file(uuid_file, process=pod).read_text()
         assert "state=running" in env.run("status", "--wait-ready=30s", uuid).stdout
         entered = env.run("enter", uuid, "/bin/sh", "-c", "echo out; echo err >&2; exit 7")
         assert entered.returncode == 7, entered.stderr

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,9 +54,7 @@ def mds_run_args(service: MetadataServiceProcess, shared: Path, image: Path) -> 
 
 
 def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 60) -> str:
-    wait_for_file(path, timeout=timeout, process=process)
-    time.sleep(0.1)  # written with one echo: let it finish
-    return path.read_text().strip()
+    return wait_for_file(path, timeout=timeout, process=process).read_text().strip()
 
 
 def spawn(env: RktEnv, args: list[str]) -> subprocess.Popen[str]:

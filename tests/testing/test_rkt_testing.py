@@ -10,10 +10,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from importlib.metadata import distribution
+from pathlib import Path
 
 import pytest
 
-from rkt_testing import assert_one_line_error
+from rkt_testing import assert_one_line_error, wait_for_file
 
 # Imports every module below the given packages with ``import pytest`` failing.
 _IMPORT_ALL_WITHOUT_PYTEST = """
@@ -71,3 +72,15 @@ def test_one_line_error_returns_the_error_line() -> None:
 def test_one_line_error_refuses(result: subprocess.CompletedProcess[str]) -> None:
     with pytest.raises(AssertionError):
         assert_one_line_error(result, "not found", status=254)
+
+
+def test_wait_for_file_waits_for_content_not_just_the_name(tmp_path: Path) -> None:
+    """A writer creates the file before it writes (``echo x > f``, ``write_text``):
+    an empty file has not appeared yet."""
+    path = tmp_path / "out"
+    path.touch()
+    with pytest.raises(AssertionError, match="never appeared"):
+        wait_for_file(path, timeout=0.2)
+    writer = subprocess.Popen(["/bin/sh", "-c", f"sleep 0.2; echo done > {path}"])
+    assert wait_for_file(path, timeout=10).read_text() == "done\n"
+    writer.wait()
