@@ -248,6 +248,29 @@ def test_gc_removes_the_cgroups_of_a_pod_whose_processes_died_hard(
     assert not (hierarchy("cpu") / parent_of(env) / f"rkt-{saved_uuid(tmp_path)}").exists()
 
 
+@pytest.mark.parametrize("stage1", [NSPAWN, FLY], ids=["nspawn", "fly"])
+def test_rkt_its_stage1_and_each_app_are_in_the_pods_cgroups(
+    env: RktEnv, aci_builder: AciBuilder, stage1: str
+) -> None:
+    """rkt and what it starts sit in ``stage1/``, each app in ``app-<name>/``, in every
+    hierarchy (on v1 they join by writing to ``tasks``, one thread at a time)."""
+    image = aci_builder.build("sleep.aci", name="example.com/sleep", busybox=True,
+                              exec_=["/bin/sleep", "300"])
+    with env.running_pod("--insecure-options=image", stage1, image) as (process, uuid):
+        assert HOST is not None
+        pod_dirs = [Path(h.path) / parent_of(env) / f"rkt-{uuid}" for h in HOST.hierarchies]
+        deadline = time.monotonic() + 30
+        while not (pod_dirs[0] / "app-sleep" / "cgroup.procs").read_text().strip():
+            assert time.monotonic() < deadline and process.poll() is None, "no app joined"
+            time.sleep(0.05)
+        for pod_dir in pod_dirs:
+            stage1_procs = (pod_dir / "stage1" / "cgroup.procs").read_text().split()
+            assert str(process.pid) in stage1_procs, pod_dir
+            [app_pid] = (pod_dir / "app-sleep" / "cgroup.procs").read_text().split()
+            assert Path(f"/proc/{app_pid}/cmdline").read_bytes() == b"/bin/sleep\x00300\x00"
+            assert (pod_dir / "cgroup.procs").read_text() == ""  # nothing in the pod's own
+
+
 def test_rm_removes_the_cgroups(env: RktEnv, aci_builder: AciBuilder, tmp_path: Path) -> None:
     image = aci_builder.build("bb.aci", name="example.com/bb", busybox=True,
                               exec_=["/bin/true"])

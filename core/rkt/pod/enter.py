@@ -103,10 +103,14 @@ def _join_cgroups(pid: int) -> None:
             name = controllers.removeprefix("name=")
             candidates = [Path("/sys/fs/cgroup") / name]
         for base in candidates:
-            procs = base / path.lstrip("/") / "cgroup.procs"
-            if procs.exists():
+            directory = base / path.lstrip("/")
+            if (directory / "cgroup.procs").exists():
                 try:
-                    procs.write_text(str(os.getpid()))
+                    fd = supervisor.open_cgroup_to_join(str(directory))
+                    try:
+                        os.write(fd, b"0")
+                    finally:
+                        os.close(fd)
                 except OSError:
                     continue
                 break

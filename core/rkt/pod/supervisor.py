@@ -338,15 +338,28 @@ def _setup_filesystems(app: dict[str, Any], spec: dict[str, Any]) -> None:
 
 
 # -- cgroups ---------------------------------------------------------------------------
+def open_cgroup_to_join(directory: str) -> int:
+    """The file of cgroup ``directory`` that moves whoever writes ``0`` into it.
+
+    cgroup v1's ``tasks`` where there is one: through it the kernel moves just the
+    calling thread (the whole process, for the single-threaded callers here) and
+    skips the lock a whole-process move takes, whose RCU grace period costs 5-15 ms
+    on a quiet machine, once per app start. cgroup v2 has ``cgroup.procs`` only.
+    """
+    try:
+        return os.open(os.path.join(directory, "tasks"), os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return os.open(os.path.join(directory, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+
+
 def _open_cgroups(app: dict[str, Any]) -> list[int]:
-    """The app's ``cgroup.procs`` files, opened while their paths are still visible
-    (``pivot_root`` hides them); :func:`_join_cgroups` writes to them just
+    """The app's cgroups' files to join them by, opened while their paths are still
+    visible (``pivot_root`` hides them); :func:`_join_cgroups` writes to them just
     before the exec, so the supervisor's own setup is not charged to the app."""
     fds = []
     for directory in app.get("cgroups") or ():
         try:
-            fds.append(os.open(os.path.join(directory, "cgroup.procs"),
-                               os.O_WRONLY | os.O_CLOEXEC))
+            fds.append(open_cgroup_to_join(directory))
         except OSError as exc:
             raise SetupError(f"cgroup {directory}: {exc.strerror}") from exc
     return fds
