@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
+from rkt_testing import AciBuilder, RktEnv, assert_one_line_error, wait_for_file
 from rkt_testing.aci import image_manifest
 from rkt_testing.plugin import needs_root
 
@@ -218,10 +218,7 @@ def test_pods_running_and_exited_and_a_start_event(service: Service, rkt_env: Rk
          f"--uuid-file-save={uuid_file}", str(sleeper)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while not uuid_file.exists():
-            assert time.monotonic() < deadline and pod.poll() is None
-            time.sleep(0.05)
+        wait_for_file(uuid_file, process=pod)
         rkt_env.run("status", "--wait-ready=30s", "--uuid-file", uuid_file, check=True)
         running_uuid = uuid_file.read_text()
         deadline = time.monotonic() + 15

@@ -80,8 +80,11 @@ def test_status_wait_on_a_prepared_pod_nobody_starts_ends(rkt_env: RktEnv,
 
 def test_uuid_file_is_written_for_a_good_path(rkt_env: RktEnv, image: Path,
                                               tmp_path: Path) -> None:
-    target = tmp_path / "uuid"
+    target = tmp_path / "saved" / "uuid"
+    target.parent.mkdir()
+    target.write_text("the UUID of an older pod, longer than one\n")
     result = run(rkt_env, f"--uuid-file-save={target}", image)
     assert result.returncode == 0, result.stderr
     assert len(target.read_text()) == 36
     assert os.listdir(rkt_env.data_dir / "pods" / "run") == [target.read_text()]
+    assert os.listdir(target.parent) == ["uuid"]  # moved into place, nothing left beside it

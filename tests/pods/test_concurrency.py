@@ -124,7 +124,8 @@ HELD_EXIT = """\
 import atexit, os, runpy, sys, time
 script, reached, gate = sys.argv[1:4]
 def wait_at_exit():
-    open(reached, "w").close()
+    with open(reached, "w") as handle:
+        handle.write("exiting")
     deadline = time.monotonic() + 60
     while not os.path.exists(gate) and time.monotonic() < deadline:
         time.sleep(0.05)

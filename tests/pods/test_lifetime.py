@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from rkt_testing import AciBuilder, RktEnv
+from rkt_testing import AciBuilder, RktEnv, wait_for_file
 from rkt_testing.plugin import FLY, NSPAWN, OCI, needs_oci_stage1, needs_root
 
 pytestmark = [needs_root, pytest.mark.root, pytest.mark.slow]
@@ -135,11 +135,7 @@ def test_signal_to_rkt_run_ends_the_pod(env: RktEnv, sleeper: Path, stage1: str,
     uuid_file = tmp_path / "uuid"
     process = start(env, "run", f"--uuid-file-save={uuid_file}", stage1, sleeper,
                     "--exec=/bin/sleep", "--", mark)
-    deadline = time.monotonic() + 30
-    while not uuid_file.exists():
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.05)
-    uuid = uuid_file.read_text()
+    uuid = wait_for_file(uuid_file, process=process).read_text()
     wait_running(env, uuid, mark)
     process.send_signal(signum)
     assert_pod_gone(env, uuid, mark, process, signum)
@@ -153,11 +149,7 @@ def test_systemd_stop_stand_in(env: RktEnv, sleeper: Path, mark: str, reaper: No
     uuid_file = tmp_path / "uuid"
     process = start(env, "run", f"--uuid-file-save={uuid_file}", sleeper,
                     "--exec=/bin/sleep", "--", mark)
-    deadline = time.monotonic() + 30
-    while not uuid_file.exists():
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.05)
-    uuid = uuid_file.read_text()
+    uuid = wait_for_file(uuid_file, process=process).read_text()
     wait_running(env, uuid, mark)
     process.terminate()
     assert_pod_gone(env, uuid, mark, process, signal.SIGTERM)

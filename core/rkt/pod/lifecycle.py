@@ -209,10 +209,7 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
             resolved = _register_metadata(pod, resolved, pod_runtime, metadata_socket)
         time_limit = start_timeout()
         if uuid_file:
-            try:
-                Path(uuid_file).write_text(pod.uuid)
-            except OSError as exc:
-                raise PodError(f"--uuid-file-save {uuid_file}: {exc.strerror or exc}") from exc
+            save_uuid(uuid_file, pod.uuid)
     except BaseException:
         _abandon(runtime, prepared)
         raise
@@ -244,6 +241,25 @@ def run_pod(runtime: Runtime, prepared: PreparedPod, pod_runtime: PodRuntime,
         # else the lock goes when this process exits. It stays in the pod's stage1
         # cgroups until then, and gc, free to collect an unlocked pod, would kill it
         # there as a straggler: rkt would exit -9 instead of with the app's code.
+
+
+def save_uuid(path: str, uuid: str) -> None:
+    """``--uuid-file-save``: the file appears whole, for a scheduler that polls for
+    it (a plain write shows it created and still empty for a moment)."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        try:
+            with open(temporary, "x") as handle:
+                handle.write(uuid)
+            os.replace(temporary, path)
+        except PermissionError:
+            # a file this user may write, in a directory it may not add to
+            Path(path).write_text(uuid)
+    except OSError as exc:
+        raise PodError(f"--uuid-file-save {path}: {exc.strerror or exc}") from exc
+    finally:
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
 
 
 def check_obligations(pod: Pod, resolved: ResolvedPod, backend: str, code: int, *,
