@@ -493,7 +493,7 @@ class PlacedApp(NamedTuple):
     overlay: OverlayDirs | None = None
     etc_files: tuple[tuple[str, str], ...] = ()
     #: the app's cgroup directories as the supervisor sees them; each of the app's
-    #: processes writes itself into their ``cgroup.procs`` before it execs
+    #: processes writes itself into them (v1 ``tasks``, v2 ``cgroup.procs``) before it execs
     cgroups: tuple[str, ...] = ()
     #: written over whatever the app has (its image's file or a volume), read-only
     etc_overrides: tuple[tuple[str, str], ...] = ()
