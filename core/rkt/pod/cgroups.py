@@ -325,27 +325,22 @@ def _apply(version: int, directory: Path, controllers: frozenset[str],
 def join(directories: Iterable[str]) -> None:
     """Move this process into each of ``directories``.
 
-    On cgroup v1 the thread that calls writes ``0`` into ``tasks``: the kernel
-    moves that thread alone and so skips the lock a whole-process move takes,
-    whose RCU grace period costs 5-15 ms on a quiet machine, once per pod start
-    (the supervisor joins its apps' cgroups the same way). rkt runs one thread
-    here, and whatever it starts is forked from it. v2 moves the process through
+    On cgroup v1 the thread that calls moves alone, through ``tasks``
+    (:func:`rkt.pod.supervisor.join_cgroup`, as the supervisor's apps join
+    theirs), which spares a pod start the RCU grace period a whole-process move
+    waits for (5-15 ms on a quiet machine). rkt runs one thread here, and
+    whatever it starts is forked from it. v2 moves the process through
     ``cgroup.procs``.
     """
+    # imported here so that gc, which loads this module, need not load that one too
+    # (on the run path rkt.pod.prepare has loaded it already)
+    from rkt.pod.supervisor import join_cgroup
+
     for directory in directories:
         try:
-            fd = os.open(f"{directory}/tasks", os.O_WRONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            _write(Path(directory), "cgroup.procs", "0")
-            continue
+            join_cgroup(directory)
         except OSError as exc:
             raise PodError(f"cannot join cgroup {directory}: {exc.strerror or exc}") from exc
-        try:
-            os.write(fd, b"0")
-        except OSError as exc:
-            raise PodError(f"cannot join cgroup {directory}: {exc.strerror or exc}") from exc
-        finally:
-            os.close(fd)
 
 
 def own_cgroups(host: CgroupHost, proc_cgroup: str | None = None) -> tuple[str, ...]:

@@ -106,11 +106,7 @@ def _join_cgroups(pid: int) -> None:
             directory = base / path.lstrip("/")
             if (directory / "cgroup.procs").exists():
                 try:
-                    fd = supervisor.open_cgroup_to_join(str(directory))
-                    try:
-                        os.write(fd, b"0")
-                    finally:
-                        os.close(fd)
+                    supervisor.join_cgroup(str(directory))
                 except OSError:
                     continue
                 break

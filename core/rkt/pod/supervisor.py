@@ -352,6 +352,16 @@ def open_cgroup_to_join(directory: str) -> int:
         return os.open(os.path.join(directory, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
 
 
+def join_cgroup(directory: str) -> None:
+    """Move the calling thread (a single-threaded caller: its process) into cgroup
+    ``directory`` now, through :func:`open_cgroup_to_join`'s file."""
+    fd = open_cgroup_to_join(directory)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+
+
 def _open_cgroups(app: dict[str, Any]) -> list[int]:
     """The app's cgroups' files to join them by, opened while their paths are still
     visible (``pivot_root`` hides them); :func:`_join_cgroups` writes to them just
