@@ -123,14 +123,7 @@ class RktEnv:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **self.env},
         )
         try:
-            deadline = time.monotonic() + timeout
-            # the file may exist before its content is written
-            while not (uuid_file.exists() and uuid_file.read_text()):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"rkt run {' '.join(map(str, args))} gave no UUID: "
-                                         f"{process.communicate()[1].decode()}")
-                time.sleep(0.05)
-            yield process, uuid_file.read_text()
+            yield process, wait_for_file(uuid_file, timeout=timeout, process=process).read_text()
         finally:
             if process.poll() is None:
                 process.kill()

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from rkt.stage1 import INTERFACE_VERSION
-from rkt_testing import AciBuilder, RktEnv, assert_one_line_error
+from rkt_testing import AciBuilder, RktEnv, assert_one_line_error, wait_for_file
 from rkt_testing.plugin import (
     EVERY_STAGE1,
     FLY,
@@ -358,11 +358,7 @@ def start_pod(env: RktEnv, tmp_path: Path, *args: str | Path
          f"--uuid-file-save={uuid_file}", *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 15
-    # the file may exist before its content is written
-    while not (uuid_file.exists() and uuid_file.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return pod, uuid_file.read_text()
+    return pod, wait_for_file(uuid_file, timeout=15, process=pod).read_text()
 
 
 def test_rm_refuses_running_pods_and_removes_exited_ones(env: RktEnv, busybox_image: Path,
